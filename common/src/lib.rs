@@ -1,0 +1,14 @@
+//! Shared building blocks of Cairn.
+//!
+//! The gateway and the storage nodes agree on four things, all defined here:
+//! - [`shard`]: the self-describing shard file format (header + crc32c-checked blocks),
+//! - [`erasure`]: the Reed-Solomon stripe codec,
+//! - [`placement`]: which nodes hold an object's shards, and with which geometry,
+//! - [`protocol`] and [`auth`]: the internal HTTP API of a node and its HMAC credential.
+
+pub mod auth;
+pub mod erasure;
+pub mod ids;
+pub mod placement;
+pub mod protocol;
+pub mod shard;

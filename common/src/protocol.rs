@@ -1,0 +1,76 @@
+//! The storage node's internal HTTP API, shared by the node (server) and gateway (client).
+//!
+//! All `/v1/` routes need the cluster credential of [`crate::auth`].
+//!
+//! | method | path | meaning |
+//! |---|---|---|
+//! | `PUT` | `/v1/shards/{object}/{segment}/{index}` | store a shard; body = the whole shard file (header + blocks). Answers 201 only once the file is fsynced and renamed into place. |
+//! | `GET` | `/v1/shards/{object}/{segment}/{index}?from=B&count=N` | stream stored blocks `B..B+N` (data + crc each), each verified before it is sent |
+//! | `GET` | `/v1/shards/{object}/{segment}/{index}/header` | the shard's encoded header |
+//! | `DELETE` | `/v1/objects/{object}` | remove every shard of an object version |
+//! | `GET` | `/v1/objects` | JSON list of the object ids with shards here ([`ObjectList`]) |
+//! | `GET` | `/v1/info?challenge=C` | [`NodeInfo`], including proof of the cluster secret |
+//! | `GET` | `/health` | unauthenticated liveness: `ok` |
+//! | `GET` | `/metrics` | unauthenticated Prometheus text |
+//!
+//! A block that fails its crc32c is never sent: before the first byte the node answers
+//! 409 with `x-cairn-error: corrupt-block`; later the response body is aborted, which a
+//! client sees as a transport error. Either way the gateway rebuilds from other shards.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{NodeId, ObjectId};
+
+/// Version of this internal protocol, announced by nodes.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Response header naming a node-side error kind.
+pub const ERROR_HEADER: &str = "x-cairn-error";
+/// `ERROR_HEADER` value for a block that failed its checksum.
+pub const ERR_CORRUPT_BLOCK: &str = "corrupt-block";
+/// `ERROR_HEADER` value for a shard the node does not have.
+pub const ERR_NO_SUCH_SHARD: &str = "no-such-shard";
+
+/// Path of a shard.
+pub fn shard_path(object: &ObjectId, segment: u32, index: u8) -> String {
+    format!("/v1/shards/{object}/{segment}/{index}")
+}
+
+/// Path and query to read blocks `from..from+count` of a shard.
+pub fn shard_read_path(
+    object: &ObjectId,
+    segment: u32,
+    index: u8,
+    from: u64,
+    count: u64,
+) -> String {
+    format!("/v1/shards/{object}/{segment}/{index}?from={from}&count={count}")
+}
+
+/// Path of an object version's shards on a node.
+pub fn object_path(object: &ObjectId) -> String {
+    format!("/v1/objects/{object}")
+}
+
+/// What `GET /v1/info` returns.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Persistent node id.
+    pub node_id: NodeId,
+    /// [`PROTOCOL_VERSION`] of the node.
+    pub protocol: u32,
+    /// Bytes of the filesystem holding the data dir.
+    pub capacity_bytes: u64,
+    /// Bytes free there.
+    pub free_bytes: u64,
+    /// Shard files stored.
+    pub shards: u64,
+    /// `ClusterKey::prove(challenge)`, so the gateway knows the node holds the secret.
+    pub proof: String,
+}
+
+/// What `GET /v1/objects` returns.
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct ObjectList {
+    /// Object ids with at least one shard on the node.
+    pub objects: Vec<ObjectId>,
+}

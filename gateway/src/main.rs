@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    cairn_gateway::main_with(<cairn_gateway::Args as clap::Parser>::parse())
+}

@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    cairn_node::main_with(<cairn_node::Args as clap::Parser>::parse())
+}
