@@ -1,11 +1,187 @@
-//! Cairn S3 gateway (being written).
+//! Cairn's S3 gateway.
+//!
+//! Data flows one way: request → [`s3`] (SigV4 auth, routing, body decoding and checks)
+//! → [`store::service`] (the object service) → [`store::encoder`] / [`store::decoder`]
+//! (stripes and shards) → [`store::node_client`] (storage nodes). [`error`] is the one
+//! place where failures become S3 error XML.
+
+pub mod error;
+pub mod metrics_export;
+pub mod s3;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::Router;
+use cairn_common::auth::ClusterKey;
+use cairn_common::shard::DEFAULT_BLOCK_SIZE;
 use clap::Parser;
 
-/// Command-line arguments of `cairn-gateway`.
-#[derive(Parser, Debug)]
-pub struct Args {}
+use s3::sigv4::Keys;
+use store::catalog::Catalog;
+use store::cluster::Cluster;
+use store::node_client::NodeClient;
+use store::service::{Geometry, ObjectService};
 
-/// Runs the gateway.
-pub fn main_with(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+/// Command-line arguments of `cairn-gateway`.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "cairn-gateway", version, about = "Cairn S3 gateway")]
+pub struct Args {
+    /// Address to serve S3 on.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub listen: SocketAddr,
+    /// Directory of the metadata catalog (sled).
+    #[arg(long)]
+    pub meta: PathBuf,
+    /// Storage node addresses (host:port), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub nodes: Vec<String>,
+    /// Erasure geometry K+M: K data and M parity shards per stripe.
+    #[arg(long, default_value = "3+1", value_parser = parse_ec)]
+    pub ec: (u8, u8),
+    /// Bytes per erasure block.
+    #[arg(long, default_value_t = DEFAULT_BLOCK_SIZE)]
+    pub block_size: u32,
+    /// Region reported to clients.
+    #[arg(long, default_value = "us-east-1")]
+    pub region: String,
+    /// S3 access key id.
+    #[arg(long, env = "CAIRN_ACCESS_KEY", hide_env_values = true)]
+    pub access_key: String,
+    /// S3 secret key.
+    #[arg(long, env = "CAIRN_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: String,
+    /// Secret shared by the gateway and all storage nodes.
+    #[arg(long, env = "CAIRN_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: String,
+    /// Milliseconds between node health probes.
+    #[arg(long, default_value_t = 1000)]
+    pub heartbeat_ms: u64,
+}
+
+fn parse_ec(s: &str) -> Result<(u8, u8), String> {
+    let (k, m) = s.split_once('+').ok_or("expected K+M, e.g. 3+1")?;
+    let k: u8 = k.trim().parse().map_err(|_| "K must be a number")?;
+    let m: u8 = m.trim().parse().map_err(|_| "M must be a number")?;
+    if k == 0 || m == 0 || k as usize + m as usize > 255 {
+        return Err("need K >= 1, M >= 1 and K+M <= 255".into());
+    }
+    Ok((k, m))
+}
+
+/// State shared by all requests.
+#[derive(Clone)]
+pub struct AppState {
+    /// The object service.
+    pub service: ObjectService,
+    /// S3 credentials.
+    pub keys: Arc<Keys>,
+    /// Region reported to clients.
+    pub region: String,
+}
+
+/// Sets up logging: JSON unless stderr is a terminal; level from `RUST_LOG`.
+pub fn init_tracing() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let json = std::env::var("CAIRN_LOG_FORMAT")
+        .map(|v| v == "json")
+        .unwrap_or(!std::io::stderr().is_terminal());
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Runs the gateway until SIGINT/SIGTERM (what `cairn-gateway` and `cairn gateway` do).
+pub fn main_with(args: Args) -> anyhow::Result<()> {
+    init_tracing();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        serve(args, listener, shutdown_signal()).await
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Serves S3 on `listener` until `shutdown` completes.
+pub async fn serve(
+    args: Args,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = metrics_export::install();
+    std::fs::create_dir_all(&args.meta)
+        .with_context(|| format!("creating {}", args.meta.display()))?;
+    let catalog = Catalog::open(&args.meta)
+        .with_context(|| format!("opening catalog in {}", args.meta.display()))?;
+    let client = NodeClient::new(ClusterKey::new(&args.cluster_secret));
+    let cluster = Cluster::new(client, args.nodes.clone());
+    cluster.probe_all().await;
+    tokio::spawn(
+        cluster
+            .clone()
+            .heartbeat(Duration::from_millis(args.heartbeat_ms.max(50))),
+    );
+    let geometry = Geometry {
+        k: args.ec.0,
+        m: args.ec.1,
+        block_size: args.block_size,
+    };
+    let service = ObjectService::new(catalog, cluster.clone(), geometry);
+    let state = AppState {
+        service,
+        keys: Arc::new(Keys {
+            access_key: args.access_key.clone(),
+            secret_key: args.secret_key.clone(),
+        }),
+        region: args.region.clone(),
+    };
+    let app = Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || std::future::ready(metrics.render())),
+        )
+        .fallback(s3::handle)
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state);
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, nodes = cluster.live_nodes().len(), ec = ?args.ec, "gateway listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
 }

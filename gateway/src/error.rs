@@ -1,0 +1,152 @@
+//! The gateway's one error type and its one mapping to S3 error XML.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::store::StoreError;
+
+/// Every way an S3 request can fail. [`S3Error::into_response`] is the only place that
+/// turns one into an S3 code, an HTTP status and an XML body.
+#[derive(Debug, thiserror::Error)]
+pub enum S3Error {
+    #[error("Access Denied.")]
+    AccessDenied,
+    #[error("Request has expired.")]
+    ExpiredPresignedUrl,
+    #[error("The AWS Access Key Id you provided does not exist in our records.")]
+    InvalidAccessKeyId,
+    #[error("The request signature we calculated does not match the signature you provided. Check your key and signing method.")]
+    SignatureDoesNotMatch,
+    #[error("The difference between the request time and the current time is too large.")]
+    RequestTimeTooSkewed,
+    #[error("The authorization header is malformed: {0}")]
+    AuthorizationHeaderMalformed(String),
+    #[error("The specified bucket does not exist")]
+    NoSuchBucket,
+    #[error("The specified key does not exist.")]
+    NoSuchKey,
+    #[error("The specified bucket is not valid.")]
+    InvalidBucketName,
+    #[error("Your previous request to create the named bucket succeeded and you already own it.")]
+    BucketAlreadyOwnedByYou,
+    #[error("The bucket you tried to delete is not empty")]
+    BucketNotEmpty,
+    #[error("The requested range is not satisfiable")]
+    InvalidRange,
+    #[error("The Content-MD5 you specified did not match what we received.")]
+    BadDigest,
+    #[error("The {0} you specified did not match the calculated checksum.")]
+    ChecksumMismatch(&'static str),
+    #[error("The Content-MD5 you specified was invalid.")]
+    InvalidDigest,
+    #[error("The provided 'x-amz-content-sha256' header does not match what was computed.")]
+    ContentSha256Mismatch,
+    #[error("Your proposed upload exceeds the maximum allowed object size.")]
+    EntityTooLarge,
+    #[error("You must provide the Content-Length HTTP header.")]
+    MissingContentLength,
+    #[error(
+        "You did not provide the number of bytes specified by the Content-Length HTTP header."
+    )]
+    IncompleteBody,
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("The XML you provided was not well-formed or did not validate against our published schema.")]
+    MalformedXml,
+    #[error("Your key is too long")]
+    KeyTooLong,
+    #[error("{0} is not implemented")]
+    NotImplemented(String),
+    #[error("The specified method is not allowed against this resource.")]
+    MethodNotAllowed,
+    #[error("Please reduce your request rate: {0}")]
+    SlowDown(String),
+    #[error("Service unavailable: {0}")]
+    ServiceUnavailable(String),
+    #[error("We encountered an internal error. Please try again.")]
+    Internal(String),
+}
+
+impl S3Error {
+    /// The S3 error code and HTTP status.
+    pub fn code_and_status(&self) -> (&'static str, StatusCode) {
+        use S3Error::*;
+        match self {
+            AccessDenied | ExpiredPresignedUrl => ("AccessDenied", StatusCode::FORBIDDEN),
+            InvalidAccessKeyId => ("InvalidAccessKeyId", StatusCode::FORBIDDEN),
+            SignatureDoesNotMatch => ("SignatureDoesNotMatch", StatusCode::FORBIDDEN),
+            RequestTimeTooSkewed => ("RequestTimeTooSkewed", StatusCode::FORBIDDEN),
+            AuthorizationHeaderMalformed(_) => {
+                ("AuthorizationHeaderMalformed", StatusCode::BAD_REQUEST)
+            }
+            NoSuchBucket => ("NoSuchBucket", StatusCode::NOT_FOUND),
+            NoSuchKey => ("NoSuchKey", StatusCode::NOT_FOUND),
+            InvalidBucketName => ("InvalidBucketName", StatusCode::BAD_REQUEST),
+            BucketAlreadyOwnedByYou => ("BucketAlreadyOwnedByYou", StatusCode::CONFLICT),
+            BucketNotEmpty => ("BucketNotEmpty", StatusCode::CONFLICT),
+            InvalidRange => ("InvalidRange", StatusCode::RANGE_NOT_SATISFIABLE),
+            BadDigest | ChecksumMismatch(_) => ("BadDigest", StatusCode::BAD_REQUEST),
+            InvalidDigest => ("InvalidDigest", StatusCode::BAD_REQUEST),
+            ContentSha256Mismatch => ("XAmzContentSHA256Mismatch", StatusCode::BAD_REQUEST),
+            EntityTooLarge => ("EntityTooLarge", StatusCode::BAD_REQUEST),
+            MissingContentLength => ("MissingContentLength", StatusCode::LENGTH_REQUIRED),
+            IncompleteBody => ("IncompleteBody", StatusCode::BAD_REQUEST),
+            InvalidArgument(_) => ("InvalidArgument", StatusCode::BAD_REQUEST),
+            InvalidRequest(_) => ("InvalidRequest", StatusCode::BAD_REQUEST),
+            MalformedXml => ("MalformedXML", StatusCode::BAD_REQUEST),
+            KeyTooLong => ("KeyTooLongError", StatusCode::BAD_REQUEST),
+            NotImplemented(_) => ("NotImplemented", StatusCode::NOT_IMPLEMENTED),
+            MethodNotAllowed => ("MethodNotAllowed", StatusCode::METHOD_NOT_ALLOWED),
+            SlowDown(_) => ("SlowDown", StatusCode::SERVICE_UNAVAILABLE),
+            ServiceUnavailable(_) => ("ServiceUnavailable", StatusCode::SERVICE_UNAVAILABLE),
+            Internal(_) => ("InternalError", StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    }
+
+    /// Renders the error for a request on `resource`.
+    pub fn to_response(&self, resource: &str, request_id: &str, head: bool) -> Response {
+        let (code, status) = self.code_and_status();
+        if status.is_server_error() {
+            tracing::warn!(code, error = %self, resource, request_id, "request failed");
+        } else {
+            tracing::debug!(code, error = %self, resource, request_id, "request refused");
+        }
+        let body = if head {
+            String::new()
+        } else {
+            crate::s3::xml::error_body(code, &self.to_string(), resource, request_id)
+        };
+        let mut resp = (status, body).into_response();
+        let h = resp.headers_mut();
+        if !head {
+            h.insert("content-type", HeaderValue::from_static("application/xml"));
+        }
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            h.insert("x-amz-request-id", v);
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            h.insert("retry-after", HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for S3Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotEnoughNodes(msg) => S3Error::SlowDown(msg),
+            StoreError::Unavailable(msg) => S3Error::ServiceUnavailable(msg),
+            StoreError::BodyTooShort => S3Error::IncompleteBody,
+            StoreError::BodyTooLong => {
+                S3Error::InvalidRequest("request body is longer than its declared length".into())
+            }
+            StoreError::Body(e) => match e.downcast::<S3Error>() {
+                Ok(s3) => *s3,
+                Err(other) => S3Error::InvalidRequest(format!("request body: {other}")),
+            },
+            other => S3Error::Internal(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The S3 API: one entry point that authenticates, routes and dispatches a request.
+
+pub mod body;
+pub mod bucket;
+pub mod checksum;
+pub mod chunked;
+pub mod list;
+pub mod object;
+pub mod router;
+pub mod sigv4;
+pub mod xml;
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use http::HeaderMap;
+
+use crate::error::S3Error;
+use crate::AppState;
+use router::{Endpoint, Query};
+use sigv4::Payload;
+
+/// What every handler gets besides the body.
+pub struct Ctx {
+    /// Shared gateway state.
+    pub state: AppState,
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// Decoded query parameters.
+    pub query: Query,
+    /// How the payload is signed.
+    pub payload: Payload,
+    /// This request's id.
+    pub request_id: String,
+}
+
+/// Handles one S3 request.
+pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
+    let started = Instant::now();
+    let request_id = format!("{:016X}", rand::random::<u64>());
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
+    let is_head = parts.method == http::Method::HEAD;
+    let query = router::parse_query(parts.uri.query());
+    let span =
+        tracing::info_span!("s3", request_id = %request_id, method = %parts.method, path = %path);
+    let _enter = span.enter();
+    drop(_enter);
+
+    let endpoint = router::route(&parts.method, &path, &query, &parts.headers);
+    let op = endpoint.as_ref().map(|e| e.name()).unwrap_or("Invalid");
+    let result = async {
+        let endpoint = endpoint?;
+        let payload = sigv4::authenticate(
+            &state.keys,
+            parts.method.as_str(),
+            &path_and_query,
+            &parts.headers,
+        )?;
+        let ctx = Ctx {
+            state: state.clone(),
+            headers: parts.headers,
+            query,
+            payload,
+            request_id: request_id.clone(),
+        };
+        dispatch(ctx, endpoint, body).await
+    };
+    let result = tracing::Instrument::instrument(result, span.clone()).await;
+    let resp = match result {
+        Ok(mut r) => {
+            if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+                r.headers_mut().insert("x-amz-request-id", v);
+            }
+            r
+        }
+        Err(e) => e.to_response(&path, &request_id, is_head),
+    };
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("cairn_s3_requests_total", "operation" => op, "status" => status.clone())
+        .increment(1);
+    metrics::histogram!("cairn_s3_request_duration_seconds", "operation" => op)
+        .record(started.elapsed().as_secs_f64());
+    span.in_scope(|| tracing::info!(operation = op, status = %status, elapsed_ms = started.elapsed().as_millis() as u64, "request"));
+    resp
+}
+
+async fn dispatch(ctx: Ctx, endpoint: Endpoint, body: Body) -> Result<Response, S3Error> {
+    match endpoint {
+        Endpoint::ListBuckets => bucket::list_buckets(&ctx).await,
+        Endpoint::CreateBucket { bucket } => bucket::create_bucket(&ctx, &bucket).await,
+        Endpoint::HeadBucket { bucket } => bucket::head_bucket(&ctx, &bucket).await,
+        Endpoint::DeleteBucket { bucket } => bucket::delete_bucket(&ctx, &bucket).await,
+        Endpoint::GetBucketLocation { bucket } => bucket::get_location(&ctx, &bucket).await,
+        Endpoint::GetBucketVersioning { bucket } => bucket::get_versioning(&ctx, &bucket).await,
+        Endpoint::ListObjectsV1 { bucket } => list::list_objects(&ctx, &bucket, false).await,
+        Endpoint::ListObjectsV2 { bucket } => list::list_objects(&ctx, &bucket, true).await,
+        Endpoint::PutObject { bucket, key } => object::put_object(&ctx, &bucket, &key, body).await,
+        Endpoint::GetObject { bucket, key } => object::get_object(&ctx, &bucket, &key, false).await,
+        Endpoint::HeadObject { bucket, key } => object::get_object(&ctx, &bucket, &key, true).await,
+        Endpoint::DeleteObject { bucket, key } => object::delete_object(&ctx, &bucket, &key).await,
+        Endpoint::Unsupported { what } => Err(S3Error::NotImplemented(what)),
+    }
+}

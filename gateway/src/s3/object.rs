@@ -1,0 +1,305 @@
+//! Object operations: PutObject, GetObject, HeadObject, DeleteObject.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use super::body::{declared_length, CheckedBody, MAX_PUT_SIZE};
+use super::bucket::require_bucket;
+use super::checksum::Algorithm;
+use super::Ctx;
+use crate::error::S3Error;
+use crate::store::catalog::{ObjectMeta, ObjectRecord};
+
+/// Longest key S3 accepts, in bytes.
+pub const MAX_KEY_LEN: usize = 1024;
+/// Standard headers stored with an object and returned on GET/HEAD.
+const KEPT_HEADERS: &[&str] = &[
+    "content-disposition",
+    "content-language",
+    "cache-control",
+    "expires",
+];
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Client-supplied metadata of a PUT (everything but the ETag and checksums).
+pub fn meta_from_headers(h: &HeaderMap) -> ObjectMeta {
+    let mut headers = BTreeMap::new();
+    for name in KEPT_HEADERS {
+        if let Some(v) = header(h, name) {
+            headers.insert(name.to_string(), v.to_string());
+        }
+    }
+    if let Some(enc) = header(h, "content-encoding") {
+        let rest: Vec<&str> = enc
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("aws-chunked"))
+            .collect();
+        if !rest.is_empty() {
+            headers.insert("content-encoding".into(), rest.join(","));
+        }
+    }
+    let mut user_meta = BTreeMap::new();
+    for (name, value) in h {
+        if let Some(m) = name.as_str().strip_prefix("x-amz-meta-") {
+            if let Ok(v) = value.to_str() {
+                user_meta.insert(m.to_string(), v.to_string());
+            }
+        }
+    }
+    ObjectMeta {
+        etag: String::new(),
+        content_type: header(h, "content-type").map(String::from),
+        headers,
+        user_meta,
+        checksums: BTreeMap::new(),
+    }
+}
+
+/// PutObject: stream, erasure-code, verify, then commit.
+pub async fn put_object(
+    ctx: &Ctx,
+    bucket: &str,
+    key: &str,
+    body: Body,
+) -> Result<Response, S3Error> {
+    require_bucket(ctx, bucket)?;
+    if key.len() > MAX_KEY_LEN {
+        return Err(S3Error::KeyTooLong);
+    }
+    let len = declared_length(&ctx.headers, &ctx.payload)?;
+    if len > MAX_PUT_SIZE {
+        return Err(S3Error::EntityTooLarge);
+    }
+    let mut body = CheckedBody::new(body, &ctx.headers, &ctx.payload, len)?;
+    let service = &ctx.state.service;
+    let staged = service.write_data(bucket, key, len, &mut body).await?;
+    let Some(digests) = body.digests().cloned() else {
+        service.discard(staged);
+        return Err(S3Error::IncompleteBody);
+    };
+    let mut meta = meta_from_headers(&ctx.headers);
+    meta.etag = hex::encode(digests.md5);
+    if let Some((alg, value)) = &digests.checksum {
+        meta.checksums.insert(alg.name().to_string(), value.clone());
+    }
+    let rec = service.commit(bucket, key, staged, meta).await?;
+    metrics::counter!("cairn_s3_bytes_in_total").increment(len);
+    let mut resp = StatusCode::OK.into_response();
+    let h = resp.headers_mut();
+    insert(h, "etag", &format!("\"{}\"", rec.meta.etag));
+    if let Some((alg, value)) = &digests.checksum {
+        insert(h, alg.header(), value);
+    }
+    Ok(resp)
+}
+
+fn insert(h: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+/// A parsed `Range` header, resolved against the object size.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeSpec {
+    /// No usable range: the whole object.
+    Full,
+    /// Bytes `start..=end`.
+    Bytes(u64, u64),
+}
+
+/// Resolves a `Range` header. Unparsable or multi-range headers are ignored (whole
+/// object), as S3 does; a syntactically valid but unsatisfiable range is InvalidRange.
+pub fn parse_range(value: Option<&str>, size: u64) -> Result<RangeSpec, S3Error> {
+    let Some(v) = value else {
+        return Ok(RangeSpec::Full);
+    };
+    let Some(spec) = v.trim().strip_prefix("bytes=") else {
+        return Ok(RangeSpec::Full);
+    };
+    if spec.contains(',') {
+        return Ok(RangeSpec::Full);
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return Ok(RangeSpec::Full);
+    };
+    let (a, b) = (a.trim(), b.trim());
+    if a.is_empty() {
+        let Ok(n) = b.parse::<u64>() else {
+            return Ok(RangeSpec::Full);
+        };
+        if n == 0 || size == 0 {
+            return Err(S3Error::InvalidRange);
+        }
+        return Ok(RangeSpec::Bytes(size.saturating_sub(n), size - 1));
+    }
+    let Ok(start) = a.parse::<u64>() else {
+        return Ok(RangeSpec::Full);
+    };
+    let end = if b.is_empty() {
+        u64::MAX
+    } else {
+        match b.parse::<u64>() {
+            Ok(e) if e >= start => e,
+            _ => return Ok(RangeSpec::Full),
+        }
+    };
+    if start >= size {
+        return Err(S3Error::InvalidRange);
+    }
+    Ok(RangeSpec::Bytes(start, end.min(size - 1)))
+}
+
+fn object_headers(h: &mut HeaderMap, rec: &ObjectRecord, checksum_mode: bool, ranged: bool) {
+    insert(h, "etag", &format!("\"{}\"", rec.meta.etag));
+    insert(
+        h,
+        "last-modified",
+        &httpdate::fmt_http_date(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(rec.modified_ms.max(0) as u64),
+        ),
+    );
+    insert(
+        h,
+        "content-type",
+        rec.meta
+            .content_type
+            .as_deref()
+            .unwrap_or("binary/octet-stream"),
+    );
+    insert(h, "accept-ranges", "bytes");
+    for (name, value) in &rec.meta.headers {
+        if let Ok(n) = http::HeaderName::from_bytes(name.as_bytes()) {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                h.insert(n, v);
+            }
+        }
+    }
+    for (name, value) in &rec.meta.user_meta {
+        if let Ok(n) = http::HeaderName::from_bytes(format!("x-amz-meta-{name}").as_bytes()) {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                h.insert(n, v);
+            }
+        }
+    }
+    if checksum_mode && !ranged {
+        for (alg, value) in &rec.meta.checksums {
+            if let Some(a) = Algorithm::parse(alg) {
+                insert(h, a.header(), value);
+            }
+        }
+    }
+}
+
+/// GetObject and HeadObject.
+pub async fn get_object(
+    ctx: &Ctx,
+    bucket: &str,
+    key: &str,
+    head: bool,
+) -> Result<Response, S3Error> {
+    require_bucket(ctx, bucket)?;
+    let rec = ctx
+        .state
+        .service
+        .catalog
+        .object(bucket, key)?
+        .ok_or(S3Error::NoSuchKey)?;
+    let range = parse_range(header(&ctx.headers, "range"), rec.size)?;
+    let (start, end, status) = match range {
+        RangeSpec::Full => (0, rec.size, StatusCode::OK),
+        RangeSpec::Bytes(a, b) => (a, b + 1, StatusCode::PARTIAL_CONTENT),
+    };
+    let checksum_mode = header(&ctx.headers, "x-amz-checksum-mode")
+        .is_some_and(|v| v.eq_ignore_ascii_case("enabled"));
+    let body = if head || start == end {
+        Body::empty()
+    } else {
+        let mut stream = Box::pin(ctx.state.service.read(&rec, start, end));
+        // Fail with a proper error if not even the first bytes can be read.
+        let first = match stream.next().await {
+            Some(Ok(b)) => b,
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(S3Error::Internal("object read ended early".into())),
+        };
+        let len = end - start;
+        metrics::counter!("cairn_s3_bytes_out_total").increment(len);
+        let rest = stream.map(|r| r.map_err(std::io::Error::other));
+        Body::from_stream(
+            futures::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(rest),
+        )
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    object_headers(
+        h,
+        &rec,
+        checksum_mode,
+        status == StatusCode::PARTIAL_CONTENT,
+    );
+    insert(h, "content-length", &(end - start).to_string());
+    if status == StatusCode::PARTIAL_CONTENT {
+        insert(
+            h,
+            "content-range",
+            &format!("bytes {}-{}/{}", start, end - 1, rec.size),
+        );
+    }
+    Ok(resp)
+}
+
+/// DeleteObject: succeeds whether or not the key exists.
+pub async fn delete_object(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response, S3Error> {
+    require_bucket(ctx, bucket)?;
+    ctx.state.service.delete(bucket, key).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_resolve_like_s3() {
+        assert_eq!(parse_range(None, 10).expect("ok"), RangeSpec::Full);
+        assert_eq!(
+            parse_range(Some("bytes=0-0"), 10).expect("ok"),
+            RangeSpec::Bytes(0, 0)
+        );
+        assert_eq!(
+            parse_range(Some("bytes=2-"), 10).expect("ok"),
+            RangeSpec::Bytes(2, 9)
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-3"), 10).expect("ok"),
+            RangeSpec::Bytes(7, 9)
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-30"), 10).expect("ok"),
+            RangeSpec::Bytes(0, 9)
+        );
+        assert_eq!(
+            parse_range(Some("bytes=5-100"), 10).expect("ok"),
+            RangeSpec::Bytes(5, 9)
+        );
+        assert!(parse_range(Some("bytes=10-"), 10).is_err());
+        assert!(parse_range(Some("bytes=0-0"), 0).is_err());
+        assert_eq!(
+            parse_range(Some("bytes=5-2"), 10).expect("ok"),
+            RangeSpec::Full
+        );
+        assert_eq!(
+            parse_range(Some("items=1-2"), 10).expect("ok"),
+            RangeSpec::Full
+        );
+    }
+}

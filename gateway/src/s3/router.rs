@@ -1,0 +1,256 @@
+//! Parses each request once into an [`Endpoint`]: the operation and its typed inputs.
+
+use std::collections::HashMap;
+
+use http::{HeaderMap, Method};
+use percent_encoding::percent_decode_str;
+
+use crate::error::S3Error;
+
+/// Query parameters, decoded.
+pub type Query = HashMap<String, String>;
+
+/// One S3 operation with what identifies its target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    ListBuckets,
+    CreateBucket {
+        bucket: String,
+    },
+    HeadBucket {
+        bucket: String,
+    },
+    DeleteBucket {
+        bucket: String,
+    },
+    GetBucketLocation {
+        bucket: String,
+    },
+    GetBucketVersioning {
+        bucket: String,
+    },
+    ListObjectsV1 {
+        bucket: String,
+    },
+    ListObjectsV2 {
+        bucket: String,
+    },
+    PutObject {
+        bucket: String,
+        key: String,
+    },
+    GetObject {
+        bucket: String,
+        key: String,
+    },
+    HeadObject {
+        bucket: String,
+        key: String,
+    },
+    DeleteObject {
+        bucket: String,
+        key: String,
+    },
+    /// Recognised but not supported: answered with NotImplemented.
+    Unsupported {
+        what: String,
+    },
+}
+
+impl Endpoint {
+    /// Operation name for metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Endpoint::ListBuckets => "ListBuckets",
+            Endpoint::CreateBucket { .. } => "CreateBucket",
+            Endpoint::HeadBucket { .. } => "HeadBucket",
+            Endpoint::DeleteBucket { .. } => "DeleteBucket",
+            Endpoint::GetBucketLocation { .. } => "GetBucketLocation",
+            Endpoint::GetBucketVersioning { .. } => "GetBucketVersioning",
+            Endpoint::ListObjectsV1 { .. } => "ListObjects",
+            Endpoint::ListObjectsV2 { .. } => "ListObjectsV2",
+            Endpoint::PutObject { .. } => "PutObject",
+            Endpoint::GetObject { .. } => "GetObject",
+            Endpoint::HeadObject { .. } => "HeadObject",
+            Endpoint::DeleteObject { .. } => "DeleteObject",
+            Endpoint::Unsupported { .. } => "Unsupported",
+        }
+    }
+}
+
+/// Decodes the query string into a map (`+` is a space; SDKs send `%2B` for plus).
+pub fn parse_query(query: Option<&str>) -> Query {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// Splits a path-style request path into bucket and key (both decoded).
+pub fn split_path(path: &str) -> Result<(Option<String>, Option<String>), S3Error> {
+    let trimmed = path.strip_prefix('/').unwrap_or(path);
+    if trimmed.is_empty() {
+        return Ok((None, None));
+    }
+    let (bucket, key) = match trimmed.split_once('/') {
+        Some((b, k)) => (b, Some(k)),
+        None => (trimmed, None),
+    };
+    let decode = |s: &str| {
+        percent_decode_str(s)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| S3Error::InvalidArgument("path is not valid UTF-8".into()))
+    };
+    let bucket = decode(bucket)?;
+    let key = match key {
+        Some(k) if !k.is_empty() => Some(decode(k)?),
+        _ => None,
+    };
+    Ok((Some(bucket), key))
+}
+
+/// Sub-resources of a bucket that clients probe but Cairn does not implement.
+const UNSUPPORTED_BUCKET_SUBRESOURCES: &[&str] = &[
+    "acl",
+    "policy",
+    "cors",
+    "lifecycle",
+    "tagging",
+    "website",
+    "replication",
+    "logging",
+    "notification",
+    "encryption",
+    "object-lock",
+    "accelerate",
+    "requestPayment",
+    "ownershipControls",
+    "publicAccessBlock",
+    "analytics",
+    "metrics",
+    "inventory",
+    "intelligent-tiering",
+    "versions",
+    "uploads",
+    "delete",
+];
+/// Sub-resources of an object that Cairn does not implement (yet).
+const UNSUPPORTED_OBJECT_SUBRESOURCES: &[&str] = &[
+    "acl",
+    "tagging",
+    "retention",
+    "legal-hold",
+    "torrent",
+    "restore",
+    "select",
+    "attributes",
+    "uploads",
+    "uploadId",
+];
+
+/// Parses method, path and query into an endpoint.
+pub fn route(
+    method: &Method,
+    path: &str,
+    query: &Query,
+    headers: &HeaderMap,
+) -> Result<Endpoint, S3Error> {
+    let (bucket, key) = split_path(path)?;
+    let Some(bucket) = bucket else {
+        return match *method {
+            Method::GET => Ok(Endpoint::ListBuckets),
+            _ => Err(S3Error::MethodNotAllowed),
+        };
+    };
+    let Some(key) = key else {
+        if let Some(sub) = UNSUPPORTED_BUCKET_SUBRESOURCES
+            .iter()
+            .find(|s| query.contains_key(**s))
+        {
+            return Ok(Endpoint::Unsupported {
+                what: format!("bucket ?{sub}"),
+            });
+        }
+        return Ok(match *method {
+            Method::PUT if query.contains_key("versioning") => Endpoint::Unsupported {
+                what: "PutBucketVersioning".into(),
+            },
+            Method::PUT => Endpoint::CreateBucket { bucket },
+            Method::HEAD => Endpoint::HeadBucket { bucket },
+            Method::DELETE => Endpoint::DeleteBucket { bucket },
+            Method::GET if query.contains_key("location") => Endpoint::GetBucketLocation { bucket },
+            Method::GET if query.contains_key("versioning") => {
+                Endpoint::GetBucketVersioning { bucket }
+            }
+            Method::GET if query.get("list-type").map(String::as_str) == Some("2") => {
+                Endpoint::ListObjectsV2 { bucket }
+            }
+            Method::GET => Endpoint::ListObjectsV1 { bucket },
+            _ => return Err(S3Error::MethodNotAllowed),
+        });
+    };
+    if let Some(sub) = UNSUPPORTED_OBJECT_SUBRESOURCES
+        .iter()
+        .find(|s| query.contains_key(**s))
+    {
+        return Ok(Endpoint::Unsupported {
+            what: format!("object ?{sub}"),
+        });
+    }
+    if query.contains_key("partNumber") {
+        return Ok(Endpoint::Unsupported {
+            what: "partNumber".into(),
+        });
+    }
+    Ok(match *method {
+        Method::PUT if headers.contains_key("x-amz-copy-source") => Endpoint::Unsupported {
+            what: "CopyObject".into(),
+        },
+        Method::PUT => Endpoint::PutObject { bucket, key },
+        Method::GET => Endpoint::GetObject { bucket, key },
+        Method::HEAD => Endpoint::HeadObject { bucket, key },
+        Method::DELETE => Endpoint::DeleteObject { bucket, key },
+        Method::POST => Endpoint::Unsupported {
+            what: "POST on an object".into(),
+        },
+        _ => return Err(S3Error::MethodNotAllowed),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(method: Method, path: &str, q: &str) -> Endpoint {
+        route(&method, path, &parse_query(Some(q)), &HeaderMap::new()).expect("route")
+    }
+
+    #[test]
+    fn routes_the_basic_operations() {
+        assert_eq!(r(Method::GET, "/", ""), Endpoint::ListBuckets);
+        assert_eq!(
+            r(Method::PUT, "/b", ""),
+            Endpoint::CreateBucket { bucket: "b".into() }
+        );
+        assert_eq!(
+            r(Method::GET, "/b/", "list-type=2&prefix=a"),
+            Endpoint::ListObjectsV2 { bucket: "b".into() }
+        );
+        assert_eq!(
+            r(Method::GET, "/b", ""),
+            Endpoint::ListObjectsV1 { bucket: "b".into() }
+        );
+        assert_eq!(
+            r(Method::GET, "/b/dir/a%20b%2Bc", ""),
+            Endpoint::GetObject {
+                bucket: "b".into(),
+                key: "dir/a b+c".into()
+            }
+        );
+        assert!(matches!(
+            r(Method::GET, "/b", "policy"),
+            Endpoint::Unsupported { .. }
+        ));
+        assert_eq!(parse_query(Some("prefix=a%2Bb+c"))["prefix"], "a+b c");
+    }
+}

@@ -1,0 +1,63 @@
+//! S3 XML response bodies.
+
+use std::fmt::Write;
+
+use quick_xml::escape::escape;
+
+const DECL: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;
+const NS: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
+
+/// Formats unix milliseconds as S3's ISO-8601 timestamp (`2026-11-27T02:00:00.000Z`).
+pub fn iso8601(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// Appends `<tag>escaped text</tag>`.
+pub fn elem(out: &mut String, tag: &str, text: &str) {
+    let _ = write!(out, "<{tag}>{}</{tag}>", escape(text));
+}
+
+/// The `<Error>` document.
+pub fn error_body(code: &str, message: &str, resource: &str, request_id: &str) -> String {
+    let mut s = String::from(DECL);
+    s.push_str("<Error>");
+    elem(&mut s, "Code", code);
+    elem(&mut s, "Message", message);
+    elem(&mut s, "Resource", resource);
+    elem(&mut s, "RequestId", request_id);
+    s.push_str("</Error>");
+    s
+}
+
+/// Starts a document with the S3 namespace on its root element.
+pub fn document(root: &str) -> String {
+    format!(r#"{DECL}<{root} xmlns="{NS}">"#)
+}
+
+/// `ListAllMyBucketsResult`.
+pub fn list_buckets(owner: &str, buckets: &[(String, i64)]) -> String {
+    let mut s = document("ListAllMyBucketsResult");
+    s.push_str("<Owner>");
+    elem(&mut s, "ID", owner);
+    elem(&mut s, "DisplayName", owner);
+    s.push_str("</Owner><Buckets>");
+    for (name, created) in buckets {
+        s.push_str("<Bucket>");
+        elem(&mut s, "Name", name);
+        elem(&mut s, "CreationDate", &iso8601(*created));
+        s.push_str("</Bucket>");
+    }
+    s.push_str("</Buckets></ListAllMyBucketsResult>");
+    s
+}

@@ -1,0 +1,193 @@
+//! Cluster membership: which storage nodes exist, where they are, and whether they are up.
+//!
+//! Nodes are known by their persistent id, learnt from `GET /v1/info` (which also proves
+//! that the node holds the cluster secret). A heartbeat probes every known address; a node
+//! that fails a probe or a transfer is marked down until a probe succeeds again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use cairn_common::ids::NodeId;
+use cairn_common::protocol::NodeInfo;
+
+use super::node_client::NodeClient;
+
+/// What the gateway knows of one node.
+#[derive(Clone, Debug)]
+pub struct NodeState {
+    /// Persistent node id.
+    pub id: NodeId,
+    /// `host:port` of its API.
+    pub addr: String,
+    /// Whether the last probe or transfer succeeded.
+    pub up: bool,
+    /// Last successful probe.
+    pub last_seen: Option<Instant>,
+    /// Last reported info.
+    pub info: Option<NodeInfo>,
+}
+
+/// Live view of the cluster.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<RwLock<Inner>>,
+    client: NodeClient,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Addresses to probe (static `--nodes`, and later discovered ones).
+    addrs: Vec<String>,
+    nodes: HashMap<NodeId, NodeState>,
+}
+
+impl Cluster {
+    /// A cluster seeded with static node addresses.
+    pub fn new(client: NodeClient, addrs: Vec<String>) -> Self {
+        let inner = Inner {
+            addrs,
+            nodes: HashMap::new(),
+        };
+        Self {
+            inner: Arc::new(RwLock::new(inner)),
+            client,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The client used to talk to nodes.
+    pub fn client(&self) -> &NodeClient {
+        &self.client
+    }
+
+    /// Adds an address to probe (no-op if known).
+    pub fn add_addr(&self, addr: String) {
+        let mut g = self.write();
+        if !g.addrs.contains(&addr) {
+            g.addrs.push(addr);
+        }
+    }
+
+    /// Probes every known address once, concurrently.
+    pub async fn probe_all(&self) {
+        let addrs = self.read().addrs.clone();
+        let probes = addrs.into_iter().map(|addr| {
+            let client = self.client.clone();
+            async move {
+                let r = client.info(&addr).await;
+                (addr, r)
+            }
+        });
+        let results = futures::future::join_all(probes).await;
+        let mut g = self.write();
+        for (addr, r) in results {
+            match r {
+                Ok(info) => {
+                    // A node id seen at a new address moves there; an address now
+                    // answering with a new id belongs to the new node.
+                    for n in g.nodes.values_mut() {
+                        if n.addr == addr && n.id != info.node_id {
+                            n.up = false;
+                            n.addr = String::new();
+                        }
+                    }
+                    let st = g.nodes.entry(info.node_id).or_insert_with(|| NodeState {
+                        id: info.node_id,
+                        addr: addr.clone(),
+                        up: false,
+                        last_seen: None,
+                        info: None,
+                    });
+                    if !st.up {
+                        tracing::info!(node = %info.node_id, %addr, "storage node up");
+                    }
+                    st.addr = addr;
+                    st.up = true;
+                    st.last_seen = Some(Instant::now());
+                    st.info = Some(info);
+                }
+                Err(e) => {
+                    for n in g.nodes.values_mut() {
+                        if n.addr == addr && n.up {
+                            tracing::warn!(node = %n.id, %addr, error = %e, "storage node down");
+                            n.up = false;
+                        }
+                    }
+                }
+            }
+        }
+        let up = g.nodes.values().filter(|n| n.up).count();
+        metrics::gauge!("cairn_nodes_up").set(up as f64);
+        metrics::gauge!("cairn_nodes_known").set(g.nodes.len() as f64);
+        for n in g.nodes.values() {
+            metrics::gauge!("cairn_node_up", "node" => n.id.to_string()).set(if n.up {
+                1.0
+            } else {
+                0.0
+            });
+        }
+    }
+
+    /// Runs the heartbeat forever.
+    pub async fn heartbeat(self, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.probe_all().await;
+        }
+    }
+
+    /// Ids of the nodes that are up.
+    pub fn live_nodes(&self) -> Vec<NodeId> {
+        let g = self.read();
+        let mut v: Vec<NodeId> = g.nodes.values().filter(|n| n.up).map(|n| n.id).collect();
+        v.sort();
+        v
+    }
+
+    /// Address of an up node.
+    pub fn addr_if_up(&self, id: &NodeId) -> Option<String> {
+        let g = self.read();
+        g.nodes
+            .get(id)
+            .filter(|n| n.up && !n.addr.is_empty())
+            .map(|n| n.addr.clone())
+    }
+
+    /// Address of a node whatever its state (for best-effort deletes).
+    pub fn addr(&self, id: &NodeId) -> Option<String> {
+        let g = self.read();
+        g.nodes
+            .get(id)
+            .filter(|n| !n.addr.is_empty())
+            .map(|n| n.addr.clone())
+    }
+
+    /// Marks a node down after a failed transfer; the heartbeat brings it back.
+    pub fn mark_down(&self, id: &NodeId) {
+        let mut g = self.write();
+        if let Some(n) = g.nodes.get_mut(id) {
+            if n.up {
+                tracing::warn!(node = %id, addr = %n.addr, "storage node marked down after a failed transfer");
+                n.up = false;
+                metrics::gauge!("cairn_node_up", "node" => id.to_string()).set(0.0);
+            }
+        }
+    }
+
+    /// Snapshot of all nodes.
+    pub fn snapshot(&self) -> Vec<NodeState> {
+        let mut v: Vec<NodeState> = self.read().nodes.values().cloned().collect();
+        v.sort_by_key(|n| n.id);
+        v
+    }
+}

@@ -1,0 +1,216 @@
+//! The stripe decoder: shard streams in, verified object bytes out.
+//!
+//! A read of a byte range opens one stream per data shard for the stripes it covers.
+//! Every block is checked against its crc32c. When a node is down, a stream breaks, or a
+//! block fails its check, that shard is dropped for the rest of the read, a parity shard
+//! is opened from the current stripe on, and the stripe is rebuilt — the client sees the
+//! right bytes and no error. Only when fewer than k shards are readable does the read fail.
+
+use bytes::{Bytes, BytesMut};
+use cairn_common::erasure::Codec;
+use cairn_common::ids::ObjectId;
+use cairn_common::shard::{verify_block, Layout, CRC_LEN};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::catalog::SegmentRecord;
+use super::cluster::Cluster;
+use super::StoreError;
+
+/// Verified blocks read ahead per shard.
+const READ_AHEAD: usize = 2;
+
+type BlockRx = mpsc::Receiver<Result<Bytes, String>>;
+
+/// Opens shard `index` for blocks `from..=last`, verifying each block in a background task.
+async fn open_shard(
+    cluster: &Cluster,
+    object: ObjectId,
+    seg: &SegmentRecord,
+    layout: Layout,
+    index: usize,
+    from: u64,
+    last: u64,
+) -> Result<BlockRx, String> {
+    let node = seg.nodes.get(index).ok_or("shard index out of range")?;
+    let addr = cluster
+        .addr_if_up(node)
+        .ok_or_else(|| format!("node {node} is down"))?;
+    let stream = match cluster
+        .client()
+        .read_shard(
+            &addr,
+            &object,
+            seg.segment,
+            index as u8,
+            from,
+            last - from + 1,
+        )
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            if matches!(e, super::node_client::NodeCallError::Transport(_)) {
+                cluster.mark_down(node);
+            }
+            return Err(format!("node {node}: {e}"));
+        }
+    };
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        let mut acc = BytesMut::new();
+        let mut s = from;
+        while s <= last {
+            let want = layout.block_len(s) + CRC_LEN;
+            while acc.len() < want {
+                match stream.next().await {
+                    Some(Ok(chunk)) => acc.extend_from_slice(&chunk),
+                    Some(Err(e)) => {
+                        let _ = tx.send(Err(format!("shard stream broke: {e}"))).await;
+                        return;
+                    }
+                    None => {
+                        let _ = tx.send(Err("shard stream ended early".into())).await;
+                        return;
+                    }
+                }
+            }
+            let stored = acc.split_to(want).freeze();
+            let block = match verify_block(&stored, s) {
+                Ok(_) => stored.slice(..want - CRC_LEN),
+                Err(e) => {
+                    metrics::counter!("cairn_checksum_failures_total").increment(1);
+                    let _ = tx.send(Err(e.to_string())).await;
+                    return;
+                }
+            };
+            if tx.send(Ok(block)).await.is_err() {
+                return;
+            }
+            s += 1;
+        }
+    });
+    Ok(rx)
+}
+
+/// Streams bytes `start..end` (segment-relative, `end` exclusive) of a segment into `out`.
+pub async fn read_segment(
+    cluster: &Cluster,
+    object: ObjectId,
+    seg: &SegmentRecord,
+    start: u64,
+    end: u64,
+    out: &mpsc::Sender<Result<Bytes, StoreError>>,
+) -> Result<(), StoreError> {
+    if start >= end {
+        return Ok(());
+    }
+    let layout = Layout::new(seg.k, seg.m, seg.block_size, seg.len)?;
+    let (k, n) = (seg.k as usize, seg.k as usize + seg.m as usize);
+    let codec = Codec::new(seg.k, seg.m)?;
+    let (s0, s1) = (layout.stripe_of(start), layout.stripe_of(end - 1));
+    let mut readers: Vec<Option<BlockRx>> = (0..n).map(|_| None).collect();
+    let mut failed = vec![false; n];
+    let mut degraded_counted = false;
+    for i in 0..k {
+        match open_shard(cluster, object, seg, layout, i, s0, s1).await {
+            Ok(rx) => readers[i] = Some(rx),
+            Err(e) => {
+                tracing::warn!(%object, shard = i, error = %e, "shard unavailable, reading parity");
+                failed[i] = true;
+            }
+        }
+    }
+    for s in s0..=s1 {
+        let blen = layout.block_len(s);
+        let mut blocks: Vec<Option<Bytes>> = vec![None; n];
+        loop {
+            // Take this stripe's block from every open reader.
+            for i in 0..n {
+                if blocks[i].is_some() {
+                    continue;
+                }
+                if let Some(rx) = readers[i].as_mut() {
+                    match rx.recv().await {
+                        Some(Ok(b)) if b.len() == blen => blocks[i] = Some(b),
+                        other => {
+                            let why = match other {
+                                Some(Err(e)) => e,
+                                _ => "short block".to_string(),
+                            };
+                            tracing::warn!(%object, shard = i, stripe = s, error = %why, "shard read failed; rebuilding from parity");
+                            readers[i] = None;
+                            failed[i] = true;
+                        }
+                    }
+                }
+            }
+            let have = blocks.iter().filter(|b| b.is_some()).count();
+            if have >= k {
+                break;
+            }
+            // Open more shards (parity first, then any data shard not yet tried).
+            let mut opened = false;
+            for i in (k..n).chain(0..k) {
+                if readers[i].is_some() || failed[i] || blocks[i].is_some() {
+                    continue;
+                }
+                match open_shard(cluster, object, seg, layout, i, s, s1).await {
+                    Ok(rx) => {
+                        readers[i] = Some(rx);
+                        opened = true;
+                        if readers.iter().filter(|r| r.is_some()).count()
+                            + blocks.iter().filter(|b| b.is_some()).count()
+                            >= k
+                        {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(%object, shard = i, error = %e, "shard unavailable");
+                        failed[i] = true;
+                    }
+                }
+            }
+            if !opened {
+                let readable = n - failed.iter().filter(|f| **f).count();
+                return Err(StoreError::Unavailable(format!(
+                    "object {object}: only {readable} of {n} shards readable, {k} needed"
+                )));
+            }
+        }
+        let data: Vec<Bytes> = if blocks[..k].iter().all(|b| b.is_some()) {
+            blocks.into_iter().take(k).flatten().collect()
+        } else {
+            if !degraded_counted {
+                metrics::counter!("cairn_degraded_reads_total").increment(1);
+                degraded_counted = true;
+            }
+            let mut shards: Vec<Option<Vec<u8>>> =
+                blocks.into_iter().map(|b| b.map(|b| b.to_vec())).collect();
+            let t = std::time::Instant::now();
+            codec.reconstruct_data(&mut shards)?;
+            metrics::histogram!("cairn_erasure_decode_seconds").record(t.elapsed().as_secs_f64());
+            shards
+                .into_iter()
+                .take(k)
+                .map(|b| Bytes::from(b.unwrap_or_default()))
+                .collect()
+        };
+        let off = layout.stripe_offset(s);
+        for (i, block) in data.into_iter().enumerate() {
+            let b_start = off + (i * blen) as u64;
+            let b_end = (b_start + blen as u64).min(off + layout.stripe_len(s));
+            let (lo, hi) = (b_start.max(start), b_end.min(end));
+            if lo >= hi {
+                continue;
+            }
+            let piece = block.slice((lo - b_start) as usize..(hi - b_start) as usize);
+            if out.send(Ok(piece)).await.is_err() {
+                return Ok(()); // client went away
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! The object service: everything below the S3 layer.
+//!
+//! [`service::ObjectService`] is the only module that knows both objects and shards. It
+//! uses [`catalog`] (sled: buckets and object records), [`encoder`] (body → stripes →
+//! shard streams), [`decoder`] (shard streams → verified, reconstructed bytes),
+//! [`cluster`] (which nodes are live) and [`node_client`] (the node protocol).
+
+pub mod catalog;
+pub mod cluster;
+pub mod decoder;
+pub mod encoder;
+pub mod node_client;
+pub mod service;
+
+/// A request body error, kept opaque here so this layer knows nothing of S3.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Failures of the object service.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not enough storage nodes: {0}")]
+    NotEnoughNodes(String),
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("request body ended before its declared length")]
+    BodyTooShort,
+    #[error("request body is longer than its declared length")]
+    BodyTooLong,
+    #[error("request body: {0}")]
+    Body(BodyError),
+    #[error("catalog: {0}")]
+    Catalog(#[from] sled::Error),
+    #[error("catalog record: {0}")]
+    Record(#[from] serde_json::Error),
+    #[error("erasure: {0}")]
+    Erasure(#[from] cairn_common::erasure::ErasureError),
+    #[error("shard: {0}")]
+    Shard(#[from] cairn_common::shard::ShardError),
+    #[error("node {node}: {msg}")]
+    Node { node: String, msg: String },
+}

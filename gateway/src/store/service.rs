@@ -1,0 +1,272 @@
+//! The object service: stores object data on the cluster and commits it in the catalog.
+//!
+//! A write is two steps. [`ObjectService::write_data`] erasure-codes the body onto nodes
+//! under a fresh [`ObjectId`] and returns a [`StagedObject`]; nothing is visible yet. Then
+//! [`ObjectService::commit`] writes and flushes the catalog record, atomically replacing
+//! any previous version, whose shards are deleted afterwards. A write that fails or is
+//! abandoned before commit leaves only unreferenced shards, which are deleted right away
+//! when possible (and are orphans for garbage collection otherwise).
+
+use bytes::Bytes;
+use cairn_common::ids::{NodeId, ObjectId};
+use cairn_common::placement;
+use cairn_common::shard::Layout;
+use futures::Stream;
+use tokio::sync::mpsc;
+
+use super::catalog::{Catalog, ObjectMeta, ObjectRecord, SegmentRecord};
+use super::cluster::Cluster;
+use super::decoder;
+use super::encoder::{self, SegmentSpec};
+use super::{BodyError, StoreError};
+
+/// Erasure settings for new writes.
+#[derive(Clone, Copy, Debug)]
+pub struct Geometry {
+    /// Data shards wanted.
+    pub k: u8,
+    /// Parity shards (never fewer, whatever the number of live nodes).
+    pub m: u8,
+    /// Bytes per block.
+    pub block_size: u32,
+}
+
+/// Object data written to nodes but not yet committed.
+#[derive(Debug)]
+pub struct StagedObject {
+    /// Identity of the shards.
+    pub id: ObjectId,
+    /// Logical size.
+    pub size: u64,
+    /// Where the data went.
+    pub segments: Vec<SegmentRecord>,
+}
+
+/// The object service.
+#[derive(Clone)]
+pub struct ObjectService {
+    /// The catalog.
+    pub catalog: Catalog,
+    /// Cluster membership.
+    pub cluster: Cluster,
+    geometry: Geometry,
+}
+
+impl ObjectService {
+    /// A service over a catalog and a cluster.
+    pub fn new(catalog: Catalog, cluster: Cluster, geometry: Geometry) -> Self {
+        Self {
+            catalog,
+            cluster,
+            geometry,
+        }
+    }
+
+    /// Chooses geometry and nodes for a new segment among the live nodes.
+    fn place(
+        &self,
+        object: &ObjectId,
+        segment: u32,
+    ) -> Result<(u8, u8, Vec<(NodeId, String)>), StoreError> {
+        let live = self.cluster.live_nodes();
+        let (k, m) = placement::choose_geometry(live.len(), self.geometry.k, self.geometry.m)
+            .map_err(|e| StoreError::NotEnoughNodes(e.to_string()))?;
+        let ranked = placement::rank(object, segment, &live);
+        let mut targets = Vec::with_capacity(k as usize + m as usize);
+        for id in ranked.into_iter().take(k as usize + m as usize) {
+            let addr = self
+                .cluster
+                .addr_if_up(&id)
+                .ok_or_else(|| StoreError::Unavailable(format!("node {id} went down")))?;
+            targets.push((id, addr));
+        }
+        if targets.len() < k as usize + m as usize {
+            return Err(StoreError::NotEnoughNodes(format!(
+                "{} nodes up",
+                targets.len()
+            )));
+        }
+        Ok((k, m, targets))
+    }
+
+    /// Writes `len` bytes of `body` as one segment of a new object version.
+    pub async fn write_data<S>(
+        &self,
+        bucket: &str,
+        key: &str,
+        len: u64,
+        body: &mut S,
+    ) -> Result<StagedObject, StoreError>
+    where
+        S: Stream<Item = Result<Bytes, BodyError>> + Unpin,
+    {
+        let id = ObjectId::random();
+        let seg = self
+            .write_segment(id, 0, bucket, key, len, body, true)
+            .await?;
+        Ok(StagedObject {
+            id,
+            size: len,
+            segments: vec![seg],
+        })
+    }
+
+    /// Writes one segment of object version `id`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn write_segment<S>(
+        &self,
+        id: ObjectId,
+        segment: u32,
+        bucket: &str,
+        key: &str,
+        len: u64,
+        body: &mut S,
+        last: bool,
+    ) -> Result<SegmentRecord, StoreError>
+    where
+        S: Stream<Item = Result<Bytes, BodyError>> + Unpin,
+    {
+        let (k, m, targets) = self.place(&id, segment)?;
+        let layout = Layout::new(k, m, self.geometry.block_size, len)?;
+        let spec = SegmentSpec {
+            object: id,
+            segment,
+            layout,
+            bucket,
+            key,
+        };
+        let started = std::time::Instant::now();
+        let result = encoder::write_segment(&self.cluster, &spec, &targets, body, last).await;
+        let nodes: Vec<NodeId> = targets.iter().map(|(n, _)| *n).collect();
+        if let Err(e) = result {
+            self.delete_shards_later(id, nodes);
+            return Err(e);
+        }
+        if k < self.geometry.k {
+            metrics::counter!("cairn_degraded_writes_total").increment(1);
+        }
+        metrics::histogram!("cairn_segment_write_seconds").record(started.elapsed().as_secs_f64());
+        Ok(SegmentRecord {
+            segment,
+            len,
+            k,
+            m,
+            block_size: self.geometry.block_size,
+            nodes,
+        })
+    }
+
+    /// Makes a staged object the visible version of `bucket/key`.
+    pub async fn commit(
+        &self,
+        bucket: &str,
+        key: &str,
+        staged: StagedObject,
+        meta: ObjectMeta,
+    ) -> Result<ObjectRecord, StoreError> {
+        let rec = ObjectRecord {
+            id: staged.id,
+            size: staged.size,
+            modified_ms: now_ms(),
+            meta,
+            segments: staged.segments,
+        };
+        let old = self.catalog.put_object(bucket, key, &rec).await?;
+        if let Some(old) = old {
+            self.delete_version_later(&old);
+        }
+        Ok(rec)
+    }
+
+    /// Drops a staged object that will not be committed.
+    pub fn discard(&self, staged: StagedObject) {
+        let nodes: Vec<NodeId> = staged
+            .segments
+            .iter()
+            .flat_map(|s| s.nodes.iter().copied())
+            .collect();
+        self.delete_shards_later(staged.id, nodes);
+    }
+
+    /// Removes `bucket/key`; returns whether it existed.
+    pub async fn delete(&self, bucket: &str, key: &str) -> Result<bool, StoreError> {
+        match self.catalog.delete_object(bucket, key).await? {
+            Some(old) => {
+                self.delete_version_later(&old);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn delete_version_later(&self, rec: &ObjectRecord) {
+        let nodes: Vec<NodeId> = rec
+            .segments
+            .iter()
+            .flat_map(|s| s.nodes.iter().copied())
+            .collect();
+        self.delete_shards_later(rec.id, nodes);
+    }
+
+    /// Best-effort background delete of an object version's shards. Nodes that are down
+    /// keep orphans, which garbage collection removes later.
+    fn delete_shards_later(&self, id: ObjectId, mut nodes: Vec<NodeId>) {
+        nodes.sort();
+        nodes.dedup();
+        let cluster = self.cluster.clone();
+        tokio::spawn(async move {
+            for node in nodes {
+                if let Some(addr) = cluster.addr(&node) {
+                    if let Err(e) = cluster.client().delete_object(&addr, &id).await {
+                        tracing::debug!(%id, %node, error = %e, "shard delete deferred to GC");
+                    }
+                }
+            }
+        });
+    }
+
+    /// Streams bytes `start..end` of an object (end exclusive).
+    pub fn read(
+        &self,
+        rec: &ObjectRecord,
+        start: u64,
+        end: u64,
+    ) -> impl Stream<Item = Result<Bytes, StoreError>> + use<> {
+        let (tx, mut rx) = mpsc::channel::<Result<Bytes, StoreError>>(4);
+        let cluster = self.cluster.clone();
+        let rec = rec.clone();
+        tokio::spawn(async move {
+            let mut seg_start = 0u64;
+            for seg in &rec.segments {
+                let seg_end = seg_start + seg.len;
+                let (lo, hi) = (start.max(seg_start), end.min(seg_end));
+                if lo < hi {
+                    if let Err(e) = decoder::read_segment(
+                        &cluster,
+                        rec.id,
+                        seg,
+                        lo - seg_start,
+                        hi - seg_start,
+                        &tx,
+                    )
+                    .await
+                    {
+                        tracing::error!(object = %rec.id, error = %e, "read failed");
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+                seg_start = seg_end;
+            }
+        });
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+}
+
+/// Milliseconds since the unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
