@@ -1,11 +1,181 @@
-//! Cairn storage node (being written).
+//! Cairn storage node: stores erasure-coded shards as checksummed files and serves
+//! verified range reads over the authenticated HTTP API of [`cairn_common::protocol`].
+//!
+//! - [`store`]: shard files on disk, node id, durability (fsync + rename),
+//! - [`write`]: streaming PUT with per-block crc32c checks,
+//! - [`read`]: streaming verified range reads,
+//! - [`api`]: routes and the cluster-credential check,
+//! - [`error`]: the error enum and its one HTTP mapping,
+//! - [`metrics`]: Prometheus metrics.
+
+pub mod api;
+pub mod error;
+pub mod metrics;
+pub mod read;
+pub mod store;
+pub mod write;
+
+use std::future::Future;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use cairn_common::auth::ClusterKey;
+use cairn_common::ids::NodeId;
 use clap::Parser;
 
-/// Command-line arguments of `cairn-node`.
-#[derive(Parser, Debug)]
-pub struct Args {}
+use crate::store::Store;
 
-/// Runs the node.
-pub fn main_with(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+/// Command-line arguments of `cairn-node`.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "cairn-node", version, about = "Cairn storage node")]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    pub listen: SocketAddr,
+    /// Data directory (shards, temp files, node id).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Cluster secret shared by the gateway and all nodes.
+    #[arg(long, env = "CAIRN_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: String,
+}
+
+/// What a node needs to run.
+#[derive(Clone)]
+pub struct NodeConfig {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Cluster secret.
+    pub key: ClusterKey,
+}
+
+/// An opened node: its store is ready (temp files cleaned, node id loaded).
+pub struct Node {
+    state: api::AppState,
+}
+
+impl Node {
+    /// Opens the data directory (blocking work runs off the async threads).
+    pub async fn open(cfg: NodeConfig) -> anyhow::Result<Self> {
+        let dir = cfg.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await?
+            .with_context(|| format!("opening data dir {}", cfg.data_dir.display()))?;
+        let handle = metrics::init();
+        metrics::shards(store.shard_count());
+        if let Ok(space) = store.disk_space() {
+            metrics::disk(space);
+        }
+        Ok(Self {
+            state: api::AppState {
+                store: Arc::new(store),
+                key: cfg.key,
+                metrics: handle,
+            },
+        })
+    }
+
+    /// This node's persistent id.
+    pub fn id(&self) -> NodeId {
+        self.state.store.node_id()
+    }
+
+    /// The HTTP router of this node.
+    pub fn router(&self) -> axum::Router {
+        api::router(self.state.clone())
+    }
+}
+
+/// Serves `node` on `listener` until `shutdown` resolves, then lets requests in flight end.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node: Node,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let upkeep = tokio::spawn(metrics::upkeep(node.state.metrics.clone()));
+    let disk = tokio::spawn(refresh_disk_gauges(node.state.store.clone()));
+    let result = axum::serve(listener, node.router())
+        .with_graceful_shutdown(shutdown)
+        .await;
+    upkeep.abort();
+    disk.abort();
+    result.context("serving")
+}
+
+async fn refresh_disk_gauges(store: Arc<Store>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+    loop {
+        tick.tick().await;
+        let s = store.clone();
+        if let Ok(Ok(space)) = tokio::task::spawn_blocking(move || s.disk_space()).await {
+            metrics::disk(space);
+        }
+    }
+}
+
+/// Runs a node from command-line arguments: logging, runtime, serve until SIGTERM/SIGINT.
+pub fn main_with(args: Args) -> anyhow::Result<()> {
+    init_tracing();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("cairn-node")
+        .build()
+        .context("building tokio runtime")?;
+    rt.block_on(async move {
+        let node = Node::open(NodeConfig {
+            data_dir: args.data.clone(),
+            key: ClusterKey::new(&args.cluster_secret),
+        })
+        .await?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(node_id = %node.id(), listen = %addr, data = %args.data.display(), "cairn-node listening");
+        serve(listener, node, shutdown_signal()).await?;
+        tracing::info!("cairn-node stopped");
+        Ok(())
+    })
+}
+
+/// JSON logs when stdout is not a terminal or `CAIRN_LOG_FORMAT=json`; level from `RUST_LOG`.
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = !std::io::stdout().is_terminal()
+        || std::env::var("CAIRN_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Ignore "already set": the embedding process may have installed its own subscriber.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT: shutting down"),
+        _ = term => tracing::info!("SIGTERM: shutting down"),
+    }
 }

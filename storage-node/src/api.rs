@@ -1,0 +1,265 @@
+//! The node's HTTP API ([`cairn_common::protocol`]): routes, the cluster-credential check
+//! and thin handlers over [`crate::write`], [`crate::read`] and [`crate::store`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, put};
+use axum::{Json, Router};
+use bytes::Bytes;
+use cairn_common::auth::{ClusterKey, AUTH_HEADER, DATE_HEADER};
+use cairn_common::ids::ObjectId;
+use cairn_common::protocol::{NodeInfo, ObjectList, PROTOCOL_VERSION};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::error::NodeError;
+use crate::metrics as m;
+use crate::read::read_blocks;
+use crate::store::{ShardAddr, Store};
+use crate::write::write_shard;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The shard store.
+    pub store: Arc<Store>,
+    /// Cluster secret for request credentials and info proofs.
+    pub key: ClusterKey,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+}
+
+/// Builds the router: authenticated `/v1/...` plus open `/health` and `/metrics`.
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route(
+            "/v1/shards/{object}/{segment}/{index}",
+            put(put_shard).get(get_shard),
+        )
+        .route(
+            "/v1/shards/{object}/{segment}/{index}/header",
+            get(get_header),
+        )
+        .route("/v1/objects/{object}", delete(delete_object))
+        .route("/v1/objects", get(list_objects))
+        .route("/v1/info", get(info))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(DefaultBodyLimit::disable());
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/metrics", get(render_metrics))
+        .merge(v1)
+        .with_state(state)
+}
+
+/// Refuses `/v1/` requests without a valid cluster credential (403, `x-cairn-error: auth`).
+async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let verdict = {
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        state
+            .key
+            .verify(
+                req.method().as_str(),
+                path_and_query,
+                header(DATE_HEADER),
+                header(AUTH_HEADER),
+            )
+            .map_err(|e| {
+                tracing::warn!(method = %req.method(), path = path_and_query, error = %e, "refused request");
+                e
+            })
+    };
+    match verdict {
+        Ok(()) => next.run(req).await,
+        Err(e) => NodeError::Auth(e).into_response(),
+    }
+}
+
+fn parse_addr(object: &str, segment: &str, index: &str) -> Result<ShardAddr, NodeError> {
+    Ok(ShardAddr {
+        object: parse_object(object)?,
+        segment: segment
+            .parse()
+            .map_err(|_| NodeError::BadRequest(format!("bad segment {segment:?}")))?,
+        index: index
+            .parse()
+            .map_err(|_| NodeError::BadRequest(format!("bad shard index {index:?}")))?,
+    })
+}
+
+fn parse_object(object: &str) -> Result<ObjectId, NodeError> {
+    object
+        .parse()
+        .map_err(|e: cairn_common::ids::IdParseError| NodeError::BadRequest(e.to_string()))
+}
+
+/// The value of `name` in a query string, if present.
+fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn query_u64(query: Option<&str>, name: &str) -> Result<Option<u64>, NodeError> {
+    query_param(query, name)
+        .map(|v| {
+            v.parse()
+                .map_err(|_| NodeError::BadRequest(format!("bad {name}={v:?}")))
+        })
+        .transpose()
+}
+
+async fn put_shard(
+    State(state): State<AppState>,
+    Path((object, segment, index)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, NodeError> {
+    let addr = parse_addr(&object, &segment, &index)?;
+    let content_length = match headers.get(header::CONTENT_LENGTH) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| NodeError::BadRequest("bad content-length".into()))?,
+        ),
+        None => None,
+    };
+    let start = Instant::now();
+    let result = write_shard(state.store.clone(), addr, content_length, body).await;
+    match &result {
+        Ok(bytes) => {
+            m::write_done("ok", *bytes, start.elapsed());
+            m::shards(state.store.shard_count());
+            tracing::debug!(object = %addr.object, segment = addr.segment, index = addr.index, bytes, "stored shard");
+        }
+        Err(e) => {
+            m::write_done(e.metric_label(), 0, start.elapsed());
+            tracing::info!(object = %addr.object, segment = addr.segment, index = addr.index, error = %e, "shard write refused");
+        }
+    }
+    result.map(|_| StatusCode::CREATED)
+}
+
+async fn get_shard(
+    State(state): State<AppState>,
+    Path((object, segment, index)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, NodeError> {
+    let addr = parse_addr(&object, &segment, &index)?;
+    let from = query_u64(query.as_deref(), "from")?;
+    let count = query_u64(query.as_deref(), "count")?;
+    let start = Instant::now();
+    let opened = read_blocks(state.store.clone(), addr, from, count).await;
+    m::read_started(
+        opened
+            .as_ref()
+            .map(|_| "ok")
+            .unwrap_or_else(|e| e.metric_label()),
+        start.elapsed(),
+    );
+    let blocks = opened?;
+    let first = futures::stream::once(std::future::ready(Ok::<_, std::io::Error>(blocks.first)));
+    let rest = futures::stream::unfold(blocks.rest, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let body = Body::from_stream(futures::StreamExt::chain(first, rest));
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(blocks.content_len),
+    );
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(resp)
+}
+
+async fn get_header(
+    State(state): State<AppState>,
+    Path((object, segment, index)): Path<(String, String, String)>,
+) -> Result<Response, NodeError> {
+    let addr = parse_addr(&object, &segment, &index)?;
+    let bytes: Bytes = crate::read::read_header(state.store.clone(), addr).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+async fn delete_object(
+    State(state): State<AppState>,
+    Path(object): Path<String>,
+) -> Result<StatusCode, NodeError> {
+    let object = parse_object(&object)?;
+    let store = state.store.clone();
+    let removed = tokio::task::spawn_blocking(move || store.delete_object(&object))
+        .await
+        .map_err(|e| NodeError::Internal(format!("delete task: {e}")))??;
+    m::shards(state.store.shard_count());
+    tracing::debug!(%object, removed, "deleted object");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_objects(State(state): State<AppState>) -> Result<Json<ObjectList>, NodeError> {
+    let store = state.store.clone();
+    let objects = tokio::task::spawn_blocking(move || store.list_objects())
+        .await
+        .map_err(|e| NodeError::Internal(format!("list task: {e}")))??;
+    Ok(Json(ObjectList { objects }))
+}
+
+async fn info(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<NodeInfo>, NodeError> {
+    let challenge = query_param(query.as_deref(), "challenge").unwrap_or("");
+    let store = state.store.clone();
+    let space = tokio::task::spawn_blocking(move || store.disk_space())
+        .await
+        .map_err(|e| NodeError::Internal(format!("statvfs task: {e}")))??;
+    m::disk(space);
+    Ok(Json(NodeInfo {
+        node_id: state.store.node_id(),
+        protocol: PROTOCOL_VERSION,
+        capacity_bytes: space.capacity,
+        free_bytes: space.free,
+        shards: state.store.shard_count(),
+        proof: state.key.prove(challenge),
+    }))
+}
+
+async fn render_metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_parse() {
+        let q = Some("from=3&count=10&flag");
+        assert_eq!(query_u64(q, "from").expect("from"), Some(3));
+        assert_eq!(query_u64(q, "count").expect("count"), Some(10));
+        assert_eq!(query_u64(q, "missing").expect("missing"), None);
+        assert_eq!(query_param(q, "flag"), Some(""));
+        assert!(query_u64(Some("from=x"), "from").is_err());
+        assert_eq!(query_u64(None, "from").expect("none"), None);
+    }
+}

@@ -1,0 +1,397 @@
+//! Shard files on disk.
+//!
+//! ```text
+//! DATA/node_id                                   this node's id (hex), written once
+//! DATA/tmp/                                      writes in progress (emptied at startup)
+//! DATA/shards/<oid[0..2]>/<oid>/<segment>.<index>  one shard file each
+//! ```
+//!
+//! A shard appears under `shards/` only by an atomic rename of a complete, fsynced temp
+//! file, followed by an fsync of its directory. All functions here are blocking; the
+//! async layers call them through `spawn_blocking`.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cairn_common::ids::{NodeId, ObjectId};
+
+const NODE_ID_FILE: &str = "node_id";
+const TMP_DIR: &str = "tmp";
+const SHARDS_DIR: &str = "shards";
+
+/// Identity of one shard: which object version, segment and index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardAddr {
+    /// Object version.
+    pub object: ObjectId,
+    /// Segment (0 for a single PUT, part number for multipart).
+    pub segment: u32,
+    /// Shard index within the stripe geometry.
+    pub index: u8,
+}
+
+/// Capacity and free space of the data filesystem, in bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct DiskSpace {
+    /// Total bytes of the filesystem.
+    pub capacity: u64,
+    /// Bytes available to this (unprivileged) process.
+    pub free: u64,
+}
+
+/// The shard store rooted at a data directory.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    node_id: NodeId,
+    shards: AtomicU64,
+}
+
+impl Store {
+    /// Opens (creating if needed) a data directory: makes its subdirectories, removes
+    /// leftovers of interrupted writes, loads or creates the node id and counts shards.
+    pub fn open(root: &Path) -> io::Result<Self> {
+        fs::create_dir_all(root.join(TMP_DIR))?;
+        fs::create_dir_all(root.join(SHARDS_DIR))?;
+        sync_dir(root)?;
+        let removed = clean_tmp(&root.join(TMP_DIR))?;
+        if removed > 0 {
+            tracing::info!(removed, "removed leftovers of interrupted writes");
+        }
+        let node_id = load_or_create_node_id(root)?;
+        let store = Self {
+            root: root.to_path_buf(),
+            node_id,
+            shards: AtomicU64::new(0),
+        };
+        store.shards.store(store.count_shards()?, Ordering::Relaxed);
+        Ok(store)
+    }
+
+    /// This node's persistent id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Shard files stored (kept up to date by writes and deletes).
+    pub fn shard_count(&self) -> u64 {
+        self.shards.load(Ordering::Relaxed)
+    }
+
+    fn shards_dir(&self) -> PathBuf {
+        self.root.join(SHARDS_DIR)
+    }
+
+    /// Directory holding every shard of an object version.
+    pub fn object_dir(&self, object: &ObjectId) -> PathBuf {
+        let hex = object.to_string();
+        self.shards_dir().join(&hex[0..2]).join(hex)
+    }
+
+    /// Final path of a shard file.
+    pub fn shard_path(&self, addr: &ShardAddr) -> PathBuf {
+        self.object_dir(&addr.object)
+            .join(format!("{}.{}", addr.segment, addr.index))
+    }
+
+    /// Creates a fresh, empty temp file for a write of `addr`.
+    pub fn create_temp(&self, addr: &ShardAddr) -> io::Result<(PathBuf, File)> {
+        let name = format!(
+            "{}.{}.{}.{}",
+            addr.object,
+            addr.segment,
+            addr.index,
+            hex::encode(rand::random::<[u8; 8]>())
+        );
+        let path = self.root.join(TMP_DIR).join(name);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok((path, file))
+    }
+
+    /// Moves a complete, fsynced temp file into place as shard `addr` and makes the
+    /// rename durable (fsync of the object dir, and of its parents when created).
+    pub fn commit(&self, temp: &Path, addr: &ShardAddr) -> io::Result<()> {
+        let dest = self.shard_path(addr);
+        let dir = self.object_dir(&addr.object);
+        // A concurrent DELETE of the same object may remove the dir between our mkdir
+        // and rename; try once more in that case.
+        for attempt in 0..2 {
+            self.ensure_object_dir(&dir)?;
+            let existed = dest.exists();
+            match fs::rename(temp, &dest) {
+                Ok(()) => {
+                    sync_dir(&dir)?;
+                    if !existed {
+                        self.shards.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempt == 0 => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::other("object directory vanished during commit"))
+    }
+
+    /// Creates `shards/<xx>/<oid>` if missing, fsyncing each parent whose entries changed.
+    fn ensure_object_dir(&self, dir: &Path) -> io::Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        let prefix = dir
+            .parent()
+            .ok_or_else(|| io::Error::other("object dir has no parent"))?;
+        if !prefix.is_dir() {
+            create_dir_if_missing(prefix)?;
+            sync_dir(&self.shards_dir())?;
+        }
+        create_dir_if_missing(dir)?;
+        sync_dir(prefix)
+    }
+
+    /// Removes every shard of an object version. Returns how many shard files were removed
+    /// (0 if the object was not here).
+    pub fn delete_object(&self, object: &ObjectId) -> io::Result<u64> {
+        let dir = self.object_dir(object);
+        let removed = match fs::read_dir(&dir) {
+            Ok(entries) => entries.filter(|e| e.is_ok()).count() as u64,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(prefix) = dir.parent() {
+            sync_dir(prefix)?;
+        }
+        // Saturating: a concurrent delete of the same object may have counted the same files.
+        let _ = self
+            .shards
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(removed))
+            });
+        Ok(removed)
+    }
+
+    /// Object ids with at least one shard here.
+    pub fn list_objects(&self) -> io::Result<Vec<ObjectId>> {
+        let mut out = Vec::new();
+        for prefix in read_dir_or_empty(&self.shards_dir())? {
+            for entry in read_dir_or_empty(&prefix.path())? {
+                if let Some(id) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<ObjectId>().ok())
+                {
+                    out.push(id);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Counts shard files by walking the store (done once, at startup).
+    fn count_shards(&self) -> io::Result<u64> {
+        let mut n = 0;
+        for prefix in read_dir_or_empty(&self.shards_dir())? {
+            for object in read_dir_or_empty(&prefix.path())? {
+                n += read_dir_or_empty(&object.path())?.len() as u64;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Capacity and free bytes of the filesystem holding the data dir.
+    pub fn disk_space(&self) -> io::Result<DiskSpace> {
+        statvfs(&self.root)
+    }
+}
+
+fn read_dir_or_empty(dir: &Path) -> io::Result<Vec<fs::DirEntry>> {
+    match fs::read_dir(dir) {
+        Ok(entries) => entries.collect(),
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory =>
+        {
+            Ok(Vec::new())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn create_dir_if_missing(dir: &Path) -> io::Result<()> {
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Makes a directory's entries (creations, renames, removals) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn clean_tmp(tmp: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in fs::read_dir(tmp)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            fs::remove_dir_all(&path)?;
+        } else {
+            fs::remove_file(&path)?;
+        }
+        removed += 1;
+    }
+    if removed > 0 {
+        sync_dir(tmp)?;
+    }
+    Ok(removed)
+}
+
+fn load_or_create_node_id(root: &Path) -> io::Result<NodeId> {
+    let path = root.join(NODE_ID_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: {e}; refusing to replace a node identity",
+                    path.display()
+                ),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let id = NodeId::random();
+            let tmp = root.join(TMP_DIR).join(NODE_ID_FILE);
+            let mut f = File::create(&tmp)?;
+            f.write_all(format!("{id}\n").as_bytes())?;
+            f.sync_all()?;
+            drop(f);
+            fs::rename(&tmp, &path)?;
+            sync_dir(root)?;
+            tracing::info!(node_id = %id, "created new node id");
+            Ok(id)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn statvfs(path: &Path) -> io::Result<DiskSpace> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: `c` is a valid NUL-terminated string and `st` a properly sized out-parameter
+    // that statvfs fully initializes when it returns 0.
+    let st = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        st
+    };
+    let frsize = st.f_frsize as u64;
+    Ok(DiskSpace {
+        capacity: (st.f_blocks as u64).saturating_mul(frsize),
+        free: (st.f_bavail as u64).saturating_mul(frsize),
+    })
+}
+
+/// Reserves `len` bytes for a file so a full disk is detected before the body streams in
+/// (and the file is laid out contiguously). Filesystems without `fallocate` are fine.
+pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let len = libc::off_t::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "shard too large"))?;
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: plain syscall on an open file descriptor we own for the call's duration.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
+                _ => Err(e),
+            };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, len);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_id_persists_and_tmp_is_cleaned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = Store::open(dir.path()).expect("open");
+        let addr = ShardAddr {
+            object: ObjectId::random(),
+            segment: 0,
+            index: 1,
+        };
+        let (tmp, _f) = a.create_temp(&addr).expect("temp");
+        assert!(tmp.exists());
+        let id = a.node_id();
+        drop(a);
+        let b = Store::open(dir.path()).expect("reopen");
+        assert_eq!(b.node_id(), id);
+        assert!(!tmp.exists(), "leftover temp file survived restart");
+    }
+
+    #[test]
+    fn commit_counts_and_delete_is_idempotent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path()).expect("open");
+        let addr = ShardAddr {
+            object: ObjectId::random(),
+            segment: 3,
+            index: 2,
+        };
+        for _ in 0..2 {
+            let (tmp, mut f) = s.create_temp(&addr).expect("temp");
+            f.write_all(b"x").expect("write");
+            s.commit(&tmp, &addr).expect("commit");
+        }
+        assert_eq!(s.shard_count(), 1, "overwrite must not count twice");
+        assert_eq!(s.list_objects().expect("list"), vec![addr.object]);
+        assert_eq!(s.delete_object(&addr.object).expect("delete"), 1);
+        assert_eq!(s.delete_object(&addr.object).expect("delete again"), 0);
+        assert_eq!(s.shard_count(), 0);
+        assert!(s.list_objects().expect("list").is_empty());
+        let space = s.disk_space().expect("statvfs");
+        assert!(space.capacity >= space.free && space.capacity > 0);
+    }
+
+    #[test]
+    fn corrupt_node_id_is_not_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join(NODE_ID_FILE), "garbage").expect("write");
+        assert!(Store::open(dir.path()).is_err());
+        assert_eq!(
+            fs::read_to_string(dir.path().join(NODE_ID_FILE)).expect("read"),
+            "garbage"
+        );
+    }
+}

@@ -1,0 +1,366 @@
+//! Streaming shard write: header check, per-block crc32c check as bytes arrive, temp
+//! file, fsync, atomic rename.
+//!
+//! The request body is only buffered until the shard header is complete. After that,
+//! body chunks (`Bytes`, never copied) are batched and handed over a small bounded
+//! channel to a blocking writer thread, which checks each block's crc32c and writes the
+//! batch with one `writev`. Memory per write is bounded by the batch size times the
+//! channel depth (a few MiB), whatever the shard size; a slow disk stops us reading the
+//! socket, which slows the sender (TCP backpressure).
+
+use std::fs::File;
+use std::io::{self, IoSlice, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use cairn_common::shard::{Layout, ShardHeader, CRC_LEN};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::error::NodeError;
+use crate::store::{preallocate, ShardAddr, Store};
+
+/// A batch is handed to the writer once it holds this many bytes...
+const BATCH_BYTES: usize = 1024 * 1024;
+/// ...or this many chunks (well under `IOV_MAX`).
+const BATCH_CHUNKS: usize = 256;
+/// Batches in flight between the socket reader and the disk writer.
+const CHANNEL_DEPTH: usize = 2;
+
+enum Msg {
+    Data(Vec<Bytes>),
+    End,
+}
+
+/// Receives a shard file from `body` and stores it as `addr`. Returns the bytes stored.
+///
+/// Nothing becomes visible unless the header names `addr`, every block's crc32c matches
+/// and the body is exactly as long as the header says; otherwise the temp file is removed.
+pub async fn write_shard(
+    store: Arc<Store>,
+    addr: ShardAddr,
+    content_length: Option<u64>,
+    body: Body,
+) -> Result<u64, NodeError> {
+    let mut stream = body.into_data_stream();
+
+    // 1. Buffer just the header.
+    let mut buf = BytesMut::new();
+    let mut need = 8;
+    let header_len = loop {
+        while buf.len() < need {
+            match stream.next().await {
+                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                Some(Err(e)) => return Err(NodeError::Body(e.to_string())),
+                None => {
+                    return Err(NodeError::BadLength {
+                        want: need as u64,
+                        got: buf.len() as u64,
+                    })
+                }
+            }
+        }
+        if need == 8 {
+            need = ShardHeader::peek_len(&buf).map_err(|e| NodeError::BadHeader(e.to_string()))?;
+        } else {
+            break need;
+        }
+    };
+    let rest = buf.split_off(header_len).freeze();
+    let header_bytes = buf.freeze();
+    let header =
+        ShardHeader::decode(&header_bytes).map_err(|e| NodeError::BadHeader(e.to_string()))?;
+    if header.object_id != addr.object
+        || header.segment != addr.segment
+        || header.shard_index != addr.index
+    {
+        return Err(NodeError::BadHeader(format!(
+            "header names {}/{}/{}, path names {}/{}/{}",
+            header.object_id,
+            header.segment,
+            header.shard_index,
+            addr.object,
+            addr.segment,
+            addr.index
+        )));
+    }
+    let file_len = header.file_len();
+    if let Some(cl) = content_length {
+        if cl != file_len {
+            return Err(NodeError::BadLength {
+                want: file_len,
+                got: cl,
+            });
+        }
+    }
+
+    // 2. Stream the blocks to a blocking writer.
+    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let layout = header.layout;
+    let writer = tokio::task::spawn_blocking(move || {
+        write_blocking(&store, addr, header_bytes, layout, file_len, rx)
+    });
+
+    let pumped = pump(&mut stream, rest, &tx).await;
+    let sent_end = match &pumped {
+        Ok(()) => tx.send(Msg::End).await.is_ok(),
+        Err(_) => false,
+    };
+    drop(tx);
+    let written = writer
+        .await
+        .map_err(|e| NodeError::Internal(format!("writer task: {e}")))?;
+    match (pumped, written) {
+        // The writer's own error (bad crc, disk) explains a closed channel best.
+        (_, Err(e)) => Err(e),
+        (Err(e), Ok(_)) => Err(e),
+        (Ok(()), Ok(n)) if sent_end => Ok(n),
+        (Ok(()), Ok(_)) => Err(NodeError::Internal("writer stopped early".into())),
+    }
+}
+
+/// Moves body chunks to the writer in batches. An `Err` means the body broke off; a
+/// closed channel (writer failed) ends the pump quietly so the caller reports why.
+async fn pump<S>(stream: &mut S, first: Bytes, tx: &mpsc::Sender<Msg>) -> Result<(), NodeError>
+where
+    S: futures::Stream<Item = Result<Bytes, axum::Error>> + Unpin,
+{
+    let mut batch = Vec::with_capacity(16);
+    let mut batch_len = 0;
+    if !first.is_empty() {
+        batch_len += first.len();
+        batch.push(first);
+    }
+    loop {
+        let chunk = match stream.next().await {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => return Err(NodeError::Body(e.to_string())),
+            None => break,
+        };
+        if chunk.is_empty() {
+            continue;
+        }
+        batch_len += chunk.len();
+        batch.push(chunk);
+        if batch_len >= BATCH_BYTES || batch.len() >= BATCH_CHUNKS {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(16));
+            batch_len = 0;
+            if tx.send(Msg::Data(full)).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = tx.send(Msg::Data(batch)).await;
+    }
+    Ok(())
+}
+
+/// Removes the temp file unless the write was committed.
+struct TempGuard(Option<PathBuf>);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            if let Err(e) = std::fs::remove_file(&p) {
+                tracing::warn!(path = %p.display(), error = %e, "could not remove temp file");
+            }
+        }
+    }
+}
+
+fn write_blocking(
+    store: &Store,
+    addr: ShardAddr,
+    header: Bytes,
+    layout: Layout,
+    file_len: u64,
+    mut rx: mpsc::Receiver<Msg>,
+) -> Result<u64, NodeError> {
+    let (tmp, mut file) = store.create_temp(&addr)?;
+    let mut guard = TempGuard(Some(tmp.clone()));
+    preallocate(&file, file_len)?;
+    file.write_all(&header)?;
+    let mut checker = BlockChecker::new(layout);
+    while let Some(msg) = rx.blocking_recv() {
+        match msg {
+            Msg::Data(batch) => {
+                for chunk in &batch {
+                    checker.feed(chunk)?;
+                }
+                write_all_vectored(&mut file, &batch)?;
+            }
+            Msg::End => {
+                checker.finish()?;
+                file.sync_all()?;
+                drop(file);
+                store.commit(&tmp, &addr)?;
+                guard.0 = None;
+                return Ok(file_len);
+            }
+        }
+    }
+    Err(NodeError::Body(
+        "request body ended without completing".into(),
+    ))
+}
+
+fn write_all_vectored(file: &mut File, bufs: &[Bytes]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
+    let mut rest = &mut slices[..];
+    IoSlice::advance_slices(&mut rest, 0);
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Walks the block area of a shard as it arrives, checking each block's crc32c and the
+/// total length, whatever the chunk boundaries.
+#[derive(Debug)]
+pub struct BlockChecker {
+    layout: Layout,
+    stripes: u64,
+    /// Stripe (block) being received.
+    block: u64,
+    /// Data length of the current block.
+    block_len: usize,
+    /// Data bytes of the current block seen so far.
+    seen: usize,
+    crc: u32,
+    crc_buf: [u8; CRC_LEN],
+    crc_seen: usize,
+    total: u64,
+}
+
+impl BlockChecker {
+    /// A checker expecting exactly the blocks of `layout`.
+    pub fn new(layout: Layout) -> Self {
+        let stripes = layout.stripes();
+        Self {
+            layout,
+            stripes,
+            block: 0,
+            block_len: if stripes > 0 { layout.block_len(0) } else { 0 },
+            seen: 0,
+            crc: 0,
+            crc_buf: [0; CRC_LEN],
+            crc_seen: 0,
+            total: 0,
+        }
+    }
+
+    /// Consumes the next bytes of the block area.
+    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), NodeError> {
+        while !data.is_empty() {
+            if self.block >= self.stripes {
+                return Err(NodeError::BadLength {
+                    want: self.layout.shard_body_len(),
+                    got: self.total + data.len() as u64,
+                });
+            }
+            if self.seen < self.block_len {
+                let n = (self.block_len - self.seen).min(data.len());
+                self.crc = crc32c::crc32c_append(self.crc, &data[..n]);
+                self.seen += n;
+                self.total += n as u64;
+                data = &data[n..];
+            } else {
+                let n = (CRC_LEN - self.crc_seen).min(data.len());
+                self.crc_buf[self.crc_seen..self.crc_seen + n].copy_from_slice(&data[..n]);
+                self.crc_seen += n;
+                self.total += n as u64;
+                data = &data[n..];
+                if self.crc_seen == CRC_LEN {
+                    if u32::from_le_bytes(self.crc_buf) != self.crc {
+                        return Err(NodeError::CorruptUpload { block: self.block });
+                    }
+                    self.block += 1;
+                    self.seen = 0;
+                    self.crc = 0;
+                    self.crc_seen = 0;
+                    if self.block < self.stripes {
+                        self.block_len = self.layout.block_len(self.block);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that every block arrived.
+    pub fn finish(&self) -> Result<(), NodeError> {
+        if self.block == self.stripes {
+            Ok(())
+        } else {
+            Err(NodeError::BadLength {
+                want: self.layout.shard_body_len(),
+                got: self.total,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_common::shard::block_crc;
+
+    fn body(layout: &Layout) -> Vec<u8> {
+        let mut out = Vec::new();
+        for s in 0..layout.stripes() {
+            let data: Vec<u8> = (0..layout.block_len(s))
+                .map(|i| (i as u64 + s) as u8)
+                .collect();
+            out.extend_from_slice(&data);
+            out.extend_from_slice(&block_crc(&data).to_le_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn checker_accepts_any_chunking_and_catches_flips() {
+        let layout = Layout::new(3, 1, 100, 1000).expect("layout");
+        let good = body(&layout);
+        assert_eq!(good.len() as u64, layout.shard_body_len());
+        for chunk in [1, 3, 4, 7, 104, 1000, good.len()] {
+            let mut c = BlockChecker::new(layout);
+            for piece in good.chunks(chunk) {
+                c.feed(piece).expect("good block refused");
+            }
+            c.finish().expect("complete body refused");
+        }
+        for pos in [0, 99, 100, 103, 104, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[pos] ^= 0x10;
+            let mut c = BlockChecker::new(layout);
+            let r = bad.chunks(7).try_for_each(|p| c.feed(p));
+            assert!(
+                matches!(r, Err(NodeError::CorruptUpload { .. })),
+                "flip at {pos}: {r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn checker_refuses_short_and_long_bodies() {
+        let layout = Layout::new(2, 1, 64, 300).expect("layout");
+        let good = body(&layout);
+        let mut c = BlockChecker::new(layout);
+        c.feed(&good[..good.len() - 1]).expect("prefix");
+        assert!(matches!(c.finish(), Err(NodeError::BadLength { .. })));
+        let mut c = BlockChecker::new(layout);
+        c.feed(&good).expect("all");
+        assert!(matches!(c.feed(&[0]), Err(NodeError::BadLength { .. })));
+        let empty = Layout::new(2, 1, 64, 0).expect("layout");
+        let c = BlockChecker::new(empty);
+        c.finish().expect("empty segment has no blocks");
+    }
+}
