@@ -1,11 +1,210 @@
-//! `cairn dev` (being written).
+//! `cairn dev`: a whole Cairn cluster on this machine, for trying it out and for tests.
+//!
+//! Starts N storage nodes and one gateway as child processes of this binary (`cairn node`
+//! and `cairn gateway`), waits until each answers `/health`, prints the endpoint, the
+//! credentials and an aws-cli example, and on Ctrl-C (or SIGTERM) stops them all.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
 use clap::Args;
 
 /// Arguments of `cairn dev`.
 #[derive(Args, Debug)]
-pub struct DevArgs {}
+pub struct DevArgs {
+    /// Address of the S3 endpoint.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub listen: SocketAddr,
+    /// Number of storage nodes.
+    #[arg(long, default_value_t = 4)]
+    pub nodes: u16,
+    /// First storage-node port (default: the gateway's port + 1).
+    #[arg(long)]
+    pub node_port: Option<u16>,
+    /// Where the nodes' data and the catalog live.
+    #[arg(long, default_value = "./cairn-data")]
+    pub data: PathBuf,
+    /// Erasure geometry K+M.
+    #[arg(long, default_value = "3+1")]
+    pub ec: String,
+    /// S3 access key.
+    #[arg(long, env = "CAIRN_ACCESS_KEY", default_value = "cairn-dev")]
+    pub access_key: String,
+    /// S3 secret key.
+    #[arg(long, env = "CAIRN_SECRET_KEY", default_value = "cairn-dev-secret")]
+    pub secret_key: String,
+    /// Region reported to clients.
+    #[arg(long, default_value = "us-east-1")]
+    pub region: String,
+}
 
-/// Runs the local cluster.
-pub fn run(_args: DevArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The cluster secret of this dev cluster: from the environment, or generated once and
+/// kept in the data dir so restarts find their nodes' data readable.
+fn cluster_secret(data: &Path) -> anyhow::Result<String> {
+    if let Ok(s) = std::env::var("CAIRN_CLUSTER_SECRET") {
+        return Ok(s);
+    }
+    let path = data.join("cluster-secret");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        return Ok(s.trim().to_string());
+    }
+    let mut buf = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .context("reading /dev/urandom")?;
+    let secret: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+    Ok(secret)
+}
+
+fn healthy(addr: &SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(addr, Duration::from_millis(300)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 12];
+    matches!(s.read(&mut buf), Ok(n) if n >= 12 && &buf[9..12] == b"200")
+}
+
+fn wait_healthy(p: &mut Proc, addr: &SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = p.child.try_wait() {
+            bail!("{} exited during start-up ({status})", p.name);
+        }
+        if healthy(addr) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{} did not become healthy on {addr} within {timeout:?}", p.name)
+}
+
+fn terminate(p: &mut Proc) {
+    if let Ok(None) = p.child.try_wait() {
+        // SAFETY: kill(2) with our own child's pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(p.child.id() as i32, libc::SIGTERM);
+        }
+    }
+}
+
+/// Runs the local cluster until Ctrl-C.
+pub fn run(args: DevArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data).with_context(|| format!("creating {}", args.data.display()))?;
+    let secret = cluster_secret(&args.data)?;
+    let exe = std::env::current_exe().context("finding the cairn binary")?;
+    let host = args.listen.ip();
+    let first_port = args.node_port.unwrap_or(args.listen.port().saturating_add(1));
+    let mut procs: Vec<Proc> = Vec::new();
+    let mut node_addrs = Vec::new();
+    for i in 0..args.nodes {
+        let addr = SocketAddr::new(host, first_port + i);
+        let dir = args.data.join(format!("node{}", i + 1));
+        let child = Command::new(&exe)
+            .args(["node", "--listen", &addr.to_string(), "--data"])
+            .arg(&dir)
+            .env("CAIRN_CLUSTER_SECRET", &secret)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting node {}", i + 1))?;
+        procs.push(Proc { name: format!("node{} ({addr})", i + 1), child });
+        node_addrs.push(addr);
+    }
+    for (p, addr) in procs.iter_mut().zip(&node_addrs) {
+        wait_healthy(p, addr, Duration::from_secs(20))?;
+    }
+    let nodes: Vec<String> = node_addrs.iter().map(|a| a.to_string()).collect();
+    let child = Command::new(&exe)
+        .args(["gateway", "--listen", &args.listen.to_string(), "--meta"])
+        .arg(args.data.join("meta"))
+        .args(["--nodes", &nodes.join(","), "--ec", &args.ec, "--region", &args.region])
+        .env("CAIRN_CLUSTER_SECRET", &secret)
+        .env("CAIRN_ACCESS_KEY", &args.access_key)
+        .env("CAIRN_SECRET_KEY", &args.secret_key)
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting the gateway")?;
+    procs.push(Proc { name: format!("gateway ({})", args.listen), child });
+    let last = procs.len() - 1;
+    wait_healthy(&mut procs[last], &args.listen, Duration::from_secs(20))?;
+
+    let endpoint = format!("http://{}", args.listen);
+    println!("Cairn is running: {} storage nodes, erasure coding {}", args.nodes, args.ec);
+    println!();
+    println!("  endpoint    {endpoint}");
+    println!("  access key  {}", args.access_key);
+    println!("  secret key  {}", args.secret_key);
+    println!("  region      {}", args.region);
+    println!("  data        {}", args.data.display());
+    println!();
+    println!("Try it:");
+    println!(
+        "  export AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} AWS_DEFAULT_REGION={}",
+        args.access_key, args.secret_key, args.region
+    );
+    println!("  aws --endpoint-url {endpoint} s3 mb s3://checkpoints");
+    println!("  aws --endpoint-url {endpoint} s3 cp ./model.safetensors s3://checkpoints/");
+    println!();
+    println!("Press Ctrl-C to stop.");
+    let _ = std::io::stdout().flush();
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let stopped_by_user = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok::<bool, anyhow::Error>(true),
+                _ = term.recv() => return Ok(true),
+                _ = tick.tick() => {
+                    for p in procs.iter_mut() {
+                        if let Ok(Some(status)) = p.child.try_wait() {
+                            eprintln!("cairn dev: {} exited ({status}); stopping the cluster", p.name);
+                            return Ok(false);
+                        }
+                    }
+                }
+            }
+        }
+    })?;
+    // Gateway first, so no request is in flight when nodes go.
+    for p in procs.iter_mut().rev() {
+        terminate(p);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for p in procs.iter_mut().rev() {
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = p.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    drop(procs); // kills whatever did not stop in time
+    if stopped_by_user {
+        println!("Cairn stopped.");
+        Ok(())
+    } else {
+        bail!("a cluster process died")
+    }
 }
