@@ -193,3 +193,20 @@ def read_raw_response(sock: socket.socket, timeout: float = 20) -> Response:
     except (http.client.IncompleteRead, ConnectionError, socket.timeout):
         data = b""
     return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data, r.getheaders())
+
+
+def raw_put_start(url: str, access_key: str, secret_key: str, content_length: int, region: str = "us-east-1",
+                  extra_headers: dict | None = None) -> socket.socket:
+    """Opens a connection and sends the head of an UNSIGNED-PAYLOAD PUT announcing
+    `content_length` body bytes; the caller sends (part of) the body and reads or drops."""
+    parts = urlsplit(url)
+    hdrs = {"content-length": str(content_length)}
+    hdrs.update({k.lower(): v for k, v in (extra_headers or {}).items()})
+    signed = sign_headers("PUT", url, access_key, secret_key, region=region, payload_hash=UNSIGNED, headers=hdrs)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+    path = parts.path + (("?" + parts.query) if parts.query else "")
+    head = f"PUT {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in signed.items())
+    head += "\r\n"
+    sock.sendall(head.encode())
+    return sock
