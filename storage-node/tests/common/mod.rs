@@ -1,0 +1,171 @@
+//! Helpers shared by the node's integration tests: an in-process node, shard builders and
+//! a signing client.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use cairn_common::auth::{ClusterKey, AUTH_HEADER, DATE_HEADER};
+use cairn_common::ids::{NodeId, ObjectId};
+use cairn_common::shard::{block_crc, Layout, ShardHeader};
+use cairn_node::{serve, Node, NodeConfig};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const SECRET: &str = "test-cluster-secret";
+
+/// A node running in this process.
+pub struct TestNode {
+    pub addr: SocketAddr,
+    pub id: NodeId,
+    pub data: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestNode {
+    pub async fn start(data: &Path) -> Self {
+        let node = Node::open(NodeConfig {
+            data_dir: data.to_path_buf(),
+            key: ClusterKey::new(SECRET),
+        })
+        .await
+        .expect("open node");
+        let id = node.id();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(serve(listener, node, async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            id,
+            data: data.to_path_buf(),
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("join").expect("serve");
+        }
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.addr, path_and_query)
+    }
+
+    /// A request signed with the test cluster secret.
+    pub fn signed(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        path_and_query: &str,
+    ) -> reqwest::RequestBuilder {
+        self.signed_with(client, &ClusterKey::new(SECRET), method, path_and_query)
+    }
+
+    pub fn signed_with(
+        &self,
+        client: &reqwest::Client,
+        key: &ClusterKey,
+        method: reqwest::Method,
+        path_and_query: &str,
+    ) -> reqwest::RequestBuilder {
+        let (date, tag) = key.sign(method.as_str(), path_and_query);
+        client
+            .request(method, self.url(path_and_query))
+            .header(DATE_HEADER, date)
+            .header(AUTH_HEADER, tag)
+    }
+
+    /// Files left in the temp dir.
+    pub fn tmp_entries(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.data.join("tmp"))
+            .expect("tmp dir")
+            .map(|e| e.expect("entry").path())
+            .collect()
+    }
+
+    /// On-disk path of a shard.
+    pub fn shard_file(&self, object: &ObjectId, segment: u32, index: u8) -> PathBuf {
+        let hex = object.to_string();
+        self.data
+            .join("shards")
+            .join(&hex[0..2])
+            .join(&hex)
+            .join(format!("{segment}.{index}"))
+    }
+}
+
+/// A shard file built in memory: its header and stored blocks (data + crc each).
+pub struct TestShard {
+    pub header: ShardHeader,
+    pub header_bytes: Vec<u8>,
+    pub blocks: Vec<Vec<u8>>,
+}
+
+impl TestShard {
+    pub fn new(object: ObjectId, segment: u32, index: u8, layout: Layout) -> Self {
+        let header = ShardHeader {
+            object_id: object,
+            segment,
+            shard_index: index,
+            layout,
+            bucket: "bucket".into(),
+            key: "ckpt/model.safetensors".into(),
+        };
+        let blocks = (0..layout.stripes())
+            .map(|s| {
+                let mut b: Vec<u8> = (0..layout.block_len(s))
+                    .map(|i| (i as u64 * 31 + s * 7 + index as u64) as u8)
+                    .collect();
+                let crc = block_crc(&b);
+                b.extend_from_slice(&crc.to_le_bytes());
+                b
+            })
+            .collect();
+        Self {
+            header_bytes: header.encode().to_vec(),
+            header,
+            blocks,
+        }
+    }
+
+    /// The whole file.
+    pub fn file(&self) -> Vec<u8> {
+        let mut out = self.header_bytes.clone();
+        for b in &self.blocks {
+            out.extend_from_slice(b);
+        }
+        out
+    }
+
+    /// Stored bytes of blocks `from..to`.
+    pub fn blocks_range(&self, from: usize, to: usize) -> Vec<u8> {
+        self.blocks[from..to].concat()
+    }
+
+    pub fn path(&self) -> String {
+        cairn_common::protocol::shard_path(
+            &self.header.object_id,
+            self.header.segment,
+            self.header.shard_index,
+        )
+    }
+}
+
+pub fn error_kind(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get(cairn_common::protocol::ERROR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
