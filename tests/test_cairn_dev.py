@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from harness.cluster import ManagedProcess, binary, free_port, make_client, wait_http_ok
+from harness.cluster import ManagedProcess, binary, free_port, free_port_block, make_client, wait_http_ok
 from harness.procs import cmdline, descendants, running, wait_gone
 
 ACCESS, SECRET = "cairn-dev", "cairn-dev-secret"
@@ -26,10 +26,10 @@ def help_text():
 
 
 def start_dev(tmp_path, help_text, name, extra=()):
-    if "--port" not in help_text:
-        pytest.skip("`cairn dev` has no --port flag, so it cannot be started on a free port")
+    if "--listen" not in help_text or "--node-port" not in help_text:
+        pytest.skip("`cairn dev` has no --listen/--node-port flags, so it cannot be started on free ports")
     port = free_port()
-    argv = [binary("cairn"), "dev", "--port", str(port), *extra]
+    argv = [binary("cairn"), "dev", "--listen", f"127.0.0.1:{port}", "--node-port", str(free_port_block(4)), *extra]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CAIRN_", "AWS_"))}
     p = ManagedProcess(name, argv, env, tmp_path / f"{name}.log", cwd=tmp_path)
     p.spawn()

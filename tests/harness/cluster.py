@@ -118,6 +118,22 @@ def free_port() -> int:
     raise ClusterError("no free port found")
 
 
+def free_port_block(n: int) -> int:
+    """First of `n` consecutive ports that are all free right now (for `cairn dev --node-port`)."""
+    lo, _hi = _ephemeral_range()
+    top = lo if lo > 12000 else 60000
+    with _PORT_LOCK:
+        for _ in range(500):
+            base = random.randrange(10000, top - n)
+            block = range(base, base + n)
+            if base <= 9000 < base + n or any(p in _USED_PORTS for p in block):
+                continue
+            if all(_bindable(p) for p in block):
+                _USED_PORTS.update(block)
+                return base
+    raise ClusterError(f"no block of {n} free ports found")
+
+
 # ---------------------------------------------------------------------------------------
 # processes
 
