@@ -20,6 +20,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::error::NodeError;
 use crate::metrics as m;
 use crate::read::read_blocks;
+use crate::scrub::ScrubState;
 use crate::store::{ShardAddr, Store};
 use crate::write::write_shard;
 
@@ -32,6 +33,8 @@ pub struct AppState {
     pub key: ClusterKey,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Shards the background scrub found bad.
+    pub scrub: Arc<ScrubState>,
 }
 
 /// Builds the router: authenticated `/v1/...` plus open `/health` and `/metrics`.
@@ -143,6 +146,7 @@ async fn put_shard(
         Ok(bytes) => {
             m::write_done("ok", *bytes, start.elapsed());
             m::shards(state.store.shard_count());
+            state.scrub.forget(&addr);
             tracing::debug!(object = %addr.object, segment = addr.segment, index = addr.index, bytes, "stored shard");
         }
         Err(e) => {
@@ -208,6 +212,7 @@ async fn delete_object(
         .await
         .map_err(|e| NodeError::Internal(format!("delete task: {e}")))??;
     m::shards(state.store.shard_count());
+    state.scrub.forget_object(&object);
     tracing::debug!(%object, removed, "deleted object");
     Ok(StatusCode::NO_CONTENT)
 }

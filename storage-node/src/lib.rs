@@ -4,6 +4,7 @@
 //! - [`store`]: shard files on disk, node id, durability (fsync + rename),
 //! - [`write`]: streaming PUT with per-block crc32c checks,
 //! - [`read`]: streaming verified range reads,
+//! - [`scrub`]: background re-verification at a bounded rate,
 //! - [`api`]: routes and the cluster-credential check,
 //! - [`error`]: the error enum and its one HTTP mapping,
 //! - [`metrics`]: Prometheus metrics.
@@ -12,6 +13,7 @@ pub mod api;
 pub mod error;
 pub mod metrics;
 pub mod read;
+pub mod scrub;
 pub mod store;
 pub mod write;
 
@@ -20,12 +22,17 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use tokio::sync::Notify;
 
 use anyhow::Context;
 use cairn_common::auth::ClusterKey;
 use cairn_common::ids::NodeId;
 use clap::Parser;
 
+use crate::scrub::{ScrubConfig, ScrubState};
 use crate::store::Store;
 
 /// Command-line arguments of `cairn-node`.
@@ -41,6 +48,12 @@ pub struct Args {
     /// Cluster secret shared by the gateway and all nodes.
     #[arg(long, env = "CAIRN_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: String,
+    /// Most bytes per second the background scrub reads (e.g. `4MiB`; `0` turns it off).
+    #[arg(long, default_value = "4MiB", value_parser = scrub::parse_rate)]
+    pub scrub_rate: u64,
+    /// Pause after startup and between scrub passes (e.g. `90s`, `15m`, `24h`).
+    #[arg(long, default_value = "24h", value_parser = scrub::parse_duration)]
+    pub scrub_every: Duration,
 }
 
 /// What a node needs to run.
@@ -50,11 +63,31 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Cluster secret.
     pub key: ClusterKey,
+    /// Background scrub settings.
+    pub scrub: ScrubConfig,
 }
+
+impl NodeConfig {
+    /// A config with scrub off (what tests usually want).
+    pub fn new(data_dir: impl Into<PathBuf>, key: ClusterKey) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            key,
+            scrub: ScrubConfig {
+                rate: 0,
+                every: Duration::from_secs(86400),
+            },
+        }
+    }
+}
+
+/// After a shutdown signal, requests in flight get this long to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// An opened node: its store is ready (temp files cleaned, node id loaded).
 pub struct Node {
     state: api::AppState,
+    scrub: ScrubConfig,
 }
 
 impl Node {
@@ -74,7 +107,9 @@ impl Node {
                 store: Arc::new(store),
                 key: cfg.key,
                 metrics: handle,
+                scrub: Arc::new(ScrubState::default()),
             },
+            scrub: cfg.scrub,
         })
     }
 
@@ -89,7 +124,8 @@ impl Node {
     }
 }
 
-/// Serves `node` on `listener` until `shutdown` resolves, then lets requests in flight end.
+/// Serves `node` on `listener` until `shutdown` resolves, then gives requests in flight
+/// [`SHUTDOWN_GRACE`] to finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     node: Node,
@@ -97,12 +133,35 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let upkeep = tokio::spawn(metrics::upkeep(node.state.metrics.clone()));
     let disk = tokio::spawn(refresh_disk_gauges(node.state.store.clone()));
-    let result = axum::serve(listener, node.router())
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let scrub = tokio::spawn(scrub::run(
+        node.state.store.clone(),
+        node.state.scrub.clone(),
+        node.scrub,
+    ));
+    let signalled = Arc::new(Notify::new());
+    let notify = signalled.clone();
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let server = axum::serve(listener, node.router()).with_graceful_shutdown(async move {
+        shutdown.await;
+        notify.notify_one();
+    });
+    let result = tokio::select! {
+        r = async move { server.await } => r.context("serving"),
+        _ = async {
+            signalled.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("requests still running after the shutdown grace period; stopping anyway");
+            Ok(())
+        }
+    };
+    node.state.scrub.stop();
     upkeep.abort();
     disk.abort();
-    result.context("serving")
+    scrub.abort();
+    result
 }
 
 async fn refresh_disk_gauges(store: Arc<Store>) {
@@ -128,6 +187,10 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
         let node = Node::open(NodeConfig {
             data_dir: args.data.clone(),
             key: ClusterKey::new(&args.cluster_secret),
+            scrub: ScrubConfig {
+                rate: args.scrub_rate,
+                every: args.scrub_every,
+            },
         })
         .await?;
         let listener = tokio::net::TcpListener::bind(args.listen)

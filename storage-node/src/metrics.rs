@@ -11,6 +11,10 @@
 //! | `cairn_node_checksum_failures_total` | counter | stored blocks or headers that failed their check |
 //! | `cairn_node_disk_capacity_bytes`, `cairn_node_disk_free_bytes` | gauge | data filesystem |
 //! | `cairn_node_shards_stored` | gauge | shard files held |
+//! | `cairn_node_scrub_bytes_total` | counter | bytes re-read by scrub |
+//! | `cairn_node_scrub_corrupt_total` | counter | shards a scrub pass found bad |
+//! | `cairn_node_scrub_passes_total` | counter | completed scrub passes |
+//! | `cairn_node_scrub_bad_shards` | gauge | shards currently known bad |
 //!
 //! The recorder is process-wide: the first node started in a process installs it, later
 //! ones (tests) share it. If another recorder is already installed, `/metrics` is empty.
@@ -32,6 +36,11 @@ const CHECKSUM_FAILURES: &str = "cairn_node_checksum_failures_total";
 const DISK_CAPACITY: &str = "cairn_node_disk_capacity_bytes";
 const DISK_FREE: &str = "cairn_node_disk_free_bytes";
 const SHARDS: &str = "cairn_node_shards_stored";
+const SCRUB_BYTES: &str = "cairn_node_scrub_bytes_total";
+const SCRUB_CORRUPT: &str = "cairn_node_scrub_corrupt_total";
+const SCRUB_PASSES: &str = "cairn_node_scrub_passes_total";
+const SCRUB_LAST_CHECKED: &str = "cairn_node_scrub_last_pass_shards";
+const SCRUB_BAD: &str = "cairn_node_scrub_bad_shards";
 
 /// Latency buckets (seconds): from a cached 1 MiB read to a multi-GiB shard on an SD card.
 const BUCKETS: &[f64] = &[
@@ -76,6 +85,14 @@ fn describe() {
     metrics::describe_gauge!(DISK_CAPACITY, "Bytes of the data filesystem");
     metrics::describe_gauge!(DISK_FREE, "Bytes free on the data filesystem");
     metrics::describe_gauge!(SHARDS, "Shard files stored");
+    metrics::describe_counter!(SCRUB_BYTES, "Bytes re-read by scrub");
+    metrics::describe_counter!(SCRUB_CORRUPT, "Shards a scrub pass found bad");
+    metrics::describe_counter!(SCRUB_PASSES, "Completed scrub passes");
+    metrics::describe_gauge!(
+        SCRUB_LAST_CHECKED,
+        "Shards checked sound by the last scrub pass"
+    );
+    metrics::describe_gauge!(SCRUB_BAD, "Shards currently known bad");
 }
 
 /// Runs the recorder's upkeep (histogram draining) forever.
@@ -121,4 +138,25 @@ pub fn disk(space: DiskSpace) {
 /// Publishes the shard count.
 pub fn shards(n: u64) {
     metrics::gauge!(SHARDS).set(n as f64);
+}
+
+/// Counts bytes re-read by scrub.
+pub fn scrub_bytes(n: u64) {
+    metrics::counter!(SCRUB_BYTES).increment(n);
+}
+
+/// Counts a shard a scrub pass found bad.
+pub fn scrub_corrupt() {
+    metrics::counter!(SCRUB_CORRUPT).increment(1);
+}
+
+/// Records a finished scrub pass.
+pub fn scrub_pass_done(checked: u64) {
+    metrics::counter!(SCRUB_PASSES).increment(1);
+    metrics::gauge!(SCRUB_LAST_CHECKED).set(checked as f64);
+}
+
+/// Publishes how many shards are known bad.
+pub fn scrub_bad_shards(n: usize) {
+    metrics::gauge!(SCRUB_BAD).set(n as f64);
 }

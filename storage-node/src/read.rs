@@ -98,6 +98,45 @@ pub async fn read_header(store: Arc<Store>, addr: ShardAddr) -> Result<Bytes, No
         .map_err(|e| NodeError::Internal(format!("read task: {e}")))?
 }
 
+/// Re-reads a whole shard and checks its header and every block (for scrub), reusing one
+/// buffer. After each block `pace(bytes)` is called; it returns `false` to stop early.
+/// `Ok(true)` means the whole shard was checked and is sound.
+pub fn verify_shard(
+    store: &Store,
+    addr: &ShardAddr,
+    mut pace: impl FnMut(u64) -> bool,
+) -> Result<bool, NodeError> {
+    let (mut file, header) = open_shard(store, addr)?;
+    let layout = header.layout;
+    let mut buf = Vec::with_capacity(layout.block_len(0) + CRC_LEN);
+    for block in 0..layout.stripes() {
+        buf.resize(layout.block_len(block) + CRC_LEN, 0);
+        let checked = match file.read_exact(&mut buf) {
+            Ok(()) => verify_block(&buf, block).map(|_| ()),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                Err(ShardError::BlockChecksum { block })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Err(e) = checked {
+            m::checksum_failure();
+            return Err(NodeError::Corrupt(e));
+        }
+        if !pace(buf.len() as u64) {
+            return Ok(false);
+        }
+    }
+    // Bytes after the last block mean the file is not what its header describes.
+    let mut extra = [0u8; 1];
+    if file.read(&mut extra)? != 0 {
+        m::checksum_failure();
+        return Err(NodeError::Corrupt(ShardError::BadHeader(
+            "file longer than its header says",
+        )));
+    }
+    Ok(true)
+}
+
 /// Opens a shard file and reads and checks its header (including that it names `addr`).
 fn open_shard(store: &Store, addr: &ShardAddr) -> Result<(File, ShardHeader), NodeError> {
     let path = store.shard_path(addr);

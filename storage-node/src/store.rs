@@ -24,7 +24,7 @@ const TMP_DIR: &str = "tmp";
 const SHARDS_DIR: &str = "shards";
 
 /// Identity of one shard: which object version, segment and index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ShardAddr {
     /// Object version.
     pub object: ObjectId,
@@ -202,6 +202,29 @@ impl Store {
             }
         }
         out.sort();
+        Ok(out)
+    }
+
+    /// Every shard stored here, by walking the directories (order: object, segment, index).
+    pub fn list_shards(&self) -> io::Result<Vec<ShardAddr>> {
+        let mut out = Vec::new();
+        for object in self.list_objects()? {
+            for entry in read_dir_or_empty(&self.object_dir(&object))? {
+                let name = entry.file_name();
+                let parsed = name.to_str().and_then(|n| {
+                    let (seg, idx) = n.split_once('.')?;
+                    Some((seg.parse().ok()?, idx.parse().ok()?))
+                });
+                if let Some((segment, index)) = parsed {
+                    out.push(ShardAddr {
+                        object,
+                        segment,
+                        index,
+                    });
+                }
+            }
+        }
+        out.sort_by_key(|a| (a.object, a.segment, a.index));
         Ok(out)
     }
 

@@ -26,12 +26,9 @@ pub struct TestNode {
 
 impl TestNode {
     pub async fn start(data: &Path) -> Self {
-        let node = Node::open(NodeConfig {
-            data_dir: data.to_path_buf(),
-            key: ClusterKey::new(SECRET),
-        })
-        .await
-        .expect("open node");
+        let node = Node::open(NodeConfig::new(data, ClusterKey::new(SECRET)))
+            .await
+            .expect("open node");
         let id = node.id();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

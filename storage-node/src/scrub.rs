@@ -1,0 +1,295 @@
+//! Background scrub: re-reads every stored shard and checks its header and every block's
+//! crc32c, at a bounded byte rate so an SD card keeps serving foreground I/O.
+//!
+//! A pass walks the shards in a fixed order on one blocking thread, sleeping after each
+//! block as needed to stay under `rate` bytes per second. Shards that fail are logged,
+//! counted in metrics and kept in [`ScrubState::bad_shards`] until a later pass (or a new
+//! PUT of the shard) finds them sound. Reads already refuse bad blocks on their own; the
+//! list is what repair (issue 4) will consume.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_common::ids::ObjectId;
+
+use crate::error::NodeError;
+use crate::read::verify_shard;
+use crate::store::{ShardAddr, Store};
+
+/// How scrub runs.
+#[derive(Clone, Copy, Debug)]
+pub struct ScrubConfig {
+    /// Bytes per second to read at most; 0 disables scrub.
+    pub rate: u64,
+    /// Pause before the first pass and between passes.
+    pub every: Duration,
+}
+
+/// What scrub has found, shared with the rest of the node.
+#[derive(Debug, Default)]
+pub struct ScrubState {
+    bad: Mutex<BTreeSet<ShardAddr>>,
+    stop: AtomicBool,
+}
+
+/// Outcome of one pass.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PassReport {
+    /// Shards checked completely.
+    pub checked: u64,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Shards found bad in this pass.
+    pub bad: Vec<ShardAddr>,
+    /// Whether the pass was stopped before the end.
+    pub stopped: bool,
+}
+
+impl ScrubState {
+    /// Shards the last checks found bad.
+    pub fn bad_shards(&self) -> Vec<ShardAddr> {
+        self.bad
+            .lock()
+            .map(|b| b.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Asks a running pass to stop at the next block.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Forgets a shard's bad mark (it was just rewritten).
+    pub fn forget(&self, addr: &ShardAddr) {
+        self.set(*addr, false);
+    }
+
+    /// Forgets the bad marks of an object's shards (it was deleted).
+    pub fn forget_object(&self, object: &ObjectId) {
+        if let Ok(mut set) = self.bad.lock() {
+            set.retain(|a| a.object != *object);
+            crate::metrics::scrub_bad_shards(set.len());
+        }
+    }
+
+    fn set(&self, addr: ShardAddr, bad: bool) {
+        if let Ok(mut set) = self.bad.lock() {
+            let changed = if bad {
+                set.insert(addr)
+            } else {
+                set.remove(&addr)
+            };
+            if changed {
+                crate::metrics::scrub_bad_shards(set.len());
+            }
+        }
+    }
+}
+
+/// Runs scrub passes forever (until [`ScrubState::stop`]).
+pub async fn run(store: Arc<Store>, state: Arc<ScrubState>, cfg: ScrubConfig) {
+    if cfg.rate == 0 {
+        return;
+    }
+    loop {
+        tokio::time::sleep(cfg.every).await;
+        if state.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let (s, st) = (store.clone(), state.clone());
+        match tokio::task::spawn_blocking(move || pass(&s, &st, cfg.rate)).await {
+            Ok(Ok(r)) => tracing::info!(
+                checked = r.checked,
+                bytes = r.bytes,
+                bad = r.bad.len(),
+                stopped = r.stopped,
+                "scrub pass done"
+            ),
+            Ok(Err(e)) => tracing::error!(error = %e, "scrub pass failed"),
+            Err(e) => tracing::error!(error = %e, "scrub task died"),
+        }
+        if state.stop.load(Ordering::Relaxed) {
+            return;
+        }
+    }
+}
+
+/// One blocking pass over every shard, reading at most `rate` bytes per second.
+pub fn pass(store: &Store, state: &ScrubState, rate: u64) -> Result<PassReport, NodeError> {
+    let mut report = PassReport::default();
+    let start = Instant::now();
+    for addr in store.list_shards()? {
+        let mut pace = |n: u64| {
+            report.bytes += n;
+            crate::metrics::scrub_bytes(n);
+            // Sleep until the bytes read so far fit the rate.
+            let due = Duration::from_secs_f64(report.bytes as f64 / rate.max(1) as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait.min(Duration::from_secs(1)));
+            }
+            !state.stop.load(Ordering::Relaxed)
+        };
+        match verify_shard(store, &addr, &mut pace) {
+            Ok(true) => {
+                report.checked += 1;
+                state.set(addr, false);
+            }
+            Ok(false) => {
+                report.stopped = true;
+                break;
+            }
+            // Deleted while we walked: nothing to check.
+            Err(NodeError::NoSuchShard) => {}
+            Err(NodeError::Corrupt(e)) => {
+                tracing::warn!(
+                    object = %addr.object, segment = addr.segment, index = addr.index,
+                    error = %e, "scrub: shard is corrupt"
+                );
+                crate::metrics::scrub_corrupt();
+                state.set(addr, true);
+                report.bad.push(addr);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    crate::metrics::scrub_pass_done(report.checked);
+    Ok(report)
+}
+
+/// Parses a byte rate such as `4MiB`, `512KiB`, `1G` or `0` (binary units; `/s` optional).
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim().trim_end_matches("/s");
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num.parse().map_err(|_| format!("bad rate {s:?}"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("bad rate unit in {s:?} (use B, KiB, MiB, GiB)")),
+    };
+    Ok((num * mult as f64) as u64)
+}
+
+/// Parses a duration such as `90s`, `15m`, `24h`, `7d` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("bad duration unit in {s:?} (use s, m, h, d)")),
+    };
+    Ok(Duration::from_secs(num.saturating_mul(secs)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_common::shard::{block_crc, Layout, ShardHeader};
+    use std::io::Write;
+
+    fn put(store: &Store, addr: ShardAddr) -> std::path::PathBuf {
+        let layout = Layout::new(2, 1, 256, 2000).expect("layout");
+        let header = ShardHeader {
+            object_id: addr.object,
+            segment: addr.segment,
+            shard_index: addr.index,
+            layout,
+            bucket: "b".into(),
+            key: "k".into(),
+        };
+        let (tmp, mut f) = store.create_temp(&addr).expect("temp");
+        f.write_all(&header.encode()).expect("header");
+        for s in 0..layout.stripes() {
+            let data = vec![s as u8; layout.block_len(s)];
+            f.write_all(&data).expect("data");
+            f.write_all(&block_crc(&data).to_le_bytes()).expect("crc");
+        }
+        drop(f);
+        store.commit(&tmp, &addr).expect("commit");
+        store.shard_path(&addr)
+    }
+
+    #[test]
+    fn pass_finds_flipped_and_truncated_shards_and_clears_fixed_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let state = ScrubState::default();
+        let addrs: Vec<ShardAddr> = (0..3)
+            .map(|i| ShardAddr {
+                object: ObjectId::random(),
+                segment: 0,
+                index: i,
+            })
+            .collect();
+        let paths: Vec<_> = addrs.iter().map(|a| put(&store, *a)).collect();
+        let r = pass(&store, &state, u64::MAX).expect("pass");
+        assert_eq!(r.checked, 3);
+        assert!(r.bad.is_empty());
+
+        let mut bytes = std::fs::read(&paths[0]).expect("read");
+        let n = bytes.len();
+        bytes[n - 100] ^= 1;
+        std::fs::write(&paths[0], &bytes).expect("flip");
+        let mut bytes = std::fs::read(&paths[2]).expect("read");
+        bytes.push(0);
+        std::fs::write(&paths[2], &bytes).expect("grow");
+        let r = pass(&store, &state, u64::MAX).expect("pass");
+        assert_eq!(r.checked, 1);
+        let mut want = vec![addrs[0], addrs[2]];
+        want.sort();
+        let mut got = r.bad.clone();
+        got.sort();
+        assert_eq!(got, want);
+        assert_eq!(state.bad_shards(), want);
+
+        put(&store, addrs[0]);
+        state.forget_object(&addrs[2].object);
+        assert!(store.delete_object(&addrs[2].object).is_ok());
+        let r = pass(&store, &state, u64::MAX).expect("pass");
+        assert_eq!(r.checked, 2);
+        assert!(state.bad_shards().is_empty());
+    }
+
+    #[test]
+    fn pass_respects_the_rate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let addr = ShardAddr {
+            object: ObjectId::random(),
+            segment: 1,
+            index: 0,
+        };
+        put(&store, addr);
+        let t = Instant::now();
+        // ~1040 bytes at 4 KiB/s: about a quarter second.
+        let r = pass(&store, &ScrubState::default(), 4096).expect("pass");
+        assert_eq!(r.checked, 1);
+        assert!(
+            t.elapsed() >= Duration::from_millis(200),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[test]
+    fn units_parse() {
+        assert_eq!(parse_rate("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_rate("512KiB/s"), Ok(512 << 10));
+        assert_eq!(parse_rate("0"), Ok(0));
+        assert!(parse_rate("4 parsecs").is_err());
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert!(parse_duration("1y").is_err());
+    }
+}
