@@ -27,7 +27,8 @@ pub struct Codec {
 impl Codec {
     /// A codec for `k` data and `m` parity shards (`k >= 1`, `m >= 1`).
     pub fn new(k: u8, m: u8) -> Result<Self, ErasureError> {
-        static CACHE: Mutex<Option<HashMap<(u8, u8), Arc<ReedSolomon>>>> = Mutex::new(None);
+        type Cache = HashMap<(u8, u8), Arc<ReedSolomon>>;
+        static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
         if k == 0 || m == 0 || k as usize + m as usize > 255 {
             return Err(ErasureError::Geometry { k, m });
         }

@@ -42,7 +42,7 @@ pub fn rank(object: &ObjectId, segment: u32, nodes: &[NodeId]) -> Vec<NodeId> {
         .iter()
         .map(|n| (score(object, segment, n), *n))
         .collect();
-    scored.sort_by(|a, b| b.0.cmp(&a.0));
+    scored.sort_by_key(|s| std::cmp::Reverse(s.0));
     scored.into_iter().map(|(_, n)| n).collect()
 }
 

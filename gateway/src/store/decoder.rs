@@ -49,12 +49,9 @@ async fn open_shard(
         .await
     {
         Ok(s) => s,
-        Err(e) => {
-            if matches!(e, super::node_client::NodeCallError::Transport(_)) {
-                cluster.mark_down(node);
-            }
-            return Err(format!("node {node}: {e}"));
-        }
+        // Not a reason to mark the node down: a node aborts a read on a corrupt block
+        // too. The heartbeat decides who is up.
+        Err(e) => return Err(format!("node {node}: {e}")),
     };
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     tokio::spawn(async move {
