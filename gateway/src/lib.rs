@@ -5,6 +5,7 @@
 //! (stripes and shards) → [`store::node_client`] (storage nodes). [`error`] is the one
 //! place where failures become S3 error XML.
 
+pub mod admin;
 pub mod error;
 pub mod metrics_export;
 pub mod s3;
@@ -84,6 +85,8 @@ pub struct AppState {
     pub keys: Arc<Keys>,
     /// Region reported to clients.
     pub region: String,
+    /// Address the gateway listens on.
+    pub listen: std::net::SocketAddr,
 }
 
 /// Sets up logging: JSON unless stderr is a terminal; level from `RUST_LOG`.
@@ -168,6 +171,7 @@ pub async fn serve(
             secret_key: args.secret_key.clone(),
         }),
         region: args.region.clone(),
+        listen: listener.local_addr()?,
     };
     let app = Router::new()
         .route("/health", get(|| async { "ok" }))

@@ -246,7 +246,9 @@ mod tests {
     use super::*;
     use futures::StreamExt;
 
-    fn decode(input: &[u8], split: usize) -> Result<(Vec<u8>, Vec<(String, String)>), S3Error> {
+    type Decoded = (Vec<u8>, Vec<(String, String)>);
+
+    fn decode(input: &[u8], split: usize) -> Result<Decoded, S3Error> {
         let pieces: Vec<Result<Bytes, std::io::Error>> = input
             .chunks(split.max(1))
             .map(|c| Ok(Bytes::copy_from_slice(c)))

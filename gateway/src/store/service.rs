@@ -31,6 +31,9 @@ pub struct Geometry {
     pub block_size: u32,
 }
 
+/// Chosen `(k, m, [(node, address); k+m])` for a new segment.
+type Placement = (u8, u8, Vec<(NodeId, String)>);
+
 /// Object data written to nodes but not yet committed.
 #[derive(Debug)]
 pub struct StagedObject {
@@ -63,11 +66,7 @@ impl ObjectService {
     }
 
     /// Chooses geometry and nodes for a new segment among the live nodes.
-    fn place(
-        &self,
-        object: &ObjectId,
-        segment: u32,
-    ) -> Result<(u8, u8, Vec<(NodeId, String)>), StoreError> {
+    fn place(&self, object: &ObjectId, segment: u32) -> Result<Placement, StoreError> {
         let live = self.cluster.live_nodes();
         let (k, m) = placement::choose_geometry(live.len(), self.geometry.k, self.geometry.m)
             .map_err(|e| StoreError::NotEnoughNodes(e.to_string()))?;
