@@ -1,0 +1,236 @@
+//! One checkpoint from disk to a committed manifest: check it is finished, upload what is
+//! not yet uploaded (resuming half-done files), re-check nothing changed, commit, and drop
+//! the previous generation. Shared by `push` and `watch`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_s3::Client;
+
+use crate::completeness::{check_checkpoint, Verdict};
+use crate::detect::{list_files, Candidate, LocalFile};
+use crate::error::{s3_error, Error, Result};
+use crate::manifest::{self, Committed, FileEntry, Manifest};
+use crate::s3client::S3Url;
+use crate::state::{FileState, StateStore};
+use crate::upload::{SaveFn, Uploader};
+
+/// What one sync pass did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Committed (now, or found committed by an earlier interrupted run).
+    Committed(Box<Manifest>, Committed),
+    /// Already committed and unchanged.
+    Unchanged,
+    /// Not finished yet.
+    Incomplete(String),
+    /// Removed by retention; not uploaded again.
+    Retired,
+    /// Gone from disk.
+    Vanished,
+}
+
+/// Everything a sync needs.
+pub struct Ctx {
+    /// S3 client.
+    pub client: Client,
+    /// Destination.
+    pub url: S3Url,
+    /// File uploader.
+    pub uploader: Uploader,
+    /// Local state.
+    pub store: Arc<StateStore>,
+    /// Quiet period for files of unknown format.
+    pub quiet: Duration,
+}
+
+fn same_fp(fs: &FileState, f: &LocalFile) -> bool {
+    fs.size == f.size && fs.mtime_ns == f.mtime_ns()
+}
+
+fn listing(c: &Candidate) -> Result<Option<Vec<LocalFile>>> {
+    match list_files(&c.path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(&c.path, e)),
+    }
+}
+
+/// Next free generation of `name` in the bucket.
+async fn next_remote_generation(ctx: &Ctx, name: &str) -> Result<u64> {
+    let prefix = format!("{}{name}/", manifest::manifests_prefix(&ctx.url));
+    let keys = manifest::list_keys(&ctx.client, &ctx.url.bucket, &prefix).await?;
+    let max = keys
+        .iter()
+        .filter_map(|k| manifest::parse_manifest_key(&ctx.url, k))
+        .filter(|(n, _)| n == name)
+        .map(|(_, g)| g)
+        .max()
+        .unwrap_or(0);
+    Ok(max + 1)
+}
+
+/// Brings checkpoint `c` to a committed state, or says why it cannot yet.
+pub async fn sync_checkpoint(ctx: &Ctx, c: &Candidate) -> Result<Outcome> {
+    let Some(files) = listing(c)? else {
+        return Ok(Outcome::Vanished);
+    };
+    let st = ctx.store.get(&c.name);
+    if st.retired {
+        return Ok(Outcome::Retired);
+    }
+    let unchanged = files.len() == st.files.len()
+        && files.iter().all(|f| {
+            st.files
+                .get(&f.rel)
+                .is_some_and(|fs| same_fp(fs, f) && fs.done.is_some())
+        });
+    if st.committed && unchanged {
+        return Ok(Outcome::Unchanged);
+    }
+    let verdict = check_checkpoint(c.kind, &files, ctx.quiet, SystemTime::now())
+        .map_err(|e| Error::io(&c.path, e))?;
+    if let Verdict::Incomplete(reason) = verdict {
+        return Ok(Outcome::Incomplete(reason));
+    }
+    let generation = if st.generation == 0 || st.committed {
+        next_remote_generation(ctx, &c.name)
+            .await?
+            .max(st.generation + 1)
+    } else {
+        st.generation
+    };
+    ctx.store.update(&c.name, |s| {
+        s.generation = generation;
+        s.committed = false;
+    })?;
+    let mut entries = Vec::with_capacity(files.len());
+    for f in &files {
+        let fs = ctx.store.get(&c.name).files.get(&f.rel).cloned();
+        if let Some(entry) = fs
+            .as_ref()
+            .filter(|fs| same_fp(fs, f))
+            .and_then(|fs| fs.done.clone())
+        {
+            entries.push(entry);
+            continue;
+        }
+        let (key, resume) = match fs {
+            Some(fs) if same_fp(&fs, f) && fs.multipart.is_some() => (fs.key, fs.multipart),
+            Some(fs) => {
+                if let Some(mp) = &fs.multipart {
+                    ctx.uploader.abort(&fs.key, &mp.upload_id).await;
+                }
+                (
+                    manifest::data_key(&ctx.url, &c.name, generation, &f.rel),
+                    None,
+                )
+            }
+            None => (
+                manifest::data_key(&ctx.url, &c.name, generation, &f.rel),
+                None,
+            ),
+        };
+        let (size, mtime_ns) = (f.size, f.mtime_ns());
+        ctx.store.update(&c.name, |s| {
+            s.files.insert(
+                f.rel.clone(),
+                FileState {
+                    size,
+                    mtime_ns,
+                    key: key.clone(),
+                    done: None,
+                    multipart: resume.clone(),
+                },
+            );
+        })?;
+        let save: SaveFn = {
+            let (store, name, rel) = (ctx.store.clone(), c.name.clone(), f.rel.clone());
+            Arc::new(move |mp| {
+                store.update(&name, |s| {
+                    if let Some(fs) = s.files.get_mut(&rel) {
+                        fs.multipart = Some(mp.clone());
+                    }
+                })
+            })
+        };
+        let up = ctx.uploader.upload(f, &key, resume, save).await?;
+        // Verify the file did not change under us.
+        let now = std::fs::metadata(&f.abs).map_err(|e| Error::io(&f.abs, e))?;
+        let mtime_ns = LocalFile {
+            mtime: now.modified().map_err(|e| Error::io(&f.abs, e))?,
+            ..f.clone()
+        }
+        .mtime_ns();
+        if now.len() != f.size || mtime_ns != f.mtime_ns() {
+            return Err(Error::Changed(f.abs.clone()));
+        }
+        let entry = FileEntry {
+            path: f.rel.clone(),
+            key: key.clone(),
+            size: f.size,
+            sha256: up.sha256,
+            crc32c: up.crc32c,
+            parts: up.parts,
+        };
+        ctx.store.update(&c.name, |s| {
+            if let Some(fs) = s.files.get_mut(&f.rel) {
+                fs.done = Some(entry.clone());
+                fs.multipart = None;
+            }
+        })?;
+        entries.push(entry);
+    }
+    // Forget files that no longer exist, then make sure the listing is what we uploaded.
+    ctx.store.update(&c.name, |s| {
+        s.files.retain(|rel, _| files.iter().any(|f| &f.rel == rel))
+    })?;
+    let Some(again) = listing(c)? else {
+        return Ok(Outcome::Vanished);
+    };
+    let st = ctx.store.get(&c.name);
+    if again.len() != st.files.len()
+        || !again
+            .iter()
+            .all(|f| st.files.get(&f.rel).is_some_and(|fs| same_fp(fs, f)))
+    {
+        return Err(Error::Changed(c.path.clone()));
+    }
+    let m = Manifest::new(&c.name, c.step, generation, c.kind, entries);
+    let how = manifest::commit(&ctx.client, &ctx.url, &m).await?;
+    ctx.store.update(&c.name, |s| s.committed = true)?;
+    if generation > 1 {
+        drop_old_generations(ctx, &m).await?;
+    }
+    Ok(Outcome::Committed(Box::new(m), how))
+}
+
+/// Deletes manifests of earlier generations of `m`'s checkpoint, then data it no longer uses.
+async fn drop_old_generations(ctx: &Ctx, m: &Manifest) -> Result<()> {
+    let prefix = format!("{}{}/", manifest::manifests_prefix(&ctx.url), m.name);
+    for key in manifest::list_keys(&ctx.client, &ctx.url.bucket, &prefix).await? {
+        if manifest::parse_manifest_key(&ctx.url, &key).is_some_and(|(_, g)| g < m.generation) {
+            delete(&ctx.client, &ctx.url.bucket, &key).await?;
+        }
+    }
+    let used: std::collections::BTreeSet<&str> = m.files.iter().map(|f| f.key.as_str()).collect();
+    let data = manifest::data_prefix(&ctx.url, &m.name);
+    for key in manifest::list_keys(&ctx.client, &ctx.url.bucket, &data).await? {
+        if !used.contains(key.as_str()) {
+            delete(&ctx.client, &ctx.url.bucket, &key).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes one object (a missing object is fine).
+pub async fn delete(client: &Client, bucket: &str, key: &str) -> Result<()> {
+    client
+        .delete_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| s3_error("DeleteObject", bucket, key, e))
+}
