@@ -1,0 +1,2 @@
+"""Helpers of tests/test_observability.py: PromQL/dashboard parsing, the metric catalog,
+and a real Prometheus on loopback."""
