@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def test_prometheus_finds_nodes_through_the_gateway_not_typed_addresses():
 
 
 def test_dashboards_match_their_generator():
-    r = run(["python3", GRAFANA_DIR / "dashboards.py", "--check"])
+    r = run([sys.executable, GRAFANA_DIR / "dashboards.py", "--check"])
     assert r.returncode == 0, _output(r) + "\nrun: python3 compose/grafana/dashboards.py"
 
 
@@ -412,6 +413,7 @@ def _sd_groups(gateway) -> list[dict]:
 
 
 def test_prometheus_scrapes_cluster_via_gateway_sd(cairn_cluster, tmp_path):
+    tool("prometheus")
     c = cairn_cluster
     groups = _sd_groups(c.gateway)
     assert isinstance(groups, list), groups
