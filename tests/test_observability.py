@@ -432,7 +432,7 @@ def test_prometheus_scrapes_cluster_via_gateway_sd(cairn_cluster, tmp_path):
     assert gateways == [c.gateway.addr], f"SD lists the gateway as {gateways}, expected {c.gateway.addr}"
 
     prom = Prometheus(tmp_path / "prometheus", {})
-    prom.start(lambda addr: loopback_config(c.gateway.addr, addr))
+    prom.start(lambda addr: loopback_config(c.gateway.addr, addr, tmp_path / "file_sd"))
     try:
         _check_scrapes(c, prom, nodes)
     except BaseException:

@@ -74,9 +74,10 @@ def _replace_strings(obj, old: str, new: str):
     return obj
 
 
-def loopback_config(gateway_addr: str, prometheus_addr: str, interval: str = "1s") -> dict:
+def loopback_config(gateway_addr: str, prometheus_addr: str, file_sd_dir: Path, interval: str = "1s") -> dict:
     """compose's prometheus.yml for a test cluster: the gateway's address rewritten, short
-    intervals, rule and SD file paths made absolute. Nothing else changes."""
+    intervals, rule paths made absolute, file-SD target lists read from `file_sd_dir` (so
+    a watcher listed in compose/ is never contacted). Nothing else changes."""
     cfg = yaml.safe_load(PROMETHEUS_YML.read_text())
     assert COMPOSE_GATEWAY in PROMETHEUS_YML.read_text(), f"{PROMETHEUS_YML} no longer names {COMPOSE_GATEWAY}"
     cfg = _replace_strings(cfg, COMPOSE_GATEWAY, gateway_addr)
@@ -93,7 +94,7 @@ def loopback_config(gateway_addr: str, prometheus_addr: str, interval: str = "1s
         for sd in sc.get("http_sd_configs", []):
             sd["refresh_interval"] = interval
         for sd in sc.get("file_sd_configs", []):
-            sd["files"] = [str(base / f) for f in sd.get("files", [])]
+            sd["files"] = [str(Path(file_sd_dir) / f) for f in sd.get("files", [])]
             sd["refresh_interval"] = interval
     return cfg
 
