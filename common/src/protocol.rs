@@ -7,6 +7,7 @@
 //! | `PUT` | `/v1/shards/{object}/{segment}/{index}` | store a shard; body = the whole shard file (header + blocks). Answers 201 only once the file is fsynced and renamed into place. |
 //! | `GET` | `/v1/shards/{object}/{segment}/{index}?from=B&count=N` | stream stored blocks `B..B+N` (data + crc each), each verified before it is sent |
 //! | `GET` | `/v1/shards/{object}/{segment}/{index}/header` | the shard's encoded header |
+//! | `DELETE` | `/v1/shards/{object}/{segment}/{index}` | remove one shard (a replaced multipart part); 204 even if absent |
 //! | `DELETE` | `/v1/objects/{object}` | remove every shard of an object version |
 //! | `GET` | `/v1/objects` | JSON list of the object ids with shards here ([`ObjectList`]) |
 //! | `GET` | `/v1/info?challenge=C` | [`NodeInfo`], including proof of the cluster secret |

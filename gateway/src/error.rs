@@ -57,6 +57,18 @@ pub enum S3Error {
     MalformedXml,
     #[error("Your key is too long")]
     KeyTooLong,
+    #[error("The specified multipart upload does not exist. The upload ID might be invalid, or the multipart upload might have been aborted or completed.")]
+    NoSuchUpload,
+    #[error("One or more of the specified parts could not be found. The part might not have been uploaded, or the specified entity tag might not have matched the part's entity tag.")]
+    InvalidPart,
+    #[error("The list of parts was not in ascending order. The parts list must be specified in order by part number.")]
+    InvalidPartOrder,
+    #[error("Your proposed upload is smaller than the minimum allowed object size.")]
+    EntityTooSmall,
+    #[error("At least one of the pre-conditions you specified did not hold")]
+    PreconditionFailed,
+    #[error("Not Modified")]
+    NotModified,
     #[error("{0} is not implemented")]
     NotImplemented(String),
     #[error("The specified method is not allowed against this resource.")]
@@ -98,6 +110,12 @@ impl S3Error {
             MalformedXml => ("MalformedXML", StatusCode::BAD_REQUEST),
             KeyTooLong => ("KeyTooLongError", StatusCode::BAD_REQUEST),
             NotImplemented(_) => ("NotImplemented", StatusCode::NOT_IMPLEMENTED),
+            NoSuchUpload => ("NoSuchUpload", StatusCode::NOT_FOUND),
+            InvalidPart => ("InvalidPart", StatusCode::BAD_REQUEST),
+            InvalidPartOrder => ("InvalidPartOrder", StatusCode::BAD_REQUEST),
+            EntityTooSmall => ("EntityTooSmall", StatusCode::BAD_REQUEST),
+            PreconditionFailed => ("PreconditionFailed", StatusCode::PRECONDITION_FAILED),
+            NotModified => ("NotModified", StatusCode::NOT_MODIFIED),
             MethodNotAllowed => ("MethodNotAllowed", StatusCode::METHOD_NOT_ALLOWED),
             SlowDown(_) => ("SlowDown", StatusCode::SERVICE_UNAVAILABLE),
             ServiceUnavailable(_) => ("ServiceUnavailable", StatusCode::SERVICE_UNAVAILABLE),
@@ -113,7 +131,7 @@ impl S3Error {
         } else {
             tracing::debug!(code, error = %self, resource, request_id, "request refused");
         }
-        let body = if head {
+        let body = if head || status == StatusCode::NOT_MODIFIED {
             String::new()
         } else {
             crate::s3::xml::error_body(code, &self.to_string(), resource, request_id)
@@ -142,6 +160,8 @@ impl From<StoreError> for S3Error {
             StoreError::BodyTooLong => {
                 S3Error::InvalidRequest("request body is longer than its declared length".into())
             }
+            StoreError::PreconditionFailed => S3Error::PreconditionFailed,
+            StoreError::NoSuchKey => S3Error::NoSuchKey,
             StoreError::Body(e) => match e.downcast::<S3Error>() {
                 Ok(s3) => *s3,
                 Err(other) => S3Error::InvalidRequest(format!("request body: {other}")),

@@ -42,7 +42,7 @@ pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route(
             "/v1/shards/{object}/{segment}/{index}",
-            put(put_shard).get(get_shard),
+            put(put_shard).get(get_shard).delete(delete_shard),
         )
         .route(
             "/v1/shards/{object}/{segment}/{index}/header",
@@ -200,6 +200,19 @@ async fn get_header(
     let addr = parse_addr(&object, &segment, &index)?;
     let bytes: Bytes = crate::read::read_header(state.store.clone(), addr).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+async fn delete_shard(
+    State(state): State<AppState>,
+    Path((object, segment, index)): Path<(String, String, String)>,
+) -> Result<StatusCode, NodeError> {
+    let addr = parse_addr(&object, &segment, &index)?;
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || store.delete_shard(&addr))
+        .await
+        .map_err(|e| NodeError::Internal(format!("delete task: {e}")))??;
+    m::shards(state.store.shard_count());
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn delete_object(

@@ -161,6 +161,26 @@ impl Store {
         sync_dir(prefix)
     }
 
+    /// Removes one shard file (no-op if absent).
+    pub fn delete_shard(&self, addr: &ShardAddr) -> io::Result<()> {
+        let path = self.shard_path(addr);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                let _ = self
+                    .shards
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        Some(n.saturating_sub(1))
+                    });
+                if let Some(dir) = path.parent() {
+                    sync_dir(dir)?;
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Removes every shard of an object version. Returns how many shard files were removed
     /// (0 if the object was not here).
     pub fn delete_object(&self, object: &ObjectId) -> io::Result<u64> {

@@ -128,6 +128,43 @@ impl CheckedBody {
         })
     }
 
+    /// Also computes `alg` when the request did not ask for a checksum itself (parts of an
+    /// upload created with a checksum algorithm); a different algorithm is refused.
+    pub fn ensure_checksum(&mut self, alg: Algorithm) -> Result<(), S3Error> {
+        if let Some(c) = self.checks.as_mut() {
+            match &c.checksum {
+                None => c.checksum = Some((alg, Hasher::new(alg), Expected::None)),
+                Some((a, _, _)) if *a != alg => {
+                    return Err(S3Error::InvalidRequest(format!(
+                        "checksum {} differs from the upload's algorithm {}",
+                        a.name(),
+                        alg.name()
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a small body (an XML document) whole, with its checks, up to `limit` bytes.
+    pub async fn collect(mut self, limit: usize) -> Result<Bytes, S3Error> {
+        let mut out = bytes::BytesMut::new();
+        while let Some(chunk) = self.next().await {
+            let chunk = chunk.map_err(|e| match e.downcast::<S3Error>() {
+                Ok(s3) => *s3,
+                Err(other) => S3Error::InvalidRequest(other.to_string()),
+            })?;
+            if out.len() + chunk.len() > limit {
+                return Err(S3Error::InvalidRequest(format!(
+                    "request body larger than {limit} bytes"
+                )));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.freeze())
+    }
+
     /// Digests of the whole body; `None` until the stream has ended successfully.
     pub fn digests(&self) -> Option<&Digests> {
         self.digests.as_ref()

@@ -4,7 +4,10 @@ pub mod body;
 pub mod bucket;
 pub mod checksum;
 pub mod chunked;
+pub mod copy;
+pub mod delete;
 pub mod list;
+pub mod multipart;
 pub mod object;
 pub mod router;
 pub mod sigv4;
@@ -107,6 +110,25 @@ async fn dispatch(ctx: Ctx, endpoint: Endpoint, body: Body) -> Result<Response, 
         Endpoint::GetObject { bucket, key } => object::get_object(&ctx, &bucket, &key, false).await,
         Endpoint::HeadObject { bucket, key } => object::get_object(&ctx, &bucket, &key, true).await,
         Endpoint::DeleteObject { bucket, key } => object::delete_object(&ctx, &bucket, &key).await,
+        Endpoint::CopyObject { bucket, key } => copy::copy_object(&ctx, &bucket, &key).await,
+        Endpoint::DeleteObjects { bucket } => delete::delete_objects(&ctx, &bucket, body).await,
+        Endpoint::CreateMultipartUpload { bucket, key } => {
+            multipart::create(&ctx, &bucket, &key).await
+        }
+        Endpoint::UploadPart { bucket, key } => {
+            multipart::upload_part(&ctx, &bucket, &key, body).await
+        }
+        Endpoint::UploadPartCopy { bucket, key } => {
+            copy::upload_part_copy(&ctx, &bucket, &key).await
+        }
+        Endpoint::CompleteMultipartUpload { bucket, key } => {
+            multipart::complete(&ctx, &bucket, &key, body).await
+        }
+        Endpoint::AbortMultipartUpload { bucket, key } => {
+            multipart::abort(&ctx, &bucket, &key).await
+        }
+        Endpoint::ListParts { bucket, key } => multipart::list_parts(&ctx, &bucket, &key).await,
+        Endpoint::ListMultipartUploads { bucket } => multipart::list_uploads(&ctx, &bucket).await,
         Endpoint::Unsupported { what } => Err(S3Error::NotImplemented(what)),
     }
 }

@@ -12,7 +12,7 @@ use super::bucket::require_bucket;
 use super::checksum::Algorithm;
 use super::Ctx;
 use crate::error::S3Error;
-use crate::store::catalog::{ObjectMeta, ObjectRecord};
+use crate::store::catalog::{ObjectMeta, ObjectRecord, WriteCondition};
 
 /// Longest key S3 accepts, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
@@ -78,6 +78,7 @@ pub async fn put_object(
     if len > MAX_PUT_SIZE {
         return Err(S3Error::EntityTooLarge);
     }
+    let cond = check_write_preconditions(ctx, bucket, key)?;
     let mut body = CheckedBody::new(body, &ctx.headers, &ctx.payload, len)?;
     let service = &ctx.state.service;
     let staged = service.write_data(bucket, key, len, &mut body).await?;
@@ -90,7 +91,7 @@ pub async fn put_object(
     if let Some((alg, value)) = &digests.checksum {
         meta.checksums.insert(alg.name().to_string(), value.clone());
     }
-    let rec = service.commit(bucket, key, staged, meta).await?;
+    let rec = service.commit(bucket, key, staged, meta, &cond).await?;
     metrics::counter!("cairn_s3_bytes_in_total").increment(len);
     let mut resp = StatusCode::OK.into_response();
     let h = resp.headers_mut();
@@ -99,6 +100,81 @@ pub async fn put_object(
         insert(h, alg.header(), value);
     }
     Ok(resp)
+}
+
+/// The write condition of a PUT or Complete (`If-None-Match: *`, `If-Match: etag`),
+/// checked now to fail early and again atomically at commit.
+pub fn check_write_preconditions(
+    ctx: &Ctx,
+    bucket: &str,
+    key: &str,
+) -> Result<WriteCondition, S3Error> {
+    let cond = match (
+        header(&ctx.headers, "if-none-match"),
+        header(&ctx.headers, "if-match"),
+    ) {
+        (Some(v), _) if v.trim() == "*" => WriteCondition::IfAbsent,
+        (Some(_), _) => {
+            return Err(S3Error::NotImplemented(
+                "If-None-Match other than * on writes".into(),
+            ))
+        }
+        (None, Some(e)) => WriteCondition::IfEtag(e.trim().trim_matches('"').to_string()),
+        (None, None) => return Ok(WriteCondition::None),
+    };
+    let current = ctx.state.service.catalog.object(bucket, key)?;
+    cond.check(current.as_ref())?;
+    Ok(cond)
+}
+
+fn etag_matches(list: &str, etag: &str) -> bool {
+    list.split(',')
+        .map(|e| e.trim().trim_start_matches("W/").trim_matches('"'))
+        .any(|e| e == "*" || e == etag)
+}
+
+fn parse_http_date(v: &str) -> Option<i64> {
+    httpdate::parse_http_date(v.trim())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+}
+
+/// Evaluates read preconditions (`If-Match`, `If-None-Match`, `If-Modified-Since`,
+/// `If-Unmodified-Since`, or their `x-amz-copy-source-` forms) as S3 does.
+pub fn check_read_preconditions(
+    h: &HeaderMap,
+    prefix: &str,
+    rec: &ObjectRecord,
+) -> Result<(), S3Error> {
+    let get = |n: &str| header(h, &format!("{prefix}{n}"));
+    let modified_s = rec.modified_ms / 1000;
+    let if_match = get("if-match");
+    let if_none_match = get("if-none-match");
+    if let Some(m) = if_match {
+        if !etag_matches(m, &rec.meta.etag) {
+            return Err(S3Error::PreconditionFailed);
+        }
+    } else if let Some(t) = get("if-unmodified-since").and_then(parse_http_date) {
+        if modified_s > t / 1000 {
+            return Err(S3Error::PreconditionFailed);
+        }
+    }
+    let not_modified = if prefix.is_empty() {
+        S3Error::NotModified
+    } else {
+        S3Error::PreconditionFailed
+    };
+    if let Some(m) = if_none_match {
+        if etag_matches(m, &rec.meta.etag) {
+            return Err(not_modified);
+        }
+    } else if let Some(t) = get("if-modified-since").and_then(parse_http_date) {
+        if modified_s <= t / 1000 {
+            return Err(not_modified);
+        }
+    }
+    Ok(())
 }
 
 fn insert(h: &mut HeaderMap, name: &'static str, value: &str) {
@@ -195,6 +271,20 @@ fn object_headers(h: &mut HeaderMap, rec: &ObjectRecord, checksum_mode: bool, ra
             if let Some(a) = Algorithm::parse(alg) {
                 insert(h, a.header(), value);
             }
+        }
+        let kind = rec
+            .meta
+            .checksums
+            .get("type")
+            .map(String::as_str)
+            .unwrap_or("FULL_OBJECT");
+        if rec
+            .meta
+            .checksums
+            .keys()
+            .any(|k| Algorithm::parse(k).is_some())
+        {
+            insert(h, "x-amz-checksum-type", kind);
         }
     }
 }

@@ -51,6 +51,40 @@ pub enum Endpoint {
         bucket: String,
         key: String,
     },
+    CopyObject {
+        bucket: String,
+        key: String,
+    },
+    DeleteObjects {
+        bucket: String,
+    },
+    CreateMultipartUpload {
+        bucket: String,
+        key: String,
+    },
+    UploadPart {
+        bucket: String,
+        key: String,
+    },
+    UploadPartCopy {
+        bucket: String,
+        key: String,
+    },
+    CompleteMultipartUpload {
+        bucket: String,
+        key: String,
+    },
+    AbortMultipartUpload {
+        bucket: String,
+        key: String,
+    },
+    ListParts {
+        bucket: String,
+        key: String,
+    },
+    ListMultipartUploads {
+        bucket: String,
+    },
     /// Recognised but not supported: answered with NotImplemented.
     Unsupported {
         what: String,
@@ -73,6 +107,15 @@ impl Endpoint {
             Endpoint::GetObject { .. } => "GetObject",
             Endpoint::HeadObject { .. } => "HeadObject",
             Endpoint::DeleteObject { .. } => "DeleteObject",
+            Endpoint::CopyObject { .. } => "CopyObject",
+            Endpoint::DeleteObjects { .. } => "DeleteObjects",
+            Endpoint::CreateMultipartUpload { .. } => "CreateMultipartUpload",
+            Endpoint::UploadPart { .. } => "UploadPart",
+            Endpoint::UploadPartCopy { .. } => "UploadPartCopy",
+            Endpoint::CompleteMultipartUpload { .. } => "CompleteMultipartUpload",
+            Endpoint::AbortMultipartUpload { .. } => "AbortMultipartUpload",
+            Endpoint::ListParts { .. } => "ListParts",
+            Endpoint::ListMultipartUploads { .. } => "ListMultipartUploads",
             Endpoint::Unsupported { .. } => "Unsupported",
         }
     }
@@ -131,8 +174,6 @@ const UNSUPPORTED_BUCKET_SUBRESOURCES: &[&str] = &[
     "inventory",
     "intelligent-tiering",
     "versions",
-    "uploads",
-    "delete",
 ];
 /// Sub-resources of an object that Cairn does not implement (yet).
 const UNSUPPORTED_OBJECT_SUBRESOURCES: &[&str] = &[
@@ -144,8 +185,6 @@ const UNSUPPORTED_OBJECT_SUBRESOURCES: &[&str] = &[
     "restore",
     "select",
     "attributes",
-    "uploads",
-    "uploadId",
 ];
 
 /// Parses method, path and query into an endpoint.
@@ -172,6 +211,10 @@ pub fn route(
             });
         }
         return Ok(match *method {
+            Method::POST if query.contains_key("delete") => Endpoint::DeleteObjects { bucket },
+            Method::GET if query.contains_key("uploads") => {
+                Endpoint::ListMultipartUploads { bucket }
+            }
             Method::PUT if query.contains_key("versioning") => Endpoint::Unsupported {
                 what: "PutBucketVersioning".into(),
             },
@@ -197,15 +240,18 @@ pub fn route(
             what: format!("object ?{sub}"),
         });
     }
-    if query.contains_key("partNumber") {
-        return Ok(Endpoint::Unsupported {
-            what: "partNumber".into(),
-        });
-    }
+    let copy = headers.contains_key("x-amz-copy-source");
+    let upload = query.contains_key("uploadId");
     Ok(match *method {
-        Method::PUT if headers.contains_key("x-amz-copy-source") => Endpoint::Unsupported {
-            what: "CopyObject".into(),
-        },
+        Method::POST if query.contains_key("uploads") => {
+            Endpoint::CreateMultipartUpload { bucket, key }
+        }
+        Method::POST if upload => Endpoint::CompleteMultipartUpload { bucket, key },
+        Method::PUT if upload && copy => Endpoint::UploadPartCopy { bucket, key },
+        Method::PUT if upload => Endpoint::UploadPart { bucket, key },
+        Method::GET if upload => Endpoint::ListParts { bucket, key },
+        Method::DELETE if upload => Endpoint::AbortMultipartUpload { bucket, key },
+        Method::PUT if copy => Endpoint::CopyObject { bucket, key },
         Method::PUT => Endpoint::PutObject { bucket, key },
         Method::GET => Endpoint::GetObject { bucket, key },
         Method::HEAD => Endpoint::HeadObject { bucket, key },

@@ -69,12 +69,98 @@ pub struct ObjectRecord {
     pub segments: Vec<SegmentRecord>,
 }
 
+/// A multipart upload in progress.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UploadRecord {
+    /// Target bucket.
+    pub bucket: String,
+    /// Target key.
+    pub key: String,
+    /// Metadata given at creation (ETag and checksums are filled at completion).
+    pub meta: ObjectMeta,
+    /// Creation time, unix milliseconds.
+    pub created_ms: i64,
+    /// Checksum algorithm asked for at creation (`CRC32`...).
+    #[serde(default)]
+    pub checksum_algorithm: Option<String>,
+    /// `COMPOSITE` or `FULL_OBJECT`.
+    #[serde(default)]
+    pub checksum_type: Option<String>,
+}
+
+/// One uploaded part.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PartRecord {
+    /// Hex MD5 of the part.
+    pub etag: String,
+    /// Bytes.
+    pub size: u64,
+    /// Upload time, unix milliseconds.
+    pub modified_ms: i64,
+    /// Where the part's data is.
+    pub segment: SegmentRecord,
+    /// The part's flexible checksum (base64), if the upload has an algorithm.
+    #[serde(default)]
+    pub checksum: Option<String>,
+}
+
+/// The result of a completed upload, kept so that a retried Complete answers the same.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CompletedRecord {
+    /// Bucket.
+    pub bucket: String,
+    /// Key.
+    pub key: String,
+    /// Quoted-less ETag of the object.
+    pub etag: String,
+    /// Object checksum and its type, if any.
+    #[serde(default)]
+    pub checksum: Option<(String, String, String)>,
+    /// Completion time, unix milliseconds.
+    pub completed_ms: i64,
+}
+
+/// A condition on the current version of a key, checked atomically with a commit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum WriteCondition {
+    /// Always write.
+    #[default]
+    None,
+    /// Only if the key does not exist (`If-None-Match: *`).
+    IfAbsent,
+    /// Only if the key's current ETag is this one (`If-Match`).
+    IfEtag(String),
+}
+
+impl WriteCondition {
+    /// Checks the condition against the current record.
+    pub fn check(&self, current: Option<&ObjectRecord>) -> Result<(), StoreError> {
+        match (self, current) {
+            (WriteCondition::None, _) => Ok(()),
+            (WriteCondition::IfAbsent, None) => Ok(()),
+            (WriteCondition::IfAbsent, Some(_)) => Err(StoreError::PreconditionFailed),
+            (WriteCondition::IfEtag(_), None) => Err(StoreError::NoSuchKey),
+            (WriteCondition::IfEtag(e), Some(r)) if e == "*" || *e == r.meta.etag => Ok(()),
+            (WriteCondition::IfEtag(_), Some(_)) => Err(StoreError::PreconditionFailed),
+        }
+    }
+}
+
 /// The sled-backed catalog.
 #[derive(Clone)]
 pub struct Catalog {
     db: sled::Db,
     buckets: sled::Tree,
     objects: sled::Tree,
+    uploads: sled::Tree,
+    parts: sled::Tree,
+    completed: sled::Tree,
+}
+
+fn part_key(upload: &ObjectId, part: u32) -> Vec<u8> {
+    let mut k = upload.0.to_vec();
+    k.extend_from_slice(&part.to_be_bytes());
+    k
 }
 
 fn object_key(bucket: &str, key: &str) -> Vec<u8> {
@@ -94,10 +180,16 @@ impl Catalog {
             .open()?;
         let buckets = db.open_tree("buckets")?;
         let objects = db.open_tree("objects")?;
+        let uploads = db.open_tree("uploads")?;
+        let parts = db.open_tree("parts")?;
+        let completed = db.open_tree("completed")?;
         Ok(Self {
             db,
             buckets,
             objects,
+            uploads,
+            parts,
+            completed,
         })
     }
 
@@ -161,16 +253,31 @@ impl Catalog {
         })
     }
 
-    /// Commits a record (durably), returning the record it replaced.
+    /// Commits a record (durably) if `cond` holds, returning the record it replaced.
     pub async fn put_object(
         &self,
         bucket: &str,
         key: &str,
         rec: &ObjectRecord,
+        cond: &WriteCondition,
     ) -> Result<Option<ObjectRecord>, StoreError> {
-        let old = self
-            .objects
-            .insert(object_key(bucket, key), serde_json::to_vec(rec)?)?;
+        let okey = object_key(bucket, key);
+        let value = serde_json::to_vec(rec)?;
+        let old = loop {
+            let current = self.objects.get(&okey)?;
+            let parsed: Option<ObjectRecord> = match &current {
+                Some(v) => Some(serde_json::from_slice(v)?),
+                None => None,
+            };
+            cond.check(parsed.as_ref())?;
+            match self
+                .objects
+                .compare_and_swap(&okey, current.clone(), Some(value.as_slice()))?
+            {
+                Ok(()) => break current,
+                Err(_) => continue, // raced with another writer: check again
+            }
+        };
         self.flush().await?;
         Ok(match old {
             Some(v) => serde_json::from_slice(&v).ok(),
@@ -222,6 +329,153 @@ impl Catalog {
                 let key = String::from_utf8_lossy(&k[base_len..]).into_owned();
                 Ok((key, serde_json::from_slice(&v)?))
             })
+    }
+
+    /// A number never handed out before (segment numbers of multipart parts).
+    pub fn unique_u32(&self) -> Result<u32, StoreError> {
+        Ok((self.db.generate_id()? % (u32::MAX as u64 - 1) + 1) as u32)
+    }
+
+    /// Registers a new multipart upload.
+    pub async fn create_upload(&self, id: &ObjectId, rec: &UploadRecord) -> Result<(), StoreError> {
+        self.uploads.insert(id.0, serde_json::to_vec(rec)?)?;
+        self.flush().await
+    }
+
+    /// A multipart upload in progress.
+    pub fn upload(&self, id: &ObjectId) -> Result<Option<UploadRecord>, StoreError> {
+        Ok(match self.uploads.get(id.0)? {
+            Some(v) => Some(serde_json::from_slice(&v)?),
+            None => None,
+        })
+    }
+
+    /// All uploads in progress, ordered by id.
+    pub fn uploads(&self) -> Result<Vec<(ObjectId, UploadRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.uploads.iter() {
+            let (k, v) = item?;
+            let mut id = [0u8; 16];
+            if k.len() == 16 {
+                id.copy_from_slice(&k);
+                out.push((ObjectId(id), serde_json::from_slice(&v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records a part (durably), returning the part it replaced.
+    pub async fn put_part(
+        &self,
+        upload: &ObjectId,
+        number: u32,
+        rec: &PartRecord,
+    ) -> Result<Option<PartRecord>, StoreError> {
+        let old = self
+            .parts
+            .insert(part_key(upload, number), serde_json::to_vec(rec)?)?;
+        self.flush().await?;
+        Ok(match old {
+            Some(v) => serde_json::from_slice(&v).ok(),
+            None => None,
+        })
+    }
+
+    /// Parts of an upload, by part number.
+    pub fn parts(&self, upload: &ObjectId) -> Result<Vec<(u32, PartRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.parts.scan_prefix(upload.0) {
+            let (k, v) = item?;
+            if k.len() == 20 {
+                let n = u32::from_be_bytes([k[16], k[17], k[18], k[19]]);
+                out.push((n, serde_json::from_slice(&v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Commits a completed upload: the object record replaces `bucket/key`, the upload and
+    /// its parts disappear, and the completion is remembered — all in one transaction.
+    /// Returns the replaced object record.
+    pub async fn complete_upload(
+        &self,
+        upload: &ObjectId,
+        rec: &ObjectRecord,
+        done: &CompletedRecord,
+        cond: &WriteCondition,
+    ) -> Result<Option<ObjectRecord>, StoreError> {
+        use sled::Transactional;
+        let okey = object_key(&done.bucket, &done.key);
+        let value = serde_json::to_vec(rec)?;
+        let done_value = serde_json::to_vec(done)?;
+        let part_keys: Vec<sled::IVec> = self
+            .parts
+            .scan_prefix(upload.0)
+            .keys()
+            .collect::<Result<_, _>>()?;
+        let old = (&self.objects, &self.uploads, &self.parts, &self.completed)
+            .transaction(|(objects, uploads, parts, completed)| {
+                let current = objects.get(okey.as_slice())?;
+                let parsed: Option<ObjectRecord> = current
+                    .as_ref()
+                    .and_then(|v| serde_json::from_slice(v).ok());
+                if let Err(e) = cond.check(parsed.as_ref()) {
+                    return sled::transaction::abort(e);
+                }
+                let old = objects.insert(okey.as_slice(), value.as_slice())?;
+                uploads.remove(&upload.0)?;
+                for k in &part_keys {
+                    parts.remove(k)?;
+                }
+                completed.insert(&upload.0, done_value.as_slice())?;
+                Ok(old)
+            })
+            .map_err(
+                |e: sled::transaction::TransactionError<StoreError>| match e {
+                    sled::transaction::TransactionError::Storage(e) => StoreError::Catalog(e),
+                    sled::transaction::TransactionError::Abort(e) => e,
+                },
+            )?;
+        self.flush().await?;
+        Ok(match old {
+            Some(v) => serde_json::from_slice(&v).ok(),
+            None => None,
+        })
+    }
+
+    /// The remembered result of a completed upload.
+    pub fn completed(&self, upload: &ObjectId) -> Result<Option<CompletedRecord>, StoreError> {
+        Ok(match self.completed.get(upload.0)? {
+            Some(v) => Some(serde_json::from_slice(&v)?),
+            None => None,
+        })
+    }
+
+    /// Forgets completions older than `before_ms`.
+    pub fn prune_completed(&self, before_ms: i64) -> Result<(), StoreError> {
+        for item in self.completed.iter() {
+            let (k, v) = item?;
+            if let Ok(c) = serde_json::from_slice::<CompletedRecord>(&v) {
+                if c.completed_ms < before_ms {
+                    self.completed.remove(k)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes an upload and its parts (durably), returning the parts.
+    pub async fn abort_upload(
+        &self,
+        upload: &ObjectId,
+    ) -> Result<Vec<(u32, PartRecord)>, StoreError> {
+        let parts = self.parts(upload)?;
+        self.uploads.remove(upload.0)?;
+        for (n, _) in &parts {
+            self.parts.remove(part_key(upload, *n))?;
+        }
+        self.flush().await?;
+        Ok(parts)
     }
 
     /// Every committed object id (for garbage collection).

@@ -36,6 +36,10 @@ pub enum StoreError {
     Erasure(#[from] cairn_common::erasure::ErasureError),
     #[error("shard: {0}")]
     Shard(#[from] cairn_common::shard::ShardError),
+    #[error("precondition failed")]
+    PreconditionFailed,
+    #[error("no such key")]
+    NoSuchKey,
     #[error("node {node}: {msg}")]
     Node { node: String, msg: String },
 }

@@ -137,6 +137,24 @@ impl NodeClient {
         Ok(resp.bytes_stream())
     }
 
+    /// Deletes one shard on a node.
+    pub async fn delete_shard(
+        &self,
+        addr: &str,
+        object: &ObjectId,
+        segment: u32,
+        index: u8,
+    ) -> Result<(), NodeCallError> {
+        let path = protocol::shard_path(object, segment, index);
+        Self::check(
+            self.request(reqwest::Method::DELETE, addr, &path)
+                .send()
+                .await,
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Deletes every shard of an object version on a node.
     pub async fn delete_object(&self, addr: &str, object: &ObjectId) -> Result<(), NodeCallError> {
         let path = protocol::object_path(object);

@@ -14,7 +14,10 @@ use cairn_common::shard::Layout;
 use futures::Stream;
 use tokio::sync::mpsc;
 
-use super::catalog::{Catalog, ObjectMeta, ObjectRecord, SegmentRecord};
+use super::catalog::{
+    Catalog, CompletedRecord, ObjectMeta, ObjectRecord, PartRecord, SegmentRecord, UploadRecord,
+    WriteCondition,
+};
 use super::cluster::Cluster;
 use super::decoder;
 use super::encoder::{self, SegmentSpec};
@@ -162,15 +165,22 @@ impl ObjectService {
         key: &str,
         staged: StagedObject,
         meta: ObjectMeta,
+        cond: &WriteCondition,
     ) -> Result<ObjectRecord, StoreError> {
         let rec = ObjectRecord {
             id: staged.id,
             size: staged.size,
             modified_ms: now_ms(),
             meta,
-            segments: staged.segments,
+            segments: staged.segments.clone(),
         };
-        let old = self.catalog.put_object(bucket, key, &rec).await?;
+        let old = match self.catalog.put_object(bucket, key, &rec, cond).await {
+            Ok(old) => old,
+            Err(e) => {
+                self.discard(staged);
+                return Err(e);
+            }
+        };
         if let Some(old) = old {
             self.delete_version_later(&old);
         }
@@ -185,6 +195,126 @@ impl ObjectService {
             .flat_map(|s| s.nodes.iter().copied())
             .collect();
         self.delete_shards_later(staged.id, nodes);
+    }
+
+    /// Starts a multipart upload; its id is also the object id its parts are written under.
+    pub async fn create_upload(&self, rec: &UploadRecord) -> Result<ObjectId, StoreError> {
+        let id = ObjectId::random();
+        self.catalog.create_upload(&id, rec).await?;
+        metrics::gauge!("cairn_multipart_uploads_open").increment(1.0);
+        Ok(id)
+    }
+
+    /// Writes one part of an upload as its own segment (a fresh segment number per
+    /// attempt, so a re-upload never overwrites the shards the catalog points to).
+    pub async fn write_part<S>(
+        &self,
+        upload: ObjectId,
+        rec: &UploadRecord,
+        len: u64,
+        body: &mut S,
+    ) -> Result<SegmentRecord, StoreError>
+    where
+        S: Stream<Item = Result<Bytes, BodyError>> + Unpin,
+    {
+        let segment = self.catalog.unique_u32()?;
+        self.write_segment(upload, segment, &rec.bucket, &rec.key, len, body, true)
+            .await
+    }
+
+    /// Records a written part, deleting the shards of the part it replaces.
+    pub async fn commit_part(
+        &self,
+        upload: ObjectId,
+        number: u32,
+        part: &PartRecord,
+    ) -> Result<(), StoreError> {
+        if let Some(old) = self.catalog.put_part(&upload, number, part).await? {
+            if old.segment.segment != part.segment.segment {
+                self.delete_segment_later(upload, old.segment);
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes an upload: the chosen parts' segments, in order, become `bucket/key`.
+    /// Parts not chosen are deleted.
+    pub async fn complete_upload(
+        &self,
+        upload: ObjectId,
+        segments: Vec<SegmentRecord>,
+        unused: Vec<SegmentRecord>,
+        meta: ObjectMeta,
+        done: &CompletedRecord,
+        cond: &WriteCondition,
+    ) -> Result<ObjectRecord, StoreError> {
+        let rec = ObjectRecord {
+            id: upload,
+            size: segments.iter().map(|s| s.len).sum(),
+            modified_ms: now_ms(),
+            meta,
+            segments,
+        };
+        let old = self
+            .catalog
+            .complete_upload(&upload, &rec, done, cond)
+            .await?;
+        metrics::gauge!("cairn_multipart_uploads_open").decrement(1.0);
+        if let Some(old) = old {
+            if old.id != upload {
+                self.delete_version_later(&old);
+            }
+        }
+        for seg in unused {
+            self.delete_segment_later(upload, seg);
+        }
+        Ok(rec)
+    }
+
+    /// Aborts an upload and frees its shards; returns false if there was no such upload.
+    pub async fn abort_upload(&self, upload: ObjectId) -> Result<bool, StoreError> {
+        if self.catalog.upload(&upload)?.is_none() {
+            return Ok(false);
+        }
+        let parts = self.catalog.abort_upload(&upload).await?;
+        metrics::gauge!("cairn_multipart_uploads_open").decrement(1.0);
+        let nodes: Vec<NodeId> = parts
+            .iter()
+            .flat_map(|(_, p)| p.segment.nodes.iter().copied())
+            .collect();
+        self.delete_shards_later(upload, nodes);
+        Ok(true)
+    }
+
+    /// Aborts uploads started more than `max_age_ms` ago; returns how many.
+    pub async fn expire_uploads(&self, max_age_ms: i64) -> Result<usize, StoreError> {
+        let cutoff = now_ms() - max_age_ms;
+        let mut n = 0;
+        for (id, rec) in self.catalog.uploads()? {
+            if rec.created_ms < cutoff && self.abort_upload(id).await? {
+                tracing::info!(upload = %id, bucket = %rec.bucket, key = %rec.key, "expired abandoned multipart upload");
+                n += 1;
+            }
+        }
+        self.catalog.prune_completed(cutoff)?;
+        Ok(n)
+    }
+
+    fn delete_segment_later(&self, id: ObjectId, seg: SegmentRecord) {
+        let cluster = self.cluster.clone();
+        tokio::spawn(async move {
+            for (i, node) in seg.nodes.iter().enumerate() {
+                if let Some(addr) = cluster.addr(node) {
+                    if let Err(e) = cluster
+                        .client()
+                        .delete_shard(&addr, &id, seg.segment, i as u8)
+                        .await
+                    {
+                        tracing::debug!(%id, %node, error = %e, "shard delete deferred to GC");
+                    }
+                }
+            }
+        });
     }
 
     /// Removes `bucket/key`; returns whether it existed.

@@ -1,0 +1,186 @@
+//! CopyObject and UploadPartCopy: the source is read through the decoder (verified,
+//! rebuilt if needed) and written as new shards, streaming — never held in memory.
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use percent_encoding::percent_decode_str;
+
+use super::body::{CheckedBody, MAX_PUT_SIZE};
+use super::bucket::require_bucket;
+use super::multipart::{part_number, upload_of};
+use super::object::{
+    check_read_preconditions, check_write_preconditions, meta_from_headers, MAX_KEY_LEN,
+};
+use super::sigv4::Payload;
+use super::{xml, Ctx};
+use crate::error::S3Error;
+use crate::store::catalog::{ObjectRecord, PartRecord};
+use crate::store::service::now_ms;
+
+fn header<'a>(ctx: &'a Ctx, name: &str) -> Option<&'a str> {
+    ctx.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The source object named by `x-amz-copy-source`, after its conditions.
+fn source(ctx: &Ctx) -> Result<(String, String, ObjectRecord), S3Error> {
+    let raw = header(ctx, "x-amz-copy-source")
+        .ok_or_else(|| S3Error::InvalidArgument("missing copy source".into()))?;
+    let raw = raw.split_once("?versionId=").map(|(p, _)| p).unwrap_or(raw);
+    let decoded = percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| S3Error::InvalidArgument("copy source is not valid UTF-8".into()))?;
+    let path = decoded.strip_prefix('/').unwrap_or(&decoded);
+    let (bucket, key) = path
+        .split_once('/')
+        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+        .ok_or_else(|| S3Error::InvalidArgument("copy source must be bucket/key".into()))?;
+    require_bucket(ctx, bucket)?;
+    let rec = ctx
+        .state
+        .service
+        .catalog
+        .object(bucket, key)?
+        .ok_or(S3Error::NoSuchKey)?;
+    check_read_preconditions(&ctx.headers, "x-amz-copy-source-", &rec)?;
+    Ok((bucket.to_string(), key.to_string(), rec))
+}
+
+/// A checked body streaming `start..end` of `rec` (MD5 and length computed on the way).
+fn source_body(
+    ctx: &Ctx,
+    rec: &ObjectRecord,
+    start: u64,
+    end: u64,
+) -> Result<CheckedBody, S3Error> {
+    let stream = ctx
+        .state
+        .service
+        .read(rec, start, end)
+        .map(|r| r.map_err(std::io::Error::other));
+    CheckedBody::new(
+        Body::from_stream(stream),
+        &http::HeaderMap::new(),
+        &Payload::Unsigned,
+        end - start,
+    )
+}
+
+fn copy_result(root: &str, etag: &str, modified_ms: i64) -> Response {
+    let mut s = xml::document(root);
+    xml::elem(&mut s, "LastModified", &xml::iso8601(modified_ms));
+    xml::elem(&mut s, "ETag", &format!("\"{etag}\""));
+    s.push_str(&format!("</{root}>"));
+    ([("content-type", "application/xml")], s).into_response()
+}
+
+/// CopyObject (metadata directive COPY or REPLACE).
+pub async fn copy_object(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response, S3Error> {
+    require_bucket(ctx, bucket)?;
+    if key.len() > MAX_KEY_LEN {
+        return Err(S3Error::KeyTooLong);
+    }
+    let (src_bucket, src_key, rec) = source(ctx)?;
+    if rec.size > MAX_PUT_SIZE {
+        return Err(S3Error::InvalidRequest(
+            "The specified copy source is larger than the maximum allowable size for a copy source: 5368709120".into(),
+        ));
+    }
+    let replace = match header(ctx, "x-amz-metadata-directive").map(|d| d.to_ascii_uppercase()) {
+        None => false,
+        Some(d) if d == "COPY" => false,
+        Some(d) if d == "REPLACE" => true,
+        Some(d) => {
+            return Err(S3Error::InvalidArgument(format!(
+                "unknown metadata directive {d:?}"
+            )))
+        }
+    };
+    if !replace && src_bucket == bucket && src_key == key {
+        return Err(S3Error::InvalidRequest(
+            "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata".into(),
+        ));
+    }
+    let cond = check_write_preconditions(ctx, bucket, key)?;
+    let mut body = source_body(ctx, &rec, 0, rec.size)?;
+    let service = &ctx.state.service;
+    let staged = service.write_data(bucket, key, rec.size, &mut body).await?;
+    let Some(digests) = body.digests().cloned() else {
+        service.discard(staged);
+        return Err(S3Error::Internal("copy source ended early".into()));
+    };
+    let mut meta = if replace {
+        meta_from_headers(&ctx.headers)
+    } else {
+        rec.meta.clone()
+    };
+    meta.etag = hex::encode(digests.md5);
+    if !replace {
+        // A multipart source's composite checksum does not describe the single-part copy.
+        meta.checksums.clear();
+    }
+    let new = service.commit(bucket, key, staged, meta, &cond).await?;
+    Ok(copy_result(
+        "CopyObjectResult",
+        &new.meta.etag,
+        new.modified_ms,
+    ))
+}
+
+/// UploadPartCopy (with `x-amz-copy-source-range`).
+pub async fn upload_part_copy(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response, S3Error> {
+    require_bucket(ctx, bucket)?;
+    let number = part_number(ctx)?;
+    let (id, upload) = upload_of(ctx, bucket, key)?;
+    let (_, _, rec) = source(ctx)?;
+    let (start, end) = match header(ctx, "x-amz-copy-source-range") {
+        None => (0, rec.size),
+        Some(r) => {
+            let spec = r
+                .trim()
+                .strip_prefix("bytes=")
+                .ok_or_else(|| S3Error::InvalidArgument("bad copy range".into()))?;
+            let (a, b) = spec
+                .split_once('-')
+                .ok_or_else(|| S3Error::InvalidArgument("bad copy range".into()))?;
+            let (a, b): (u64, u64) = match (a.trim().parse(), b.trim().parse()) {
+                (Ok(a), Ok(b)) if a <= b => (a, b),
+                _ => return Err(S3Error::InvalidArgument("bad copy range".into())),
+            };
+            if b >= rec.size {
+                return Err(S3Error::InvalidRange);
+            }
+            (a, b + 1)
+        }
+    };
+    if end - start > MAX_PUT_SIZE {
+        return Err(S3Error::EntityTooLarge);
+    }
+    let mut body = source_body(ctx, &rec, start, end)?;
+    if let Some(alg) = upload
+        .checksum_algorithm
+        .as_deref()
+        .and_then(super::checksum::Algorithm::parse)
+    {
+        body.ensure_checksum(alg)?;
+    }
+    let service = &ctx.state.service;
+    let segment = service
+        .write_part(id, &upload, end - start, &mut body)
+        .await?;
+    let Some(digests) = body.digests().cloned() else {
+        return Err(S3Error::Internal("copy source ended early".into()));
+    };
+    let part = PartRecord {
+        etag: hex::encode(digests.md5),
+        size: end - start,
+        modified_ms: now_ms(),
+        segment,
+        checksum: digests.checksum.as_ref().map(|(_, v)| v.clone()),
+    };
+    if service.catalog.upload(&id)?.is_none() {
+        return Err(S3Error::NoSuchUpload);
+    }
+    service.commit_part(id, number, &part).await?;
+    Ok(copy_result("CopyPartResult", &part.etag, part.modified_ms))
+}

@@ -1,0 +1,67 @@
+//! DeleteObjects: batch delete with per-key results and quiet mode.
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::body::{declared_length, CheckedBody};
+use super::bucket::require_bucket;
+use super::{xml, Ctx};
+use crate::error::S3Error;
+
+/// Most keys in one request.
+const MAX_KEYS: usize = 1000;
+/// Largest request document accepted.
+const MAX_BODY: usize = 2 * 1024 * 1024;
+
+#[derive(Debug, Deserialize)]
+struct DeleteRequest {
+    #[serde(rename = "Quiet", default)]
+    quiet: bool,
+    #[serde(rename = "Object", default)]
+    objects: Vec<DeleteObject>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DeleteObject {
+    #[serde(rename = "Key")]
+    key: String,
+}
+
+/// DeleteObjects. The body's integrity header may be Content-MD5 or any
+/// `x-amz-checksum-*` (what 2025+ SDKs send); both are verified by [`CheckedBody`].
+pub async fn delete_objects(ctx: &Ctx, bucket: &str, body: Body) -> Result<Response, S3Error> {
+    require_bucket(ctx, bucket)?;
+    let len = declared_length(&ctx.headers, &ctx.payload)?;
+    let raw = CheckedBody::new(body, &ctx.headers, &ctx.payload, len)?
+        .collect(MAX_BODY)
+        .await?;
+    let text = std::str::from_utf8(&raw).map_err(|_| S3Error::MalformedXml)?;
+    let req: DeleteRequest = quick_xml::de::from_str(text).map_err(|_| S3Error::MalformedXml)?;
+    if req.objects.is_empty() || req.objects.len() > MAX_KEYS {
+        return Err(S3Error::MalformedXml);
+    }
+    let mut s = xml::document("DeleteResult");
+    for obj in &req.objects {
+        match ctx.state.service.delete(bucket, &obj.key).await {
+            Ok(_) => {
+                if !req.quiet {
+                    s.push_str("<Deleted>");
+                    xml::elem(&mut s, "Key", &obj.key);
+                    s.push_str("</Deleted>");
+                }
+            }
+            Err(e) => {
+                let e = S3Error::from(e);
+                let (code, _) = e.code_and_status();
+                s.push_str("<Error>");
+                xml::elem(&mut s, "Key", &obj.key);
+                xml::elem(&mut s, "Code", code);
+                xml::elem(&mut s, "Message", &e.to_string());
+                s.push_str("</Error>");
+            }
+        }
+    }
+    s.push_str("</DeleteResult>");
+    Ok(([("content-type", "application/xml")], s).into_response())
+}

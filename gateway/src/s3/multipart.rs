@@ -1,0 +1,488 @@
+//! Multipart uploads: Create, UploadPart, Complete, Abort, ListParts, ListMultipartUploads.
+//!
+//! The upload id is the object id the parts are written under; each part is a segment.
+//! Completing writes one object record pointing at the chosen parts' segments, in order,
+//! so nothing is copied and nothing of an unfinished upload is ever visible.
+
+use std::fmt::Write;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use cairn_common::ids::ObjectId;
+use md5::{Digest, Md5};
+use serde::Deserialize;
+
+use super::body::{declared_length, CheckedBody, MAX_PUT_SIZE};
+use super::bucket::require_bucket;
+use super::checksum::Algorithm;
+use super::object::{check_write_preconditions, meta_from_headers, MAX_KEY_LEN};
+use super::{xml, Ctx};
+use crate::error::S3Error;
+use crate::store::catalog::{CompletedRecord, PartRecord, UploadRecord};
+use crate::store::service::now_ms;
+
+/// Smallest part size except for the last part.
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+/// Highest part number.
+pub const MAX_PART_NUMBER: u32 = 10_000;
+/// Largest CompleteMultipartUpload document accepted.
+const MAX_COMPLETE_BODY: usize = 4 * 1024 * 1024;
+
+fn header<'a>(ctx: &'a Ctx, name: &str) -> Option<&'a str> {
+    ctx.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn xml_response(body: String) -> Response {
+    ([("content-type", "application/xml")], body).into_response()
+}
+
+/// Parses and checks `uploadId` against the upload's bucket and key.
+pub fn upload_of(ctx: &Ctx, bucket: &str, key: &str) -> Result<(ObjectId, UploadRecord), S3Error> {
+    let id: ObjectId = ctx
+        .query
+        .get("uploadId")
+        .and_then(|s| s.parse().ok())
+        .ok_or(S3Error::NoSuchUpload)?;
+    let rec = ctx
+        .state
+        .service
+        .catalog
+        .upload(&id)?
+        .ok_or(S3Error::NoSuchUpload)?;
+    if rec.bucket != bucket || rec.key != key {
+        return Err(S3Error::NoSuchUpload);
+    }
+    Ok((id, rec))
+}
+
+fn upload_algorithm(rec: &UploadRecord) -> Option<Algorithm> {
+    rec.checksum_algorithm.as_deref().and_then(Algorithm::parse)
+}
+
+/// CreateMultipartUpload.
+pub async fn create(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response, S3Error> {
+    require_bucket(ctx, bucket)?;
+    if key.len() > MAX_KEY_LEN {
+        return Err(S3Error::KeyTooLong);
+    }
+    let algorithm = match header(ctx, "x-amz-checksum-algorithm") {
+        Some(a) => Some(Algorithm::parse(a).ok_or_else(|| {
+            S3Error::InvalidArgument(format!("unsupported checksum algorithm {a:?}"))
+        })?),
+        None => None,
+    };
+    let checksum_type = match (
+        header(ctx, "x-amz-checksum-type").map(|t| t.to_ascii_uppercase()),
+        algorithm,
+    ) {
+        (Some(t), Some(a)) => {
+            if t != "COMPOSITE" && t != "FULL_OBJECT" {
+                return Err(S3Error::InvalidArgument(format!(
+                    "bad x-amz-checksum-type {t:?}"
+                )));
+            }
+            if t == "COMPOSITE" && a == Algorithm::Crc64Nvme {
+                return Err(S3Error::InvalidRequest(
+                    "CRC64NVME supports only the FULL_OBJECT checksum type".into(),
+                ));
+            }
+            if t == "FULL_OBJECT" && a.crc_params().is_none() {
+                return Err(S3Error::InvalidRequest(format!(
+                    "{} does not support FULL_OBJECT",
+                    a.name()
+                )));
+            }
+            Some(t)
+        }
+        (None, Some(Algorithm::Crc64Nvme)) => Some("FULL_OBJECT".to_string()),
+        (None, Some(_)) => Some("COMPOSITE".to_string()),
+        (_, None) => None,
+    };
+    let rec = UploadRecord {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        meta: meta_from_headers(&ctx.headers),
+        created_ms: now_ms(),
+        checksum_algorithm: algorithm.map(|a| a.name().to_string()),
+        checksum_type: checksum_type.clone(),
+    };
+    let id = ctx.state.service.create_upload(&rec).await?;
+    let mut s = xml::document("InitiateMultipartUploadResult");
+    xml::elem(&mut s, "Bucket", bucket);
+    xml::elem(&mut s, "Key", key);
+    xml::elem(&mut s, "UploadId", &id.to_string());
+    s.push_str("</InitiateMultipartUploadResult>");
+    let mut resp = xml_response(s);
+    if let (Some(a), Some(t)) = (algorithm, checksum_type) {
+        let h = resp.headers_mut();
+        if let Ok(v) = a.name().parse() {
+            h.insert("x-amz-checksum-algorithm", v);
+        }
+        if let Ok(v) = t.parse() {
+            h.insert("x-amz-checksum-type", v);
+        }
+    }
+    Ok(resp)
+}
+
+/// Parses `partNumber`.
+pub fn part_number(ctx: &Ctx) -> Result<u32, S3Error> {
+    ctx.query
+        .get("partNumber")
+        .and_then(|n| n.parse::<u32>().ok())
+        .filter(|n| (1..=MAX_PART_NUMBER).contains(n))
+        .ok_or_else(|| {
+            S3Error::InvalidArgument(
+                "Part number must be an integer between 1 and 10000, inclusive".into(),
+            )
+        })
+}
+
+/// UploadPart.
+pub async fn upload_part(
+    ctx: &Ctx,
+    bucket: &str,
+    key: &str,
+    body: Body,
+) -> Result<Response, S3Error> {
+    require_bucket(ctx, bucket)?;
+    let number = part_number(ctx)?;
+    let (id, rec) = upload_of(ctx, bucket, key)?;
+    let len = declared_length(&ctx.headers, &ctx.payload)?;
+    if len > MAX_PUT_SIZE {
+        return Err(S3Error::EntityTooLarge);
+    }
+    let mut body = CheckedBody::new(body, &ctx.headers, &ctx.payload, len)?;
+    if let Some(alg) = upload_algorithm(&rec) {
+        body.ensure_checksum(alg)?;
+    }
+    let service = &ctx.state.service;
+    let segment = service.write_part(id, &rec, len, &mut body).await?;
+    let Some(digests) = body.digests().cloned() else {
+        return Err(S3Error::IncompleteBody);
+    };
+    let part = PartRecord {
+        etag: hex::encode(digests.md5),
+        size: len,
+        modified_ms: now_ms(),
+        segment,
+        checksum: digests.checksum.as_ref().map(|(_, v)| v.clone()),
+    };
+    // The upload may have been completed or aborted while the part streamed.
+    if service.catalog.upload(&id)?.is_none() {
+        return Err(S3Error::NoSuchUpload);
+    }
+    service.commit_part(id, number, &part).await?;
+    metrics::counter!("cairn_s3_bytes_in_total").increment(len);
+    let mut resp = ().into_response();
+    let h = resp.headers_mut();
+    if let Ok(v) = format!("\"{}\"", part.etag).parse() {
+        h.insert("etag", v);
+    }
+    if let Some((alg, value)) = &digests.checksum {
+        if let Ok(v) = value.parse() {
+            h.insert(alg.header(), v);
+        }
+    }
+    Ok(resp)
+}
+
+#[derive(Debug, Deserialize)]
+struct CompleteRequest {
+    #[serde(rename = "Part", default)]
+    parts: Vec<CompletePart>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletePart {
+    #[serde(rename = "PartNumber")]
+    number: u32,
+    #[serde(rename = "ETag")]
+    etag: String,
+    #[serde(rename = "ChecksumCRC32", default)]
+    crc32: Option<String>,
+    #[serde(rename = "ChecksumCRC32C", default)]
+    crc32c: Option<String>,
+    #[serde(rename = "ChecksumCRC64NVME", default)]
+    crc64nvme: Option<String>,
+    #[serde(rename = "ChecksumSHA1", default)]
+    sha1: Option<String>,
+    #[serde(rename = "ChecksumSHA256", default)]
+    sha256: Option<String>,
+}
+
+impl CompletePart {
+    fn checksum(&self, alg: Algorithm) -> Option<&str> {
+        match alg {
+            Algorithm::Crc32 => self.crc32.as_deref(),
+            Algorithm::Crc32c => self.crc32c.as_deref(),
+            Algorithm::Crc64Nvme => self.crc64nvme.as_deref(),
+            Algorithm::Sha1 => self.sha1.as_deref(),
+            Algorithm::Sha256 => self.sha256.as_deref(),
+        }
+    }
+}
+
+fn normalize_etag(e: &str) -> String {
+    e.trim().trim_matches('"').to_ascii_lowercase()
+}
+
+fn complete_response(bucket: &str, key: &str, done: &CompletedRecord) -> Response {
+    let mut s = xml::document("CompleteMultipartUploadResult");
+    xml::elem(&mut s, "Location", &format!("/{bucket}/{key}"));
+    xml::elem(&mut s, "Bucket", bucket);
+    xml::elem(&mut s, "Key", key);
+    xml::elem(&mut s, "ETag", &format!("\"{}\"", done.etag));
+    if let Some((alg, value, kind)) = &done.checksum {
+        xml::elem(&mut s, &format!("Checksum{alg}"), value);
+        xml::elem(&mut s, "ChecksumType", kind);
+    }
+    s.push_str("</CompleteMultipartUploadResult>");
+    xml_response(s)
+}
+
+/// CompleteMultipartUpload (idempotent: a retry after success answers the same).
+pub async fn complete(ctx: &Ctx, bucket: &str, key: &str, body: Body) -> Result<Response, S3Error> {
+    require_bucket(ctx, bucket)?;
+    let id: ObjectId = ctx
+        .query
+        .get("uploadId")
+        .and_then(|s| s.parse().ok())
+        .ok_or(S3Error::NoSuchUpload)?;
+    let service = &ctx.state.service;
+    let Some(rec) = service.catalog.upload(&id)? else {
+        if let Some(done) = service.catalog.completed(&id)? {
+            if done.bucket == bucket && done.key == key {
+                return Ok(complete_response(bucket, key, &done));
+            }
+        }
+        return Err(S3Error::NoSuchUpload);
+    };
+    if rec.bucket != bucket || rec.key != key {
+        return Err(S3Error::NoSuchUpload);
+    }
+    let len = declared_length(&ctx.headers, &ctx.payload).unwrap_or(MAX_COMPLETE_BODY as u64);
+    let raw = CheckedBody::new(body, &ctx.headers, &ctx.payload, len)?
+        .collect(MAX_COMPLETE_BODY)
+        .await?;
+    let text = std::str::from_utf8(&raw).map_err(|_| S3Error::MalformedXml)?;
+    let req: CompleteRequest = quick_xml::de::from_str(text).map_err(|_| S3Error::MalformedXml)?;
+    if req.parts.is_empty() {
+        return Err(S3Error::MalformedXml);
+    }
+    let cond = check_write_preconditions(ctx, bucket, key)?;
+    let stored = service.catalog.parts(&id)?;
+    let mut chosen = Vec::with_capacity(req.parts.len());
+    let mut last = 0u32;
+    for (i, p) in req.parts.iter().enumerate() {
+        if p.number <= last {
+            return Err(S3Error::InvalidPartOrder);
+        }
+        last = p.number;
+        let part = stored
+            .iter()
+            .find(|(n, _)| *n == p.number)
+            .map(|(_, r)| r)
+            .ok_or(S3Error::InvalidPart)?;
+        if normalize_etag(&p.etag) != part.etag {
+            return Err(S3Error::InvalidPart);
+        }
+        if i + 1 < req.parts.len() && part.size < MIN_PART_SIZE {
+            return Err(S3Error::EntityTooSmall);
+        }
+        chosen.push((p, part));
+    }
+    let mut md5 = Md5::new();
+    for (_, part) in &chosen {
+        let raw = hex::decode(&part.etag)
+            .map_err(|_| S3Error::Internal("stored part ETag is not hex".into()))?;
+        md5.update(raw);
+    }
+    let etag = format!("{}-{}", hex::encode(md5.finalize()), chosen.len());
+    let checksum = match upload_algorithm(&rec) {
+        None => None,
+        Some(alg) => {
+            let mut values = Vec::with_capacity(chosen.len());
+            for (p, part) in &chosen {
+                let v = part.checksum.clone().ok_or(S3Error::InvalidPart)?;
+                if let Some(given) = p.checksum(alg) {
+                    if given.trim() != v {
+                        return Err(S3Error::InvalidPart);
+                    }
+                }
+                values.push((v, part.size));
+            }
+            let kind = rec
+                .checksum_type
+                .clone()
+                .unwrap_or_else(|| "COMPOSITE".into());
+            let value = if kind == "FULL_OBJECT" {
+                alg.combine_parts(&values)
+            } else {
+                alg.composite(&values.into_iter().map(|(v, _)| v).collect::<Vec<_>>())
+            }
+            .ok_or_else(|| S3Error::Internal("could not combine part checksums".into()))?;
+            if kind == "FULL_OBJECT" {
+                if let Some(want) = header(ctx, alg.header()) {
+                    if want.trim() != value {
+                        return Err(S3Error::ChecksumMismatch(alg.header()));
+                    }
+                }
+            }
+            Some((alg.name().to_string(), value, kind))
+        }
+    };
+    let chosen_numbers: Vec<u32> = chosen.iter().map(|(p, _)| p.number).collect();
+    let segments = chosen
+        .iter()
+        .map(|(_, part)| part.segment.clone())
+        .collect();
+    let unused = stored
+        .iter()
+        .filter(|(n, _)| !chosen_numbers.contains(n))
+        .map(|(_, p)| p.segment.clone())
+        .collect();
+    let mut meta = rec.meta.clone();
+    meta.etag = etag.clone();
+    if let Some((alg, value, kind)) = &checksum {
+        meta.checksums.insert(alg.clone(), value.clone());
+        meta.checksums.insert("type".into(), kind.clone());
+    }
+    let done = CompletedRecord {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        etag,
+        checksum,
+        completed_ms: now_ms(),
+    };
+    service
+        .complete_upload(id, segments, unused, meta, &done, &cond)
+        .await?;
+    Ok(complete_response(bucket, key, &done))
+}
+
+/// AbortMultipartUpload.
+pub async fn abort(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response, S3Error> {
+    require_bucket(ctx, bucket)?;
+    let (id, _) = upload_of(ctx, bucket, key)?;
+    if !ctx.state.service.abort_upload(id).await? {
+        return Err(S3Error::NoSuchUpload);
+    }
+    Ok(http::StatusCode::NO_CONTENT.into_response())
+}
+
+/// ListParts.
+pub async fn list_parts(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response, S3Error> {
+    require_bucket(ctx, bucket)?;
+    let (id, rec) = upload_of(ctx, bucket, key)?;
+    let max: usize = ctx
+        .query
+        .get("max-parts")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+        .min(1000);
+    let marker: u32 = ctx
+        .query
+        .get("part-number-marker")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let parts: Vec<(u32, PartRecord)> = ctx
+        .state
+        .service
+        .catalog
+        .parts(&id)?
+        .into_iter()
+        .filter(|(n, _)| *n > marker)
+        .collect();
+    let truncated = parts.len() > max;
+    let page = &parts[..parts.len().min(max)];
+    let alg = upload_algorithm(&rec);
+    let mut s = xml::document("ListPartsResult");
+    xml::elem(&mut s, "Bucket", bucket);
+    xml::elem(&mut s, "Key", key);
+    xml::elem(&mut s, "UploadId", &id.to_string());
+    let _ = write!(s, "<PartNumberMarker>{marker}</PartNumberMarker>");
+    if let Some((n, _)) = page.last() {
+        let _ = write!(s, "<NextPartNumberMarker>{n}</NextPartNumberMarker>");
+    }
+    let _ = write!(
+        s,
+        "<MaxParts>{max}</MaxParts><IsTruncated>{truncated}</IsTruncated>"
+    );
+    s.push_str("<StorageClass>STANDARD</StorageClass>");
+    if let Some(a) = alg {
+        xml::elem(&mut s, "ChecksumAlgorithm", a.name());
+    }
+    for (n, p) in page {
+        let _ = write!(s, "<Part><PartNumber>{n}</PartNumber>");
+        xml::elem(&mut s, "LastModified", &xml::iso8601(p.modified_ms));
+        xml::elem(&mut s, "ETag", &format!("\"{}\"", p.etag));
+        let _ = write!(s, "<Size>{}</Size>", p.size);
+        if let (Some(a), Some(c)) = (alg, &p.checksum) {
+            xml::elem(&mut s, &format!("Checksum{}", a.name()), c);
+        }
+        s.push_str("</Part>");
+    }
+    s.push_str("</ListPartsResult>");
+    Ok(xml_response(s))
+}
+
+/// ListMultipartUploads.
+pub async fn list_uploads(ctx: &Ctx, bucket: &str) -> Result<Response, S3Error> {
+    require_bucket(ctx, bucket)?;
+    let prefix = ctx.query.get("prefix").map(String::as_str).unwrap_or("");
+    let key_marker = ctx
+        .query
+        .get("key-marker")
+        .map(String::as_str)
+        .unwrap_or("");
+    let id_marker = ctx
+        .query
+        .get("upload-id-marker")
+        .map(String::as_str)
+        .unwrap_or("");
+    let max: usize = ctx
+        .query
+        .get("max-uploads")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+        .min(1000);
+    let mut uploads: Vec<(String, String, i64)> = ctx
+        .state
+        .service
+        .catalog
+        .uploads()?
+        .into_iter()
+        .filter(|(_, r)| r.bucket == bucket && r.key.starts_with(prefix))
+        .map(|(id, r)| (r.key, id.to_string(), r.created_ms))
+        .filter(|(k, id, _)| {
+            k.as_str() > key_marker
+                || (k == key_marker && !id_marker.is_empty() && id.as_str() > id_marker)
+        })
+        .collect();
+    uploads.sort();
+    let truncated = uploads.len() > max;
+    uploads.truncate(max);
+    let mut s = xml::document("ListMultipartUploadsResult");
+    xml::elem(&mut s, "Bucket", bucket);
+    xml::elem(&mut s, "KeyMarker", key_marker);
+    xml::elem(&mut s, "UploadIdMarker", id_marker);
+    if let Some((k, id, _)) = uploads.last() {
+        xml::elem(&mut s, "NextKeyMarker", k);
+        xml::elem(&mut s, "NextUploadIdMarker", id);
+    }
+    xml::elem(&mut s, "Prefix", prefix);
+    let _ = write!(
+        s,
+        "<MaxUploads>{max}</MaxUploads><IsTruncated>{truncated}</IsTruncated>"
+    );
+    for (k, id, created) in &uploads {
+        s.push_str("<Upload>");
+        xml::elem(&mut s, "Key", k);
+        xml::elem(&mut s, "UploadId", id);
+        xml::elem(&mut s, "Initiated", &xml::iso8601(*created));
+        s.push_str("<StorageClass>STANDARD</StorageClass></Upload>");
+    }
+    s.push_str("</ListMultipartUploadsResult>");
+    Ok(xml_response(s))
+}
