@@ -37,11 +37,23 @@ def check_all(s3, bucket, objs, why=""):
 
 
 def geometry(cluster, bucket, key):
+    """(k, m) and shard files of the committed version of bucket/key.
+
+    A failed attempt (e.g. a PUT refused with 503 while a dead node was not yet noticed and
+    retried by the client) may leave orphan shards of another object id behind; garbage
+    collection of those is issue 4. The committed version is the newest complete one.
+    """
     shards = cluster.shard_files(bucket=bucket, key=key)
     assert shards, f"no shards for {key}"
-    ks = {(s.k, s.m) for s in shards}
+    by_id = {}
+    for s in shards:
+        by_id.setdefault(s.object_id, []).append(s)
+    complete = [g for g in by_id.values() if len(g) == g[0].k + g[0].m]
+    assert complete, f"no complete shard set for {key}: {[(s.object_id, s.shard_index) for s in shards]}"
+    newest = max(complete, key=lambda g: max(s.path.stat().st_mtime_ns for s in g))
+    ks = {(s.k, s.m) for s in newest}
     assert len(ks) == 1, ks
-    return ks.pop(), shards
+    return ks.pop(), newest
 
 
 def wait_full_geometry(cluster, s3, bucket, timeout=30):
@@ -100,7 +112,7 @@ def test_200mb_object_with_a_data_shard_node_killed(fresh_cluster, big_file, tmp
 
 def test_write_with_one_node_down_is_2_plus_1_and_survives_another_loss(fresh_cluster):
     c = fresh_cluster
-    s3 = c.client()
+    s3 = c.client(retries=None)  # a user's default client: retries a 503 from a just-died node
     s3.create_bucket(Bucket="bkt")
     before = fill(s3, "bkt", sizes=[5, 3 * MiB + 17], prefix="before")
     down = c.nodes[2]
@@ -137,7 +149,7 @@ def test_write_with_one_node_down_is_2_plus_1_and_survives_another_loss(fresh_cl
 
 def test_write_with_two_of_four_nodes_is_1_plus_1(fresh_cluster):
     c = fresh_cluster
-    s3 = c.client()
+    s3 = c.client(retries=None)
     s3.create_bucket(Bucket="bkt")
     c.nodes[0].kill()
     c.nodes[3].kill()
@@ -157,7 +169,7 @@ def test_put_with_one_node_of_four_is_503_and_stores_nothing(fresh_cluster):
     s3.put_object(Bucket="bkt", Key="old", Body=old)
     for n in c.nodes[1:]:
         n.kill()
-    once = c.client(retries=1)
+    once = c.client()
     with s3_error(("SlowDown", "ServiceUnavailable"), 503):
         once.put_object(Bucket="bkt", Key="new", Body=os.urandom(100_000))
     with s3_error(("SlowDown", "ServiceUnavailable"), 503):

@@ -256,3 +256,25 @@ def test_put_get_with_checksum_when_required(cairn_cluster, bucket, size):
     data = os.urandom(size)
     assert c.put_object(Bucket=bucket, Key="nc", Body=data)["ETag"] == quoted_md5(data)
     assert c.get_object(Bucket=bucket, Key="nc")["Body"].read() == data
+
+
+def test_put_after_an_empty_put_on_the_same_connection_does_not_stall(cairn_cluster, bucket):
+    """botocore sends `Expect: 100-continue` on every PutObject. When the server answers a
+    0-byte PUT at once (no 100 Continue) and keeps the connection, botocore keeps that
+    response's status line around; the next PUT on the connection that does get a
+    100 Continue then misreads its response and hangs until the read timeout. Real S3
+    never triggers this; a fix on the server side is to send 100 Continue for empty bodies
+    too, or `Connection: close` on a response to an Expect request that skipped it.
+    Consecutive PUTs (no other request in between) is what `for f in files: put(f)` does."""
+    import time
+
+    s3 = cairn_cluster.client(read_timeout=10)
+    sizes = [0, 1, 0, 0, 1000, 0, 2]
+    blobs = {f"seq/{i}": os.urandom(size) for i, size in enumerate(sizes)}
+    for key, data in blobs.items():
+        t = time.monotonic()
+        s3.put_object(Bucket=bucket, Key=key, Body=data)
+        took = time.monotonic() - t
+        assert took < 5, f"PUT of {len(data)} B right after another PUT took {took:.1f}s"
+    for key, data in blobs.items():
+        assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == data

@@ -81,36 +81,50 @@ def test_small_object_costs_about_k_plus_m_over_k(cairn_cluster, s3, bucket):
 
 
 def test_flipped_byte_in_a_data_shard_is_repaired_on_read(cairn_cluster, s3, bucket):
+    """The issue's case: one byte flipped in one data shard file."""
     size = 7 * MiB + 5
     data = put(s3, bucket, "flip", size)
     shards = shards_of(cairn_cluster, bucket, "flip")
-    data_shards = [s for s in shards if s.is_data]
-    # one bad block per stripe, in a different data shard each time
-    damaged = []
-    for stripe, s in enumerate(data_shards[: shards[0].stripes]):
-        s.flip_byte(stripe, offset_in_block=min(4321, s.block_len(stripe) - 1))
-        with pytest.raises(ShardFormatError):
-            s.read_block(stripe)
-        damaged.append((s.shard_index, stripe))
+    d0 = [s for s in shards if s.is_data][0]
+    d0.flip_byte(1, offset_in_block=4321)  # middle stripe
+    with pytest.raises(ShardFormatError):
+        d0.read_block(1)
     for _ in range(2):
         body = s3.get_object(Bucket=bucket, Key="flip")["Body"].read()
         assert len(body) == size
-        assert sha256(body) == sha256(data), f"wrong bytes after flipping blocks {damaged}"
-    # ranged reads that start inside a damaged block
-    r = s3.get_object(Bucket=bucket, Key="flip", Range="bytes=4000-5000")
-    assert r["Body"].read() == data[4000:5001]
-    r = s3.get_object(Bucket=bucket, Key="flip", Range=f"bytes={4 * MiB}-{4 * MiB + 9999}")
-    assert r["Body"].read() == data[4 * MiB : 4 * MiB + 10000]
+        assert sha256(body) == sha256(data), "wrong bytes after flipping one byte of a data shard"
+    # ranged reads inside and around the damaged block
+    r = s3.get_object(Bucket=bucket, Key="flip", Range=f"bytes={3 * MiB + 4000}-{3 * MiB + 5000}")
+    assert r["Body"].read() == data[3 * MiB + 4000 : 3 * MiB + 5001]
+    r = s3.get_object(Bucket=bucket, Key="flip", Range=f"bytes={3 * MiB - 10}-{4 * MiB + 9}")
+    assert r["Body"].read() == data[3 * MiB - 10 : 4 * MiB + 10]
 
 
-def test_flipped_byte_in_the_first_byte_and_last_crc(cairn_cluster, s3, bucket):
-    size = 3 * MiB + 17
-    data = put(s3, bucket, "edges", size)
-    shards = shards_of(cairn_cluster, bucket, "edges")
-    d0 = [s for s in shards if s.is_data][0]
+def test_bad_blocks_in_several_data_shards_in_different_stripes(cairn_cluster, s3, bucket):
+    """One bad block per stripe, each in a different data shard: every stripe still has k
+    good blocks, so every stripe can be rebuilt. (Bit rot does not pick one shard.)"""
+    size = 7 * MiB + 5
+    data = put(s3, bucket, "rot", size)
+    shards = shards_of(cairn_cluster, bucket, "rot")
+    data_shards = [s for s in shards if s.is_data]
+    damaged = []
+    for stripe, s in enumerate(data_shards[: shards[0].stripes]):
+        s.flip_byte(stripe, offset_in_block=min(4321, s.block_len(stripe) - 1))
+        damaged.append((s.shard_index, stripe))
+    body = s3.get_object(Bucket=bucket, Key="rot")["Body"].read()
+    assert sha256(body) == sha256(data), f"wrong bytes with bad blocks {damaged}"
+
+
+def test_flipped_first_byte_of_a_data_shard(cairn_cluster, s3, bucket):
+    data = put(s3, bucket, "first", 3 * MiB + 17)
+    d0 = [s for s in shards_of(cairn_cluster, bucket, "first") if s.is_data][0]
     d0.flip_byte(0, offset_in_block=0)
-    last = [s for s in shards if s.is_data][-1]
-    # damage the crc of the last (short) block of another data shard
+    assert sha256(s3.get_object(Bucket=bucket, Key="first")["Body"].read()) == sha256(data)
+
+
+def test_damaged_crc_of_the_last_short_block(cairn_cluster, s3, bucket):
+    data = put(s3, bucket, "lastcrc", 3 * MiB + 17)
+    last = [s for s in shards_of(cairn_cluster, bucket, "lastcrc") if s.is_data][-1]
     b = last.stripes - 1
     pos = last.block_data_offset(b) + last.block_len(b)
     with open(last.path, "r+b") as f:
@@ -118,7 +132,9 @@ def test_flipped_byte_in_the_first_byte_and_last_crc(cairn_cluster, s3, bucket):
         c = f.read(1)
         f.seek(pos)
         f.write(bytes([c[0] ^ 0x01]))
-    assert sha256(s3.get_object(Bucket=bucket, Key="edges")["Body"].read()) == sha256(data)
+    assert sha256(s3.get_object(Bucket=bucket, Key="lastcrc")["Body"].read()) == sha256(data)
+    r = s3.get_object(Bucket=bucket, Key="lastcrc", Range="bytes=-17")
+    assert r["Body"].read() == data[-17:]
 
 
 def test_flipped_byte_in_parity_shard_does_not_matter(cairn_cluster, s3, bucket):

@@ -569,10 +569,12 @@ class Cluster:
     def endpoint(self) -> str:
         return self.gateway.url
 
-    def client(self, retries: int | None = None, **config_kwargs):
+    def client(self, retries: int | None = 1, **config_kwargs):
         """A boto3 S3 client for the gateway (path-style, us-east-1, the cluster's keys).
 
-        `retries=1` turns off botocore's retries (so a 503 is seen as it is).
+        By default botocore's retries are OFF (`retries=1`: one attempt), so a 5xx, a stall
+        or a dropped connection fails the test instead of hiding behind a retry.
+        `retries=None` gives botocore's defaults, i.e. what a user's unconfigured client does.
         """
         return make_client(self.endpoint, self.access_key, self.secret_key, retries=retries, **config_kwargs)
 
@@ -717,7 +719,7 @@ def nodes_up_from_metrics(text: str) -> int | None:
 # clients
 
 
-def make_client(endpoint: str, access_key: str, secret_key: str, retries: int | None = None, **config_kwargs):
+def make_client(endpoint: str, access_key: str, secret_key: str, retries: int | None = 1, **config_kwargs):
     import boto3
     from botocore.config import Config
 
@@ -725,7 +727,7 @@ def make_client(endpoint: str, access_key: str, secret_key: str, retries: int | 
         s3={"addressing_style": "path"},
         signature_version="s3v4",
         connect_timeout=10,
-        read_timeout=120,
+        read_timeout=60,
     )
     if retries is not None:
         cfg["retries"] = {"total_max_attempts": retries, "mode": "standard"}
