@@ -93,6 +93,7 @@ struct Watch {
     report_after: Duration,
     pending: HashMap<String, Pending>,
     seen: HashSet<String>,
+    seen_failed: HashSet<String>,
 }
 
 /// Runs `cairn watch` until interrupted (or after one pass with `--once`).
@@ -149,6 +150,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         report_after: args.report_incomplete_after,
         pending: HashMap::new(),
         seen: HashSet::new(),
+        seen_failed: HashSet::new(),
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let ignore = state_path
@@ -242,6 +244,14 @@ impl Watch {
                         p.display()
                     );
                     any_pending = true;
+                    continue;
+                }
+                // Another writer committed this name differently: leave it, keep the others going.
+                Err(e @ (Error::CommitConflict(_) | Error::BadManifest { .. })) => {
+                    if self.seen_failed.insert(c.name.clone()) {
+                        metrics::counter!(m::FAILED).increment(1);
+                        tracing::error!("not committing {}: {e}", c.name);
+                    }
                     continue;
                 }
                 Err(e) => return Err(e),

@@ -218,11 +218,19 @@ def test_watch_commits_only_finished_checkpoints(cairn, s3c, ckpt_bucket, tmp_pa
     done_at: dict[str, float] = {}
     expected: dict[str, dict[str, str]] = {}
     with ManifestMonitor(s3c, ckpt_bucket) as mon:
-        # checkpoint-1: slow, chunked writes, trainer_state.json last.
+        # checkpoint-1: slow, chunked writes, trainer_state.json last (itself in tiny chunks).
         files = hf_files(1, model_bytes=3 * MiB, shards=2)
         expected["checkpoint-1"] = {k: sha256(v) for k, v in files.items()}
+        state = files.pop("trainer_state.json")
         write_checkpoint(train, "checkpoint-1", files, chunk=128 << 10, delay=0.05, file_delay=0.3)
+        write_slowly(train / "checkpoint-1" / "trainer_state.json", state, chunk=16, delay=0.1)
         done_at["checkpoint-1"] = time.monotonic()
+        # checkpoint-0: out of order: trainer_state.json first, then a weights file slowly.
+        files0 = hf_files(0, model_bytes=2 * MiB)
+        expected["checkpoint-0"] = {k: sha256(v) for k, v in files0.items()}
+        order = ["trainer_state.json"] + [k for k in files0 if k != "trainer_state.json"]
+        write_checkpoint(train, "checkpoint-0", {k: files0[k] for k in order}, chunk=128 << 10, delay=0.05)
+        done_at["checkpoint-0"] = time.monotonic()
         # checkpoint-2: a safetensors file that stays truncated (the writer "crashed").
         files2 = hf_files(2)
         full = files2["model.safetensors"]
@@ -233,10 +241,10 @@ def test_watch_commits_only_finished_checkpoints(cairn, s3c, ckpt_bucket, tmp_pa
         expected["checkpoint-3"] = {k: sha256(v) for k, v in files3.items()}
         write_checkpoint(train, "checkpoint-3", files3, chunk=128 << 10, delay=0.02)
         done_at["checkpoint-3"] = time.monotonic()
-        wait_for(lambda: {"checkpoint-1", "checkpoint-3"} <= set(mon.first_seen), 60, what="commits")
+        wait_for(lambda: {"checkpoint-0", "checkpoint-1", "checkpoint-3"} <= set(mon.first_seen), 60, what="commits")
         # Give the watcher time to (wrongly) commit checkpoint-2 and to report it.
         wait_for(lambda: "checkpoint-2 still incomplete" in watch_log(log), 30, what="incomplete report")
-    for name in ("checkpoint-1", "checkpoint-3"):
+    for name in ("checkpoint-0", "checkpoint-1", "checkpoint-3"):
         assert mon.first_seen[name] >= done_at[name] - 0.06, f"{name} committed before its last file was written"
         m = read_manifest(s3c, ckpt_bucket, name)
         assert {f["path"]: f["sha256"] for f in m["files"]} == expected[name]
@@ -246,8 +254,8 @@ def test_watch_commits_only_finished_checkpoints(cairn, s3c, ckpt_bucket, tmp_pa
     assert "checkpoint-2" not in mon.first_seen
     # Metrics.
     text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
-    assert "cairn_watch_checkpoints_committed_total 2" in text
-    assert "cairn_watch_checkpoints_seen_total 3" in text
+    assert "cairn_watch_checkpoints_committed_total 3" in text
+    assert "cairn_watch_checkpoints_seen_total 4" in text
     assert "cairn_watch_commit_delay_seconds_bucket" in text
     # The file is finally completed: now it is committed, with the full content.
     write_slowly(train / "checkpoint-2" / "model.safetensors", full)
