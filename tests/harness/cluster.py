@@ -641,8 +641,27 @@ class Cluster:
                 out.append(sf)
         return out
 
+    def gateway_view(self) -> dict | None:
+        """{node addr: "up"/"down"} as the gateway sees it right now (`GET /_cairn/nodes`),
+        or None when the gateway has no such endpoint."""
+        try:
+            status, body = http_get(self.gateway.addr, "/_cairn/nodes", timeout=5)
+        except (OSError, http.client.HTTPException):
+            return None
+        if status != 200:
+            return None
+        try:
+            import json
+
+            return {n["addr"]: n["state"] for n in json.loads(body)}
+        except (ValueError, KeyError, TypeError):
+            return None
+
     def gateway_node_count(self) -> int | None:
-        """Live nodes as the gateway's /metrics tells, or None when it tells nothing recognisable."""
+        """Live nodes as the gateway tells (node list, else /metrics); None if it does not tell."""
+        view = self.gateway_view()
+        if view is not None:
+            return sum(1 for n in self.nodes if view.get(n.addr) == "up")
         try:
             text = self.gateway.metrics()
         except (OSError, http.client.HTTPException, ClusterError):
@@ -650,7 +669,11 @@ class Cluster:
         return nodes_up_from_metrics(text)
 
     def wait_gateway_sees_nodes(self, n: int, timeout: float = START_TIMEOUT) -> bool:
-        """Waits until the gateway's metrics report `n` live nodes (when they report it at all)."""
+        """Waits until the gateway reports `n` of our nodes live (when it reports it at all).
+
+        Call it after restarting nodes: the gateway learns that a node is back from its
+        heartbeat, not instantly.
+        """
         deadline = time.monotonic() + timeout
         while True:
             seen = self.gateway_node_count()
@@ -681,8 +704,8 @@ _NODE_UP_NAME = re.compile(r"node[s]?_?(up|live|alive|healthy|online)|(up|live|a
 def nodes_up_from_metrics(text: str) -> int | None:
     """Reads the number of live nodes from Prometheus text, trying common metric shapes.
 
+    * `cairn_gateway_node_up{node="..."} 1` per node -> sum (preferred)
     * `cairn_gateway_nodes_up 4` (one unlabeled gauge) -> 4
-    * `cairn_gateway_node_up{node="..."} 1` per node -> sum
     """
     labeled: dict[str, float] = {}
     unlabeled: dict[str, float] = {}
@@ -708,10 +731,12 @@ def nodes_up_from_metrics(text: str) -> int | None:
             labeled[name] = labeled.get(name, 0) + v
         else:
             unlabeled[name] = v
-    if unlabeled:
-        return int(next(iter(unlabeled.values())))
+    # per-node gauges first: a gateway may flip one the moment a transfer fails, while a
+    # summary gauge waits for the next heartbeat
     if labeled:
         return int(next(iter(labeled.values())))
+    if unlabeled:
+        return int(next(iter(unlabeled.values())))
     return None
 
 
