@@ -64,6 +64,27 @@ pub struct Args {
     /// Milliseconds between node health probes.
     #[arg(long, default_value_t = 1000)]
     pub heartbeat_ms: u64,
+    /// Multipart uploads older than this are aborted and their parts freed
+    /// (e.g. `90s`, `30m`, `24h`, `7d`).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub abandoned_upload_age: Duration,
+}
+
+/// Parses `500ms`, `5s`, `15m`, `24h`, `7d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("bad duration unit in {s:?} (use ms, s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(secs))
 }
 
 fn parse_ec(s: &str) -> Result<(u8, u8), String> {
@@ -139,6 +160,18 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
+/// Periodically aborts multipart uploads abandoned for longer than `age`.
+async fn expire_uploads(service: ObjectService, age: Duration) {
+    let every = (age / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        if let Err(e) = service.expire_uploads(age.as_millis() as i64).await {
+            tracing::warn!(error = %e, "expiring abandoned uploads failed");
+        }
+    }
+}
+
 /// Serves S3 on `listener` until `shutdown` completes.
 pub async fn serve(
     args: Args,
@@ -164,6 +197,11 @@ pub async fn serve(
         block_size: args.block_size,
     };
     let service = ObjectService::new(catalog, cluster.clone(), geometry);
+    tokio::spawn(expire_uploads(service.clone(), args.abandoned_upload_age));
+    tokio::spawn(store::stats::publish_forever(
+        service.clone(),
+        Duration::from_secs(10),
+    ));
     let state = AppState {
         service,
         keys: Arc::new(Keys {
@@ -179,6 +217,8 @@ pub async fn serve(
             "/metrics",
             get(move || std::future::ready(metrics.render())),
         )
+        .route("/sd/prometheus", get(admin::prometheus_sd))
+        .route("/_cairn/nodes", get(admin::nodes))
         .fallback(s3::handle)
         .layer(DefaultBodyLimit::disable())
         .with_state(state);

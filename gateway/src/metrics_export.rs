@@ -33,5 +33,23 @@ pub fn install() -> Exporter {
         let _ = metrics::set_global_recorder(recorder);
         handle
     });
+    register_at_zero();
     Exporter(handle.clone())
+}
+
+/// Makes counters and gauges exist from the start, so `increase()` sees the first event.
+fn register_at_zero() {
+    for name in [
+        "cairn_s3_bytes_in_total",
+        "cairn_s3_bytes_out_total",
+        "cairn_degraded_reads_total",
+        "cairn_degraded_writes_total",
+        "cairn_checksum_failures_total",
+        "cairn_stripes_encoded_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for name in ["cairn_multipart_uploads_open", "cairn_objects_degraded"] {
+        metrics::gauge!(name).increment(0.0);
+    }
 }

@@ -93,6 +93,18 @@ fn describe() {
         "Shards checked sound by the last scrub pass"
     );
     metrics::describe_gauge!(SCRUB_BAD, "Shards currently known bad");
+    // Exist from the start, so `increase()` sees the first event.
+    for name in [
+        BYTES_WRITTEN,
+        BYTES_READ,
+        CHECKSUM_FAILURES,
+        SCRUB_BYTES,
+        SCRUB_CORRUPT,
+        SCRUB_PASSES,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    metrics::gauge!(SCRUB_BAD).increment(0.0);
 }
 
 /// Runs the recorder's upkeep (histogram draining) forever.

@@ -478,6 +478,20 @@ impl Catalog {
         Ok(parts)
     }
 
+    /// Every committed object with its bucket.
+    pub fn scan_all_objects(
+        &self,
+    ) -> impl Iterator<Item = Result<(String, ObjectRecord), StoreError>> + '_ {
+        self.objects.iter().map(|item| {
+            let (k, v) = item?;
+            let bucket = k.split(|b| *b == 0).next().unwrap_or_default();
+            Ok((
+                String::from_utf8_lossy(bucket).into_owned(),
+                serde_json::from_slice(&v)?,
+            ))
+        })
+    }
+
     /// Every committed object id (for garbage collection).
     pub fn all_object_ids(&self) -> Result<Vec<ObjectId>, StoreError> {
         let mut out = Vec::new();

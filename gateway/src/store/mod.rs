@@ -11,6 +11,7 @@ pub mod decoder;
 pub mod encoder;
 pub mod node_client;
 pub mod service;
+pub mod stats;
 
 /// A request body error, kept opaque here so this layer knows nothing of S3.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
