@@ -4,6 +4,7 @@
 #
 #   bash tests/run.sh                  # everything
 #   bash tests/run.sh -k range -x      # extra arguments go to pytest
+#   bash tests/run.sh tests/test_auth.py  # paths replace the default (all of tests/)
 #
 # Environment knobs:
 #   SKIP_INSTALL=1     don't check/install apt and pip packages
@@ -24,33 +25,59 @@ die() { printf '\nFAILED: %s\n' "$*" >&2; exit 1; }
 
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     step "checking system packages"
+    # command -> Debian package that provides it
     missing=()
-    command -v curl >/dev/null 2>&1 || missing+=(curl)
-    command -v rclone >/dev/null 2>&1 || missing+=(rclone)
+    for pair in curl:curl rclone:rclone promtool:prometheus; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+    done
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing: ${missing[*]}"
         SUDO=""
         [ "$(id -u)" = 0 ] || SUDO="sudo"
         export DEBIAN_FRONTEND=noninteractive
         $SUDO apt-get update -qq || die "apt-get update"
-        $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]}"
+        $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+            || die "apt-get install ${missing[*]}"
     fi
 
     step "checking Python packages"
-    if ! "$PY" - <<'PYEOF' 2>/dev/null
-import importlib.metadata as md, re, sys
-for line in open("tests/requirements.txt"):
+    reqs=(tests/requirements.txt)
+    for f in tests/*/requirements.txt; do [ -f "$f" ] && reqs+=("$f"); done
+    for req in "${reqs[@]}"; do
+        if ! "$PY" - "$req" <<'PYEOF'
+import sys
+from importlib import metadata as md
+try:
+    from packaging.requirements import Requirement
+except ImportError:
+    from pip._vendor.packaging.requirements import Requirement
+
+def satisfied(text):
+    r = Requirement(text)
+    try:
+        version = md.version(r.name)
+    except md.PackageNotFoundError:
+        return False
+    if r.specifier and not r.specifier.contains(version, prereleases=True):
+        return False
+    for extra in r.extras:
+        for dep in md.requires(r.name) or []:
+            d = Requirement(dep)
+            if d.marker and d.marker.evaluate({"extra": extra}) and not d.marker.evaluate({"extra": ""}):
+                if not satisfied(f"{d.name}{d.specifier}"):
+                    return False
+    return True
+
+for line in open(sys.argv[1]):
     line = line.split("#")[0].strip()
-    if not line:
-        continue
-    name = re.split(r"[\[<>=!~ ]", line)[0]
-    md.version(name)
-    if "[crt]" in line:
-        md.version("awscrt")
+    if line and not satisfied(line):
+        print(f"missing: {line}")
+        sys.exit(1)
 PYEOF
-    then
-        "$PY" -m pip install -q -r tests/requirements.txt || die "pip install -r tests/requirements.txt"
-    fi
+        then
+            "$PY" -m pip install -q -r "$req" || die "pip install -r $req"
+        fi
+    done
 fi
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
@@ -65,7 +92,12 @@ if [ "${SKIP_CARGO_TEST:-0}" != 1 ]; then
 fi
 
 step "integration tests (pytest)"
-"$PY" -m pytest tests/ -q -ra --durations=15 --timeout="${CAIRN_TEST_TIMEOUT:-300}" "$@" || rc=1
+# Arguments naming tests (paths) replace the default of the whole tests/ folder.
+targets=(tests/)
+for a in "$@"; do
+    case "$a" in tests/*|*.py|*.py::*) targets=() ;; esac
+done
+"$PY" -m pytest "${targets[@]}" -q -ra --durations=15 --timeout="${CAIRN_TEST_TIMEOUT:-300}" "$@" || rc=1
 
 if [ $rc -ne 0 ]; then
     echo "FAILED: see above" >&2
