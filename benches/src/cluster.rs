@@ -1,0 +1,317 @@
+//! A real Cairn cluster on loopback: `cairn-node` and `cairn-gateway` child processes.
+//!
+//! Children run in their own process group (a terminal Ctrl-C reaches only the bench, which
+//! then stops them in order) and get `PR_SET_PDEATHSIG = SIGKILL`, so they die with the bench
+//! even if it is killed outright. [`Cluster`]'s `Drop` stops them: SIGTERM, then SIGKILL.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What to start.
+pub struct ClusterSpec {
+    /// Directory holding `cairn-node` and `cairn-gateway`.
+    pub bin_dir: PathBuf,
+    /// Where node data, the catalog and the logs go.
+    pub work_dir: PathBuf,
+    /// Number of storage nodes.
+    pub nodes: usize,
+    /// Erasure geometry, e.g. `3+1`.
+    pub ec: String,
+    /// How long each process may take to answer `/health`.
+    pub ready_timeout: Duration,
+}
+
+/// One child process and where its output goes.
+pub struct Proc {
+    /// Short name (`gateway`, `node0`, ...).
+    pub name: String,
+    /// Address it listens on.
+    pub addr: SocketAddr,
+    log: PathBuf,
+    child: Child,
+}
+
+impl Proc {
+    /// Process id as a `/proc` path component.
+    pub fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// The last lines of the process's output, for error messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        let tail = all[all.len().saturating_sub(lines)..].join("\n");
+        format!("--- last lines of {} ---\n{tail}", self.log.display())
+    }
+
+    /// Fails (with the log tail) if the process has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => bail!(
+                "{} exited unexpectedly ({status})\n{}",
+                self.name,
+                self.log_tail(30)
+            ),
+            Err(e) => bail!("waiting on {}: {e}", self.name),
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`.
+    fn stop(&mut self, grace: Duration) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child's pid; it has not been reaped yet (try_wait
+            // returned None above), so the pid cannot have been reused.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running cluster. Dropping it stops every process.
+pub struct Cluster {
+    /// The S3 gateway.
+    pub gateway: Proc,
+    /// The storage nodes.
+    pub nodes: Vec<Proc>,
+    /// S3 access key.
+    pub access_key: String,
+    /// S3 secret key.
+    pub secret_key: String,
+}
+
+impl Cluster {
+    /// Starts the nodes, waits for their `/health`, then starts the gateway and waits until
+    /// it is healthy and sees every node up (`cairn_nodes_up` in its `/metrics`).
+    pub async fn start(spec: &ClusterSpec) -> Result<Self> {
+        let node_bin = find_bin(&spec.bin_dir, "cairn-node")?;
+        let gw_bin = find_bin(&spec.bin_dir, "cairn-gateway")?;
+        let logs = spec.work_dir.join("logs");
+        std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+        let cluster_secret = random_hex(24);
+        let access_key = format!("bench-{}", random_hex(6));
+        let secret_key = random_hex(20);
+        let addrs = free_ports(spec.nodes + 1)?;
+
+        let mut nodes = Vec::with_capacity(spec.nodes);
+        for (i, addr) in addrs[1..].iter().enumerate() {
+            let data = spec.work_dir.join(format!("node{i}"));
+            std::fs::create_dir_all(&data)
+                .with_context(|| format!("creating {}", data.display()))?;
+            let mut cmd = Command::new(&node_bin);
+            cmd.arg("--listen")
+                .arg(addr.to_string())
+                .arg("--data")
+                .arg(&data)
+                .env("CAIRN_CLUSTER_SECRET", &cluster_secret);
+            nodes.push(spawn(format!("node{i}"), *addr, cmd, &logs)?);
+        }
+        for n in &mut nodes {
+            wait_healthy(n, spec.ready_timeout).await?;
+        }
+
+        let meta = spec.work_dir.join("meta");
+        let node_list: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+        let mut cmd = Command::new(&gw_bin);
+        cmd.arg("--listen")
+            .arg(addrs[0].to_string())
+            .arg("--meta")
+            .arg(&meta)
+            .arg("--nodes")
+            .arg(node_list.join(","))
+            .arg("--ec")
+            .arg(&spec.ec)
+            .env("CAIRN_ACCESS_KEY", &access_key)
+            .env("CAIRN_SECRET_KEY", &secret_key)
+            .env("CAIRN_CLUSTER_SECRET", &cluster_secret);
+        let gateway = spawn("gateway".into(), addrs[0], cmd, &logs)?;
+        let mut cluster = Cluster {
+            gateway,
+            nodes,
+            access_key,
+            secret_key,
+        };
+        wait_healthy(&mut cluster.gateway, spec.ready_timeout).await?;
+        cluster.wait_nodes_up(spec.ready_timeout).await?;
+        Ok(cluster)
+    }
+
+    /// The S3 endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.gateway.addr)
+    }
+
+    /// Fails (with its log) if any process has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        self.gateway.check_alive()?;
+        for n in &mut self.nodes {
+            n.check_alive()?;
+        }
+        Ok(())
+    }
+
+    /// Polls the gateway's `/metrics` until `cairn_nodes_up` equals the node count.
+    async fn wait_nodes_up(&mut self, timeout: Duration) -> Result<()> {
+        let want = self.nodes.len() as f64;
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        loop {
+            self.gateway.check_alive()?;
+            if let Ok((200, body)) = http_get(self.gateway.addr, "/metrics").await {
+                last = body
+                    .lines()
+                    .find_map(|l| l.strip_prefix("cairn_nodes_up "))
+                    .and_then(|v| v.trim().parse::<f64>().ok());
+                if last == Some(want) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "gateway sees {} of {want} nodes up after {timeout:?} (cairn_nodes_up)\n{}",
+                    last.map_or("an unknown number".into(), |v| v.to_string()),
+                    self.gateway.log_tail(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Gateway first, so it does not mark nodes down mid-request and log noise.
+        self.gateway.stop(Duration::from_secs(3));
+        for n in &mut self.nodes {
+            n.stop(Duration::from_secs(3));
+        }
+    }
+}
+
+fn find_bin(dir: &Path, name: &str) -> Result<PathBuf> {
+    let p = dir.join(name);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        bail!(
+            "{} not found: build with `cargo build --release --workspace` or set CAIRN_BIN_DIR",
+            p.display()
+        )
+    }
+}
+
+fn spawn(name: String, addr: SocketAddr, mut cmd: Command, logs: &Path) -> Result<Proc> {
+    let log = logs.join(format!("{name}.log"));
+    let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out
+        .try_clone()
+        .with_context(|| format!("opening {}", log.display()))?;
+    cmd.stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0);
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl(2),
+    // which is async-signal-safe; it allocates nothing and takes no locks.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
+    Ok(Proc {
+        name,
+        addr,
+        log,
+        child,
+    })
+}
+
+/// `n` distinct free loopback ports (all held open at once so none repeats).
+fn free_ports(n: usize) -> Result<Vec<SocketAddr>> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()
+        .context("finding free loopback ports")?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().context("local_addr"))
+        .collect()
+}
+
+async fn wait_healthy(p: &mut Proc, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        p.check_alive()?;
+        if let Ok((200, _)) = http_get(p.addr, "/health").await {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{} at {} not healthy after {timeout:?}\n{}",
+                p.name,
+                p.addr,
+                p.log_tail(30)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A bounded plain HTTP/1.0 GET: (status, body).
+async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        s.take(4 << 20).read_to_end(&mut buf).await?;
+        anyhow::Ok(buf)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(2), fut)
+        .await
+        .context("timed out")??;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status line")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// `bytes` random bytes as hex.
+pub fn random_hex(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
