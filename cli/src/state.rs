@@ -193,3 +193,27 @@ mod tests {
         assert!(StateStore::load(&p, "s3://b/other/").is_err());
     }
 }
+
+/// Holds an exclusive lock on `path` (created if needed) for as long as the returned file
+/// lives, so two watchers never share one state file.
+pub fn lock_exclusive(path: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    // SAFETY: flock(2) on a descriptor we own; no memory is passed.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(Error::State {
+            path: path.to_owned(),
+            reason: "another cairn watch is using this state file".into(),
+        });
+    }
+    Ok(f)
+}

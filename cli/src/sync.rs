@@ -93,6 +93,11 @@ pub async fn sync_checkpoint(ctx: &Ctx, c: &Candidate) -> Result<Outcome> {
     if let Verdict::Incomplete(reason) = verdict {
         return Ok(Outcome::Incomplete(reason));
     }
+    if st.generation == 0 {
+        if let Some(m) = adopt_remote(ctx, c, &files).await? {
+            return Ok(Outcome::Committed(Box::new(m), Committed::Already));
+        }
+    }
     let generation = if st.generation == 0 || st.committed {
         next_remote_generation(ctx, &c.name)
             .await?
@@ -203,6 +208,77 @@ pub async fn sync_checkpoint(ctx: &Ctx, c: &Candidate) -> Result<Outcome> {
         drop_old_generations(ctx, &m).await?;
     }
     Ok(Outcome::Committed(Box::new(m), how))
+}
+
+/// When the bucket already holds a committed checkpoint of this name with exactly these
+/// files (same paths, sizes and SHA-256), records it as committed instead of uploading
+/// again: a lost state file or a repeated `push` costs a read, not an upload.
+async fn adopt_remote(ctx: &Ctx, c: &Candidate, files: &[LocalFile]) -> Result<Option<Manifest>> {
+    let prefix = format!("{}{}/", manifest::manifests_prefix(&ctx.url), c.name);
+    let keys = manifest::list_keys(&ctx.client, &ctx.url.bucket, &prefix).await?;
+    let Some(key) = keys
+        .iter()
+        .filter(|k| manifest::parse_manifest_key(&ctx.url, k).is_some_and(|(n, _)| n == c.name))
+        .max()
+    else {
+        return Ok(None);
+    };
+    let m = manifest::get(&ctx.client, &ctx.url.bucket, key).await?;
+    let same_shape = m.files.len() == files.len()
+        && m.files
+            .iter()
+            .zip(files)
+            .all(|(e, f)| e.path == f.rel && e.size == f.size);
+    if !same_shape {
+        return Ok(None);
+    }
+    let paths: Vec<_> = files.iter().map(|f| f.abs.clone()).collect();
+    let digests = tokio::task::spawn_blocking(move || {
+        paths
+            .iter()
+            .map(|p| sha256_file(p))
+            .collect::<Result<Vec<_>>>()
+    })
+    .await
+    .map_err(|e| Error::io(&c.path, std::io::Error::other(e)))??;
+    if m.files.iter().zip(&digests).any(|(e, d)| &e.sha256 != d) {
+        return Ok(None);
+    }
+    ctx.store.update(&c.name, |s| {
+        s.generation = m.generation;
+        s.committed = true;
+        s.files = files
+            .iter()
+            .zip(&m.files)
+            .map(|(f, e)| {
+                let fs = FileState {
+                    size: f.size,
+                    mtime_ns: f.mtime_ns(),
+                    key: e.key.clone(),
+                    done: Some(e.clone()),
+                    multipart: None,
+                };
+                (f.rel.clone(), fs)
+            })
+            .collect();
+    })?;
+    Ok(Some(m))
+}
+
+fn sha256_file(path: &std::path::Path) -> Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
 }
 
 /// Deletes manifests of earlier generations of `m`'s checkpoint, then data it no longer uses.

@@ -114,6 +114,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         let h = hex::encode(&Sha256::digest(dest.as_bytes())[..4]);
         args.dir.join(".cairn").join(format!("watch-{h}.json"))
     });
+    let _lock = crate::state::lock_exclusive(&state_path.with_extension("lock"))?;
     let store = Arc::new(StateStore::load(&state_path, &dest)?);
     let client = s3client::connect(&args.s3).await?;
     if let Some(addr) = args.metrics_listen {
@@ -266,7 +267,12 @@ impl Watch {
                         }
                     }
                     tracing::info!(
-                        "committed {} (step {}, generation {}, {} files, {}) to {}",
+                        "{} {} (step {}, generation {}, {} files, {}) to {}",
+                        if how == Committed::Now {
+                            "committed"
+                        } else {
+                            "already committed:"
+                        },
                         man.name,
                         man.step
                             .map(|s| s.to_string())

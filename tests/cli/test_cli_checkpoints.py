@@ -90,6 +90,11 @@ def test_push_pull_ls_roundtrip_multipart(cairn, s3c, ckpt_bucket, tmp_path):
     r = cairn.run("push", src, f"s3://{ckpt_bucket}/run", "--part-size", "5MiB", "--multipart-threshold", "5MiB")
     assert "committed checkpoint-7" in r.stderr
 
+    # Pushing the same checkpoint again uploads nothing and commits nothing new.
+    r = cairn.run("push", src, f"s3://{ckpt_bucket}/run")
+    assert "already committed checkpoint-7 (generation 1" in r.stderr
+    assert manifest_keys(s3c, ckpt_bucket) == ["run/.cairn/manifests/checkpoint-7/0000000001.json"]
+
     m = read_manifest(s3c, ckpt_bucket, "checkpoint-7")
     assert m["format"] == "cairn-checkpoint-manifest" and m["step"] == 7 and m["generation"] == 1
     assert {f["path"]: f["sha256"] for f in m["files"]} == {k: sha256(v) for k, v in files.items()}
@@ -316,7 +321,7 @@ def test_watch_kill9_mid_upload_resumes_and_commits_once(cairn, s3c, ckpt_bucket
     p.wait(10)
     assert "checkpoint-9" not in committed_names(s3c, ckpt_bucket)
     log2 = tmp_path / "watch2.log"
-    cairn.spawn(*args, log=log2)
+    p2 = cairn.spawn(*args, log=log2)
     wait_for(lambda: "checkpoint-9" in committed_names(s3c, ckpt_bucket), 60, what="commit after restart")
     assert "resuming upload of model.safetensors" in watch_log(log2)
     # Exactly one commit: one manifest, generation 1; the restored files are identical.
@@ -325,11 +330,37 @@ def test_watch_kill9_mid_upload_resumes_and_commits_once(cairn, s3c, ckpt_bucket
     out = tmp_path / "restore"
     cairn.run("pull", f"s3://{ckpt_bucket}/run", out)
     assert tree_digests(out) == expected
-    # A third start has nothing to do: no new manifest, no upload.
-    log3 = tmp_path / "watch3.log"
+    # Stopped (SIGTERM) and started once more, it has nothing to do: no new manifest, no upload.
+    p2.terminate()
+    assert p2.wait(15) == 0
     r = cairn.run(*args, "--once", timeout=60)
     assert manifest_keys(s3c, ckpt_bucket) == keys
     assert "committed" not in r.stderr
+
+
+def test_watch_adopts_committed_checkpoints_when_its_state_is_lost(cairn, s3c, ckpt_bucket, tmp_path):
+    train = tmp_path / "train"
+    write_checkpoint(train, "checkpoint-1", hf_files(1))
+    write_checkpoint(train, "checkpoint-2", hf_files(2))
+    base = ["watch", train, "--to", f"s3://{ckpt_bucket}/run", *FAST, "--once"]
+    cairn.run(*base)
+    keys = manifest_keys(s3c, ckpt_bucket)
+    assert len(keys) == 2
+    for p in (train / ".cairn").glob("watch-*.json"):
+        p.unlink()
+    r = cairn.run(*base)
+    assert r.stderr.count("already committed") == 2, r.stderr
+    assert manifest_keys(s3c, ckpt_bucket) == keys
+
+
+def test_watch_refuses_a_second_watcher_on_the_same_state(cairn, ckpt_bucket, tmp_path):
+    train = tmp_path / "train"
+    train.mkdir()
+    log = tmp_path / "watch.log"
+    cairn.spawn("watch", train, "--to", f"s3://{ckpt_bucket}/run", *FAST, log=log)
+    wait_for(lambda: "watching" in watch_log(log), 30, what="watcher start")
+    r = cairn.run("watch", train, "--to", f"s3://{ckpt_bucket}/run", *FAST, check=False, timeout=30)
+    assert r.returncode != 0 and "another cairn watch" in r.stderr
 
 
 def test_watch_reuploads_a_file_changed_after_commit(cairn, s3c, ckpt_bucket, tmp_path):
