@@ -174,26 +174,6 @@ impl StateStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn persists_and_checks_destination() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("s/state.json");
-        let s = StateStore::load(&p, "s3://b/p/").unwrap();
-        s.update("checkpoint-1", |c| {
-            c.generation = 1;
-            c.committed = true;
-        })
-        .unwrap();
-        let again = StateStore::load(&p, "s3://b/p/").unwrap();
-        assert!(again.get("checkpoint-1").committed);
-        assert!(StateStore::load(&p, "s3://b/other/").is_err());
-    }
-}
-
 /// Holds an exclusive lock on `path` (created if needed) for as long as the returned file
 /// lives, so two watchers never share one state file.
 pub fn lock_exclusive(path: &Path) -> Result<std::fs::File> {
@@ -216,4 +196,24 @@ pub fn lock_exclusive(path: &Path) -> Result<std::fs::File> {
         });
     }
     Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn persists_and_checks_destination() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s/state.json");
+        let s = StateStore::load(&p, "s3://b/p/").unwrap();
+        s.update("checkpoint-1", |c| {
+            c.generation = 1;
+            c.committed = true;
+        })
+        .unwrap();
+        let again = StateStore::load(&p, "s3://b/p/").unwrap();
+        assert!(again.get("checkpoint-1").committed);
+        assert!(StateStore::load(&p, "s3://b/other/").is_err());
+    }
 }
