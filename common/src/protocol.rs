@@ -31,6 +31,39 @@ pub const ERR_CORRUPT_BLOCK: &str = "corrupt-block";
 /// `ERROR_HEADER` value for a shard the node does not have.
 pub const ERR_NO_SUCH_SHARD: &str = "no-such-shard";
 
+/// DNS-SD service type nodes announce over mDNS.
+pub const MDNS_SERVICE_TYPE: &str = "_cairn-node._tcp.local.";
+/// TXT key carrying the node id.
+pub const TXT_NODE_ID: &str = "id";
+/// TXT key carrying the protocol version.
+pub const TXT_PROTOCOL: &str = "proto";
+/// TXT key carrying the capacity in bytes.
+pub const TXT_CAPACITY: &str = "cap";
+
+/// Where mDNS runs: not at all, on loopback only (tests, one-box clusters), or on every
+/// interface (a real LAN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MdnsScope {
+    /// No mDNS.
+    Off,
+    /// 127.0.0.0/8 only.
+    Loopback,
+    /// Every interface.
+    All,
+}
+
+impl std::str::FromStr for MdnsScope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(MdnsScope::Off),
+            "loopback" => Ok(MdnsScope::Loopback),
+            "all" => Ok(MdnsScope::All),
+            _ => Err(format!("expected off, loopback or all, not {s:?}")),
+        }
+    }
+}
+
 /// Path of a shard.
 pub fn shard_path(object: &ObjectId, segment: u32, index: u8) -> String {
     format!("/v1/shards/{object}/{segment}/{index}")

@@ -68,6 +68,9 @@ pub struct Args {
     /// (e.g. `90s`, `30m`, `24h`, `7d`).
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub abandoned_upload_age: Duration,
+    /// Discover storage nodes over mDNS: `off`, `loopback` (one-box clusters) or `all`.
+    #[arg(long, default_value = "off")]
+    pub mdns: cairn_common::protocol::MdnsScope,
 }
 
 /// Parses `500ms`, `5s`, `15m`, `24h`, `7d` (a bare number is seconds).
@@ -185,6 +188,8 @@ pub async fn serve(
         .with_context(|| format!("opening catalog in {}", args.meta.display()))?;
     let client = NodeClient::new(ClusterKey::new(&args.cluster_secret));
     let cluster = Cluster::new(client, args.nodes.clone());
+    let _mdns =
+        store::discovery::start(args.mdns, cluster.clone()).context("starting mDNS discovery")?;
     cluster.probe_all().await;
     tokio::spawn(
         cluster

@@ -9,6 +9,7 @@
 //! - [`error`]: the error enum and its one HTTP mapping,
 //! - [`metrics`]: Prometheus metrics.
 
+pub mod announce;
 pub mod api;
 pub mod error;
 pub mod metrics;
@@ -54,6 +55,12 @@ pub struct Args {
     /// Pause after startup and between scrub passes (e.g. `90s`, `15m`, `24h`).
     #[arg(long, default_value = "24h", value_parser = scrub::parse_duration)]
     pub scrub_every: Duration,
+    /// Announce this node over mDNS: `off`, `loopback` (one-box clusters) or `all`.
+    #[arg(long, default_value = "off")]
+    pub mdns: cairn_common::protocol::MdnsScope,
+    /// IP address to announce (default: the --listen address).
+    #[arg(long)]
+    pub advertise: Option<std::net::IpAddr>,
 }
 
 /// What a node needs to run.
@@ -116,6 +123,15 @@ impl Node {
     /// This node's persistent id.
     pub fn id(&self) -> NodeId {
         self.state.store.node_id()
+    }
+
+    /// Bytes of the filesystem holding the data dir (0 if unknown).
+    pub fn capacity_bytes(&self) -> u64 {
+        self.state
+            .store
+            .disk_space()
+            .map(|d| d.capacity)
+            .unwrap_or(0)
     }
 
     /// The HTTP router of this node.
@@ -198,6 +214,8 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("binding {}", args.listen))?;
         let addr = listener.local_addr()?;
         tracing::info!(node_id = %node.id(), listen = %addr, data = %args.data.display(), "cairn-node listening");
+        let capacity = node.capacity_bytes();
+        let _mdns = announce::announce(args.mdns, node.id(), addr, args.advertise, capacity)?;
         serve(listener, node, shutdown_signal()).await?;
         tracing::info!("cairn-node stopped");
         Ok(())

@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod cluster;
 pub mod decoder;
+pub mod discovery;
 pub mod encoder;
 pub mod node_client;
 pub mod service;
