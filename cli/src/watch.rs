@@ -193,7 +193,14 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::BadArg(format!("cannot install SIGTERM handler: {e}")))?;
     loop {
-        let wait = match w.pass().await {
+        // A signal stops the watcher even mid-upload: the state file already has every
+        // finished part, so the next start resumes where this one stopped.
+        let result = tokio::select! {
+            r = w.pass() => r,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = term.recv() => return Ok(()),
+        };
+        let wait = match result {
             Ok(any_pending) => {
                 backoff = Duration::from_secs(1);
                 if args.once {
@@ -205,10 +212,16 @@ pub async fn run(args: WatchArgs) -> Result<()> {
                     args.rescan_interval
                 }
             }
-            Err(e) if e.is_permanent() => return Err(e),
+            Err(e) if args.once && e.is_permanent() => return Err(e),
+            // The daemon never gives up: even a missing bucket or refused credentials may be
+            // a gateway that is still starting, so they are logged loudly and retried.
             Err(e) => {
                 metrics::counter!(m::RETRIES).increment(1);
-                tracing::warn!("{e}; retrying in {:.0}s", backoff.as_secs_f64());
+                if e.is_permanent() {
+                    tracing::error!("{e}; retrying in {:.0}s", backoff.as_secs_f64());
+                } else {
+                    tracing::warn!("{e}; retrying in {:.0}s", backoff.as_secs_f64());
+                }
                 let b = backoff;
                 backoff = (backoff * 2).min(args.max_backoff);
                 b

@@ -363,6 +363,18 @@ def test_watch_refuses_a_second_watcher_on_the_same_state(cairn, ckpt_bucket, tm
     assert r.returncode != 0 and "another cairn watch" in r.stderr
 
 
+def test_watch_stops_promptly_on_sigterm_mid_upload(cairn, s3c, ckpt_bucket, tmp_path):
+    train = tmp_path / "train"
+    write_checkpoint(train, "checkpoint-13", hf_files(13, model_bytes=30 * MiB))
+    log = tmp_path / "watch.log"
+    p = cairn.spawn("watch", train, "--to", f"s3://{ckpt_bucket}/run", *FAST, "--part-size", "5MiB",
+                    "--multipart-threshold", "5MiB", "--concurrency", "1", "--bandwidth-limit", "2MiB", log=log)
+    wait_for(lambda: _state_parts(train, "model.safetensors") >= 1, 60, what="first part uploaded")
+    p.terminate()
+    assert p.wait(5) == 0
+    assert "checkpoint-13" not in committed_names(s3c, ckpt_bucket)
+
+
 def test_watch_reuploads_a_file_changed_after_commit(cairn, s3c, ckpt_bucket, tmp_path):
     train = tmp_path / "train"
     files = hf_files(5)
