@@ -52,6 +52,16 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
         .unwrap_or("/")
         .to_string();
     let is_head = parts.method == http::Method::HEAD;
+    // hyper answers an empty body without "100 Continue"; botocore then misreads the next
+    // response on that connection. Closing such connections keeps clients in step.
+    let expect_without_body = parts
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        && parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"0");
     let query = router::parse_query(parts.uri.query());
     let span =
         tracing::info_span!("s3", request_id = %request_id, method = %parts.method, path = %path);
@@ -87,6 +97,13 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
         }
         Err(e) => e.to_response(&path, &request_id, is_head),
     };
+    let mut resp = resp;
+    if expect_without_body {
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
     let status = resp.status().as_u16().to_string();
     metrics::counter!("cairn_s3_requests_total", "operation" => op, "status" => status.clone())
         .increment(1);
