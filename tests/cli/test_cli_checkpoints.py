@@ -269,6 +269,40 @@ def test_watch_commits_only_finished_checkpoints(cairn, s3c, ckpt_bucket, tmp_pa
     assert {f["path"]: f["sha256"] for f in m["files"]}["model.safetensors"] == sha256(full)
 
 
+def test_watch_loose_files_and_dcp_dirs(cairn, s3c, ckpt_bucket, tmp_path):
+    import numpy as np
+    from safetensors.numpy import save as st_save
+
+    train = tmp_path / "train"
+    train.mkdir()
+    log = tmp_path / "watch.log"
+    cairn.spawn("watch", train, "--to", f"s3://{ckpt_bucket}/run", *FAST, log=log)
+    wait_for(lambda: "watching" in watch_log(log), 30, what="watcher start")
+    with ManifestMonitor(s3c, ckpt_bucket) as mon:
+        weights = st_save({"w": np.arange(300_000, dtype=np.float32)})
+        write_slowly(train / "model_100.safetensors", weights, chunk=64 << 10, delay=0.05)
+        t_file = time.monotonic()
+        # DCP: shards first, then `.metadata` via temp file + rename (the commit).
+        dcp = train / "step_200"
+        dcp.mkdir()
+        for i in range(2):
+            write_slowly(dcp / f"__{i}_0.distcp", os.urandom(400_000), chunk=64 << 10, delay=0.02)
+        time.sleep(2.5)  # several rescans while `.metadata` is missing
+        assert "step_200" not in mon.first_seen
+        write_slowly(dcp / ".metadata.tmp", b"dcp-metadata")
+        t_dcp = time.monotonic()
+        os.rename(dcp / ".metadata.tmp", dcp / ".metadata")
+        wait_for(lambda: {"model_100.safetensors", "step_200"} <= set(mon.first_seen), 60, what="commits")
+    assert mon.first_seen["model_100.safetensors"] >= t_file - 0.06
+    assert mon.first_seen["step_200"] >= t_dcp
+    m = read_manifest(s3c, ckpt_bucket, "step_200")
+    assert sorted(f["path"] for f in m["files"]) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert m["step"] == 200 and m["kind"] == "dcpdir"
+    out = tmp_path / "restore"
+    cairn.run("pull", f"s3://{ckpt_bucket}/run", out, "--step", "100")
+    assert (out / "model_100.safetensors").read_bytes() == weights
+
+
 def test_watch_keep_last_two(cairn, s3c, ckpt_bucket, tmp_path):
     train = tmp_path / "train"
     train.mkdir()
