@@ -108,14 +108,16 @@ pub async fn read_segment(
     let codec = Codec::new(seg.k, seg.m)?;
     let (s0, s1) = (layout.stripe_of(start), layout.stripe_of(end - 1));
     let mut readers: Vec<Option<BlockRx>> = (0..n).map(|_| None).collect();
-    let mut failed = vec![false; n];
+    // The stripe at which each shard last failed: a bad block or a broken stream rules a
+    // shard out for that stripe, and it may be opened again for a later one.
+    let mut failed_at: Vec<Option<u64>> = vec![None; n];
     let mut degraded_counted = false;
     for i in 0..k {
         match open_shard(cluster, object, seg, layout, i, s0, s1).await {
             Ok(rx) => readers[i] = Some(rx),
             Err(e) => {
                 tracing::warn!(%object, shard = i, error = %e, "shard unavailable, reading parity");
-                failed[i] = true;
+                failed_at[i] = Some(s0);
             }
         }
     }
@@ -138,7 +140,7 @@ pub async fn read_segment(
                             };
                             tracing::warn!(%object, shard = i, stripe = s, error = %why, "shard read failed; rebuilding from parity");
                             readers[i] = None;
-                            failed[i] = true;
+                            failed_at[i] = Some(s);
                         }
                     }
                 }
@@ -150,7 +152,7 @@ pub async fn read_segment(
             // Open more shards (parity first, then any data shard not yet tried).
             let mut opened = false;
             for i in (k..n).chain(0..k) {
-                if readers[i].is_some() || failed[i] || blocks[i].is_some() {
+                if readers[i].is_some() || failed_at[i] == Some(s) || blocks[i].is_some() {
                     continue;
                 }
                 match open_shard(cluster, object, seg, layout, i, s, s1).await {
@@ -166,12 +168,12 @@ pub async fn read_segment(
                     }
                     Err(e) => {
                         tracing::warn!(%object, shard = i, error = %e, "shard unavailable");
-                        failed[i] = true;
+                        failed_at[i] = Some(s);
                     }
                 }
             }
             if !opened {
-                let readable = n - failed.iter().filter(|f| **f).count();
+                let readable = n - failed_at.iter().filter(|f| **f == Some(s)).count();
                 return Err(StoreError::Unavailable(format!(
                     "object {object}: only {readable} of {n} shards readable, {k} needed"
                 )));
