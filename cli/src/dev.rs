@@ -76,9 +76,13 @@ fn cluster_secret(data: &Path) -> anyhow::Result<String> {
 }
 
 fn healthy(addr: &SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(addr, Duration::from_millis(300)) else { return false };
+    let Ok(mut s) = TcpStream::connect_timeout(addr, Duration::from_millis(300)) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    if s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err() {
+    if s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .is_err()
+    {
         return false;
     }
     let mut buf = [0u8; 12];
@@ -96,7 +100,10 @@ fn wait_healthy(p: &mut Proc, addr: &SocketAddr, timeout: Duration) -> anyhow::R
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("{} did not become healthy on {addr} within {timeout:?}", p.name)
+    bail!(
+        "{} did not become healthy on {addr} within {timeout:?}",
+        p.name
+    )
 }
 
 fn terminate(p: &mut Proc) {
@@ -110,11 +117,14 @@ fn terminate(p: &mut Proc) {
 
 /// Runs the local cluster until Ctrl-C.
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data).with_context(|| format!("creating {}", args.data.display()))?;
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("creating {}", args.data.display()))?;
     let secret = cluster_secret(&args.data)?;
     let exe = std::env::current_exe().context("finding the cairn binary")?;
     let host = args.listen.ip();
-    let first_port = args.node_port.unwrap_or(args.listen.port().saturating_add(1));
+    let first_port = args
+        .node_port
+        .unwrap_or(args.listen.port().saturating_add(1));
     let mut procs: Vec<Proc> = Vec::new();
     let mut node_addrs = Vec::new();
     for i in 0..args.nodes {
@@ -127,7 +137,10 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("starting node {}", i + 1))?;
-        procs.push(Proc { name: format!("node{} ({addr})", i + 1), child });
+        procs.push(Proc {
+            name: format!("node{} ({addr})", i + 1),
+            child,
+        });
         node_addrs.push(addr);
     }
     for (p, addr) in procs.iter_mut().zip(&node_addrs) {
@@ -137,19 +150,32 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let child = Command::new(&exe)
         .args(["gateway", "--listen", &args.listen.to_string(), "--meta"])
         .arg(args.data.join("meta"))
-        .args(["--nodes", &nodes.join(","), "--ec", &args.ec, "--region", &args.region])
+        .args([
+            "--nodes",
+            &nodes.join(","),
+            "--ec",
+            &args.ec,
+            "--region",
+            &args.region,
+        ])
         .env("CAIRN_CLUSTER_SECRET", &secret)
         .env("CAIRN_ACCESS_KEY", &args.access_key)
         .env("CAIRN_SECRET_KEY", &args.secret_key)
         .stdin(Stdio::null())
         .spawn()
         .context("starting the gateway")?;
-    procs.push(Proc { name: format!("gateway ({})", args.listen), child });
+    procs.push(Proc {
+        name: format!("gateway ({})", args.listen),
+        child,
+    });
     let last = procs.len() - 1;
     wait_healthy(&mut procs[last], &args.listen, Duration::from_secs(20))?;
 
     let endpoint = format!("http://{}", args.listen);
-    println!("Cairn is running: {} storage nodes, erasure coding {}", args.nodes, args.ec);
+    println!(
+        "Cairn is running: {} storage nodes, erasure coding {}",
+        args.nodes, args.ec
+    );
     println!();
     println!("  endpoint    {endpoint}");
     println!("  access key  {}", args.access_key);
@@ -168,7 +194,9 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("Press Ctrl-C to stop.");
     let _ = std::io::stdout().flush();
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let stopped_by_user = rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
