@@ -38,7 +38,6 @@ REQUIRED_ALERTS = {
     "CairnNodeDown": "node down",
     "CairnNodeDiskNearlyFull": "disk nearly full",
     "CairnObjectsBelowFullRedundancy": "objects below full redundancy",
-    "CairnRepairStalled": "repair stalled",
     "CairnChecksumFailures": "checksum failures seen",
     "CairnGateway5xxRate": "gateway 5xx rate",
 }

@@ -351,11 +351,9 @@ def overview() -> dict:
         stat("Gateway", [q('up{job="cairn-gateway"}', "gateway")], w=3, mappings=UP_DOWN, graph=False,
              thresholds={"mode": "absolute", "steps": [{"color": "red", "value": None}, {"color": "green", "value": 1}]},
              description="Whether Prometheus scrapes the gateway."),
-        stat("Objects below full redundancy", [q("cairn_objects_degraded", "objects")], w=4,
+        stat("Objects below full redundancy", [q("cairn_objects_degraded", "objects")], w=7,
              thresholds=_thresholds((1, "red")),
              description="Objects with fewer healthy shards than their geometry: one more node loss may make them unreadable."),
-        stat("Repair queue", [q("cairn_repair_queue_depth", "queued")], w=3,
-             thresholds=_thresholds((1, "yellow")), description="Objects waiting for repair."),
         stat("Open multipart uploads", [q("cairn_multipart_uploads_open", "open")], w=3,
              description="Multipart uploads started and neither completed nor aborted."),
         stat("Raw space free", [q("sum(cairn_node_disk_free_bytes)", "free"),
@@ -388,14 +386,10 @@ def overview() -> dict:
             q(f"sum(rate(cairn_checksum_failures_total[{RATE}]))", "checksum failures (gateway)"),
             q(f"sum(rate(cairn_node_checksum_failures_total[{RATE}]))", "checksum failures (nodes)"),
         ], unit="ops", description="Reads rebuilt from parity, writes with a narrower geometry, and blocks that failed their crc32c."),
-        timeseries("Redundancy and repair", [
+        # Background repair is not built yet; its queue and throughput come with it.
+        timeseries("Redundancy", [
             q("cairn_objects_degraded", "objects below full redundancy"),
-            q("cairn_repair_queue_depth", "repair queue"),
-            q(f"rate(cairn_repair_bytes_total[{RATE}])", "repaired bytes/s"),
-        ], description="Objects below full redundancy, the repair queue, and repair throughput (bytes/s).",
-            overrides=[{"matcher": {"id": "byName", "options": "repaired bytes/s"},
-                        "properties": [{"id": "unit", "value": "Bps"},
-                                       {"id": "custom.axisPlacement", "value": "right"}]}]),
+        ], description="Objects below full redundancy."),
         row("Buckets"),
         table("Buckets", [
             q("cairn_bucket_objects", "objects"),

@@ -54,8 +54,6 @@ CATALOG: dict[str, Metric] = {
     "cairn_stripes_encoded_total": Metric(GATEWAY, "counter"),
     "cairn_erasure_decode_seconds": Metric(GATEWAY, "histogram", DEGRADED_READ),
     "cairn_segment_write_seconds": Metric(GATEWAY, "histogram", PUT),
-    "cairn_repair_queue_depth": Metric(GATEWAY, "gauge"),
-    "cairn_repair_bytes_total": Metric(GATEWAY, "counter"),
     "cairn_objects_degraded": Metric(GATEWAY, "gauge"),
     "cairn_multipart_uploads_open": Metric(GATEWAY, "gauge"),
     "cairn_bucket_objects": Metric(GATEWAY, "gauge", BUCKET),
