@@ -58,9 +58,7 @@ pub struct CheckedBody {
     done: bool,
 }
 
-fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    h.get(name).and_then(|v| v.to_str().ok())
-}
+use super::header_str as header;
 
 /// The object's length as the request declares it (decoded length for aws-chunked).
 pub fn declared_length(headers: &HeaderMap, payload: &Payload) -> Result<u64, S3Error> {

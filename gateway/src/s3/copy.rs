@@ -8,23 +8,19 @@ use percent_encoding::percent_decode_str;
 
 use super::body::{CheckedBody, MAX_PUT_SIZE};
 use super::bucket::require_bucket;
-use super::multipart::{part_number, upload_of};
+use super::multipart::{part_number, record_part, upload_of};
 use super::object::{
     check_read_preconditions, check_write_preconditions, meta_from_headers, MAX_KEY_LEN,
 };
 use super::sigv4::Payload;
 use super::{xml, Ctx};
 use crate::error::S3Error;
-use crate::store::catalog::{ObjectRecord, PartRecord};
-use crate::store::service::now_ms;
-
-fn header<'a>(ctx: &'a Ctx, name: &str) -> Option<&'a str> {
-    ctx.headers.get(name).and_then(|v| v.to_str().ok())
-}
+use crate::store::catalog::ObjectRecord;
 
 /// The source object named by `x-amz-copy-source`, after its conditions.
 fn source(ctx: &Ctx) -> Result<(String, String, ObjectRecord), S3Error> {
-    let raw = header(ctx, "x-amz-copy-source")
+    let raw = ctx
+        .header("x-amz-copy-source")
         .ok_or_else(|| S3Error::InvalidArgument("missing copy source".into()))?;
     let raw = raw.split_once("?versionId=").map(|(p, _)| p).unwrap_or(raw);
     let decoded = percent_decode_str(raw)
@@ -86,7 +82,10 @@ pub async fn copy_object(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response,
             "The specified copy source is larger than the maximum allowable size for a copy source: 5368709120".into(),
         ));
     }
-    let replace = match header(ctx, "x-amz-metadata-directive").map(|d| d.to_ascii_uppercase()) {
+    let replace = match ctx
+        .header("x-amz-metadata-directive")
+        .map(|d| d.to_ascii_uppercase())
+    {
         None => false,
         Some(d) if d == "COPY" => false,
         Some(d) if d == "REPLACE" => true,
@@ -133,7 +132,7 @@ pub async fn upload_part_copy(ctx: &Ctx, bucket: &str, key: &str) -> Result<Resp
     let number = part_number(ctx)?;
     let (id, upload) = upload_of(ctx, bucket, key)?;
     let (_, _, rec) = source(ctx)?;
-    let (start, end) = match header(ctx, "x-amz-copy-source-range") {
+    let (start, end) = match ctx.header("x-amz-copy-source-range") {
         None => (0, rec.size),
         Some(r) => {
             let spec = r
@@ -168,19 +167,6 @@ pub async fn upload_part_copy(ctx: &Ctx, bucket: &str, key: &str) -> Result<Resp
     let segment = service
         .write_part(id, &upload, end - start, &mut body)
         .await?;
-    let Some(digests) = body.digests().cloned() else {
-        return Err(S3Error::Internal("copy source ended early".into()));
-    };
-    let part = PartRecord {
-        etag: hex::encode(digests.md5),
-        size: end - start,
-        modified_ms: now_ms(),
-        segment,
-        checksum: digests.checksum.as_ref().map(|(_, v)| v.clone()),
-    };
-    if service.catalog.upload(&id)?.is_none() {
-        return Err(S3Error::NoSuchUpload);
-    }
-    service.commit_part(id, number, &part).await?;
+    let part = record_part(ctx, id, number, segment, body.digests().cloned()).await?;
     Ok(copy_result("CopyPartResult", &part.etag, part.modified_ms))
 }

@@ -39,6 +39,18 @@ pub struct Ctx {
     pub request_id: String,
 }
 
+/// A header's value as text, if present and valid.
+pub fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+impl Ctx {
+    /// A request header's value as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header_str(&self.headers, name)
+    }
+}
+
 /// Handles one S3 request.
 pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
     let started = Instant::now();

@@ -12,7 +12,7 @@ use cairn_common::ids::ObjectId;
 use md5::{Digest, Md5};
 use serde::Deserialize;
 
-use super::body::{declared_length, CheckedBody, MAX_PUT_SIZE};
+use super::body::{declared_length, CheckedBody, Digests, MAX_PUT_SIZE};
 use super::bucket::require_bucket;
 use super::checksum::Algorithm;
 use super::object::{check_write_preconditions, meta_from_headers, MAX_KEY_LEN};
@@ -27,10 +27,6 @@ pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 pub const MAX_PART_NUMBER: u32 = 10_000;
 /// Largest CompleteMultipartUpload document accepted.
 const MAX_COMPLETE_BODY: usize = 4 * 1024 * 1024;
-
-fn header<'a>(ctx: &'a Ctx, name: &str) -> Option<&'a str> {
-    ctx.headers.get(name).and_then(|v| v.to_str().ok())
-}
 
 fn xml_response(body: String) -> Response {
     ([("content-type", "application/xml")], body).into_response()
@@ -65,14 +61,15 @@ pub async fn create(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response, S3Er
     if key.len() > MAX_KEY_LEN {
         return Err(S3Error::KeyTooLong);
     }
-    let algorithm = match header(ctx, "x-amz-checksum-algorithm") {
+    let algorithm = match ctx.header("x-amz-checksum-algorithm") {
         Some(a) => Some(Algorithm::parse(a).ok_or_else(|| {
             S3Error::InvalidArgument(format!("unsupported checksum algorithm {a:?}"))
         })?),
         None => None,
     };
     let checksum_type = match (
-        header(ctx, "x-amz-checksum-type").map(|t| t.to_ascii_uppercase()),
+        ctx.header("x-amz-checksum-type")
+            .map(|t| t.to_ascii_uppercase()),
         algorithm,
     ) {
         (Some(t), Some(a)) => {
@@ -158,33 +155,46 @@ pub async fn upload_part(
     }
     let service = &ctx.state.service;
     let segment = service.write_part(id, &rec, len, &mut body).await?;
-    let Some(digests) = body.digests().cloned() else {
-        return Err(S3Error::IncompleteBody);
-    };
-    let part = PartRecord {
-        etag: hex::encode(digests.md5),
-        size: len,
-        modified_ms: now_ms(),
-        segment,
-        checksum: digests.checksum.as_ref().map(|(_, v)| v.clone()),
-    };
-    // The upload may have been completed or aborted while the part streamed.
-    if service.catalog.upload(&id)?.is_none() {
-        return Err(S3Error::NoSuchUpload);
-    }
-    service.commit_part(id, number, &part).await?;
+    let digests = body.digests().cloned();
+    let part = record_part(ctx, id, number, segment, digests.clone()).await?;
     metrics::counter!("cairn_s3_bytes_in_total").increment(len);
     let mut resp = ().into_response();
     let h = resp.headers_mut();
     if let Ok(v) = format!("\"{}\"", part.etag).parse() {
         h.insert("etag", v);
     }
-    if let Some((alg, value)) = &digests.checksum {
+    if let Some((alg, value)) = digests.as_ref().and_then(|d| d.checksum.as_ref()) {
         if let Ok(v) = value.parse() {
             h.insert(alg.header(), v);
         }
     }
     Ok(resp)
+}
+
+/// Records a part whose data and checks are done (UploadPart and UploadPartCopy).
+pub async fn record_part(
+    ctx: &Ctx,
+    upload: ObjectId,
+    number: u32,
+    segment: crate::store::catalog::SegmentRecord,
+    digests: Option<Digests>,
+) -> Result<PartRecord, S3Error> {
+    let Some(digests) = digests else {
+        return Err(S3Error::IncompleteBody);
+    };
+    let part = PartRecord {
+        etag: hex::encode(digests.md5),
+        size: segment.len,
+        modified_ms: now_ms(),
+        segment,
+        checksum: digests.checksum.as_ref().map(|(_, v)| v.clone()),
+    };
+    // The upload may have been completed or aborted while the part streamed.
+    if ctx.state.service.catalog.upload(&upload)?.is_none() {
+        return Err(S3Error::NoSuchUpload);
+    }
+    ctx.state.service.commit_part(upload, number, &part).await?;
+    Ok(part)
 }
 
 #[derive(Debug, Deserialize)]
@@ -323,7 +333,7 @@ pub async fn complete(ctx: &Ctx, bucket: &str, key: &str, body: Body) -> Result<
             }
             .ok_or_else(|| S3Error::Internal("could not combine part checksums".into()))?;
             if kind == "FULL_OBJECT" {
-                if let Some(want) = header(ctx, alg.header()) {
+                if let Some(want) = ctx.header(alg.header()) {
                     if want.trim() != value {
                         return Err(S3Error::ChecksumMismatch(alg.header()));
                     }

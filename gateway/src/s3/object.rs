@@ -24,9 +24,7 @@ const KEPT_HEADERS: &[&str] = &[
     "expires",
 ];
 
-fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    h.get(name).and_then(|v| v.to_str().ok())
-}
+use super::header_str as header;
 
 /// Client-supplied metadata of a PUT (everything but the ETag and checksums).
 pub fn meta_from_headers(h: &HeaderMap) -> ObjectMeta {

@@ -115,9 +115,7 @@ fn parse_amz_date(s: &str) -> Result<SystemTime, S3Error> {
     Ok(dt.assume_utc().into())
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
+use super::header_str as header;
 
 /// Authenticates a request. `path_and_query` is exactly as received (still encoded).
 pub fn authenticate(
