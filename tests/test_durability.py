@@ -12,10 +12,7 @@ from harness import sigv4
 from harness.data import MiB, sha256, sha256_file, sha256_stream
 from harness.s3util import quoted_md5, s3_error, status
 
-# The empty object goes last: PUTs right after an empty PUT can stall with botocore (see
-# test_objects.py::test_put_after_an_empty_put_on_the_same_connection_does_not_stall); this
-# module tests durability, not that.
-SIZES = [1, 1000, 3 * MiB + 17, 7 * MiB + 5, 10 * MiB, 0]
+SIZES = [0, 1, 1000, 3 * MiB + 17, 7 * MiB + 5, 10 * MiB]
 
 
 def fill(s3, bucket, sizes=SIZES, prefix="obj"):
@@ -121,7 +118,7 @@ def test_write_with_one_node_down_is_2_plus_1_and_survives_another_loss(fresh_cl
     down = c.nodes[2]
     down.kill()
     objs = {}
-    for size in [1, 2 * MiB + 1, 9 * MiB + 7, 0]:
+    for size in [0, 1, 2 * MiB + 1, 9 * MiB + 7]:
         key = f"degraded/{size}"
         objs[key] = os.urandom(size)
         r = s3.put_object(Bucket="bkt", Key=key, Body=objs[key])  # must succeed with a node down
@@ -199,7 +196,7 @@ def test_gateway_sigkill_and_restart_keeps_acknowledged_objects(fresh_cluster):
     s3.create_bucket(Bucket="bkt")
     s3.create_bucket(Bucket="other")
     s3.put_object(Bucket="bkt", Key="meta", Body=b"m", Metadata={"step": "42"}, ContentType="text/x-test")
-    objs = fill(s3, "bkt", sizes=[1, 3 * MiB + 17, 6 * MiB, 0])
+    objs = fill(s3, "bkt", sizes=[0, 1, 3 * MiB + 17, 6 * MiB])
     c.gateway.kill()
     c.gateway.start()
     c.wait_gateway_sees_nodes(4)
