@@ -77,6 +77,7 @@ pub async fn run(args: PushArgs) -> Result<()> {
         uploader,
         store: Arc::new(StateStore::memory()),
         quiet: Duration::from_secs(args.quiet_period),
+        settle: Duration::ZERO,
     };
     match sync_checkpoint(&ctx, &cand).await? {
         Outcome::Committed(m, how) => {

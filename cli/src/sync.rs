@@ -42,6 +42,10 @@ pub struct Ctx {
     pub store: Arc<StateStore>,
     /// Quiet period for files of unknown format.
     pub quiet: Duration,
+    /// How long a whole checkpoint must have been unmodified before it is committed
+    /// (the watcher: a trainer may still be adding files after its marker file; `push`
+    /// is told the checkpoint is done and uses zero).
+    pub settle: Duration,
 }
 
 fn same_fp(fs: &FileState, f: &LocalFile) -> bool {
@@ -92,6 +96,19 @@ pub async fn sync_checkpoint(ctx: &Ctx, c: &Candidate) -> Result<Outcome> {
         .map_err(|e| Error::io(&c.path, e))?;
     if let Verdict::Incomplete(reason) = verdict {
         return Ok(Outcome::Incomplete(reason));
+    }
+    let newest = files
+        .iter()
+        .map(|f| f.mtime)
+        .max()
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let age = SystemTime::now().duration_since(newest).unwrap_or_default();
+    if age < ctx.settle {
+        return Ok(Outcome::Incomplete(format!(
+            "modified {:.1}s ago, waiting for {}s of quiet",
+            age.as_secs_f64(),
+            ctx.settle.as_secs()
+        )));
     }
     if st.generation == 0 {
         if let Some(m) = adopt_remote(ctx, c, &files).await? {

@@ -145,6 +145,12 @@ pub async fn run(args: WatchArgs) -> Result<()> {
             uploader,
             store,
             quiet: args.quiet_period,
+            // A single pass (`--once`) is a push of what is there now.
+            settle: if args.once {
+                Duration::ZERO
+            } else {
+                args.quiet_period
+            },
         },
         dir: args.dir.clone(),
         keep_last: args.keep_last,
