@@ -63,6 +63,8 @@ pub enum S3Error {
     InvalidPart,
     #[error("The list of parts was not in ascending order. The parts list must be specified in order by part number.")]
     InvalidPartOrder,
+    #[error("The requested partnumber is not satisfiable")]
+    InvalidPartNumber,
     #[error("Your proposed upload is smaller than the minimum allowed object size.")]
     EntityTooSmall,
     #[error("At least one of the pre-conditions you specified did not hold")]
@@ -113,6 +115,7 @@ impl S3Error {
             NoSuchUpload => ("NoSuchUpload", StatusCode::NOT_FOUND),
             InvalidPart => ("InvalidPart", StatusCode::BAD_REQUEST),
             InvalidPartOrder => ("InvalidPartOrder", StatusCode::BAD_REQUEST),
+            InvalidPartNumber => ("InvalidPartNumber", StatusCode::RANGE_NOT_SATISFIABLE),
             EntityTooSmall => ("EntityTooSmall", StatusCode::BAD_REQUEST),
             PreconditionFailed => ("PreconditionFailed", StatusCode::PRECONDITION_FAILED),
             NotModified => ("NotModified", StatusCode::NOT_MODIFIED),

@@ -287,7 +287,19 @@ fn object_headers(h: &mut HeaderMap, rec: &ObjectRecord, checksum_mode: bool, ra
     }
 }
 
-/// GetObject and HeadObject.
+/// Bytes `start..end` of part `n` (1-based) of an object: its n-th segment. An object
+/// written by a single PUT has one part.
+fn part_bounds(rec: &ObjectRecord, n: u32) -> Result<(u64, u64), S3Error> {
+    let idx = n as usize - 1;
+    if rec.segments.is_empty() && idx == 0 {
+        return Ok((0, 0));
+    }
+    let seg = rec.segments.get(idx).ok_or(S3Error::InvalidPartNumber)?;
+    let start: u64 = rec.segments[..idx].iter().map(|s| s.len).sum();
+    Ok((start, start + seg.len))
+}
+
+/// GetObject and HeadObject (with Range, partNumber and the conditional headers).
 pub async fn get_object(
     ctx: &Ctx,
     bucket: &str,
@@ -301,10 +313,20 @@ pub async fn get_object(
         .catalog
         .object(bucket, key)?
         .ok_or(S3Error::NoSuchKey)?;
-    let range = parse_range(header(&ctx.headers, "range"), rec.size)?;
-    let (start, end, status) = match range {
-        RangeSpec::Full => (0, rec.size, StatusCode::OK),
-        RangeSpec::Bytes(a, b) => (a, b + 1, StatusCode::PARTIAL_CONTENT),
+    check_read_preconditions(&ctx.headers, "", &rec)?;
+    let part = match ctx.query.get("partNumber") {
+        Some(_) => Some(super::multipart::part_number(ctx)?),
+        None => None,
+    };
+    let (start, end, partial) = match part {
+        Some(n) => {
+            let (a, b) = part_bounds(&rec, n)?;
+            (a, b, rec.segments.len() > 1)
+        }
+        None => match parse_range(header(&ctx.headers, "range"), rec.size)? {
+            RangeSpec::Full => (0, rec.size, false),
+            RangeSpec::Bytes(a, b) => (a, b + 1, true),
+        },
     };
     let checksum_mode = header(&ctx.headers, "x-amz-checksum-mode")
         .is_some_and(|v| v.eq_ignore_ascii_case("enabled"));
@@ -318,28 +340,31 @@ pub async fn get_object(
             Some(Err(e)) => return Err(e.into()),
             None => return Err(S3Error::Internal("object read ended early".into())),
         };
-        let len = end - start;
-        metrics::counter!("cairn_s3_bytes_out_total").increment(len);
+        metrics::counter!("cairn_s3_bytes_out_total").increment(end - start);
         let rest = stream.map(|r| r.map_err(std::io::Error::other));
         Body::from_stream(
             futures::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(rest),
         )
     };
     let mut resp = Response::new(body);
-    *resp.status_mut() = status;
+    if partial {
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
     let h = resp.headers_mut();
-    object_headers(
-        h,
-        &rec,
-        checksum_mode,
-        status == StatusCode::PARTIAL_CONTENT,
-    );
+    object_headers(h, &rec, checksum_mode, partial);
     insert(h, "content-length", &(end - start).to_string());
-    if status == StatusCode::PARTIAL_CONTENT {
+    if partial && end > start {
         insert(
             h,
             "content-range",
             &format!("bytes {}-{}/{}", start, end - 1, rec.size),
+        );
+    }
+    if part.is_some() {
+        insert(
+            h,
+            "x-amz-mp-parts-count",
+            &rec.segments.len().max(1).to_string(),
         );
     }
     Ok(resp)
