@@ -23,25 +23,7 @@ use crate::state::StateStore;
 use crate::sync::{sync_checkpoint, Ctx, Outcome};
 use crate::upload::{TransferOpts, Uploader};
 
-/// Parses `500ms`, `2s`, `5m`, `1h`, or plain seconds.
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("bad duration {s:?}: expected e.g. 30s"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("bad duration unit in {s:?}: use ms, s, m or h")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("bad duration {s:?}: {e}"))
-}
+pub use cairn_common::daemon::parse_duration;
 
 /// Arguments of `cairn watch`.
 #[derive(clap::Args, Debug)]
@@ -363,19 +345,4 @@ fn last_write_age(c: &Candidate) -> Option<Duration> {
     let files = detect::list_files(&c.path).ok()?;
     let last = files.iter().map(|f| f.mtime).max()?;
     SystemTime::now().duration_since(last).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5d").is_err());
-    }
 }

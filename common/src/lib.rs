@@ -4,9 +4,11 @@
 //! - [`shard`]: the self-describing shard file format (header + crc32c-checked blocks),
 //! - [`erasure`]: the Reed-Solomon stripe codec,
 //! - [`placement`]: which nodes hold an object's shards, and with which geometry,
-//! - [`protocol`] and [`auth`]: the internal HTTP API of a node and its HMAC credential.
+//! - [`protocol`] and [`auth`]: the internal HTTP API of a node and its HMAC credential,
+//! - [`daemon`]: logging, shutdown signals and duration flags of every Cairn process.
 
 pub mod auth;
+pub mod daemon;
 pub mod erasure;
 pub mod ids;
 pub mod placement;

@@ -66,28 +66,11 @@ pub struct Args {
     pub heartbeat_ms: u64,
     /// Multipart uploads older than this are aborted and their parts freed
     /// (e.g. `90s`, `30m`, `24h`, `7d`).
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, default_value = "24h", value_parser = cairn_common::daemon::parse_duration)]
     pub abandoned_upload_age: Duration,
     /// Discover storage nodes over mDNS: `off`, `loopback` (one-box clusters) or `all`.
     #[arg(long, default_value = "off")]
     pub mdns: cairn_common::protocol::MdnsScope,
-}
-
-/// Parses `500ms`, `5s`, `15m`, `24h`, `7d` (a bare number is seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
-    let secs = match unit {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => return Err(format!("bad duration unit in {s:?} (use ms, s, m, h or d)")),
-    };
-    Ok(Duration::from_secs(secs))
 }
 
 fn parse_ec(s: &str) -> Result<(u8, u8), String> {
@@ -113,27 +96,9 @@ pub struct AppState {
     pub listen: std::net::SocketAddr,
 }
 
-/// Sets up logging: JSON unless stderr is a terminal; level from `RUST_LOG`.
-pub fn init_tracing() {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let json = std::env::var("CAIRN_LOG_FORMAT")
-        .map(|v| v == "json")
-        .unwrap_or(!std::io::stderr().is_terminal());
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}
-
 /// Runs the gateway until SIGINT/SIGTERM (what `cairn-gateway` and `cairn gateway` do).
 pub fn main_with(args: Args) -> anyhow::Result<()> {
-    init_tracing();
+    cairn_common::daemon::init_tracing();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -141,26 +106,8 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
-        serve(args, listener, shutdown_signal()).await
+        serve(args, listener, cairn_common::daemon::shutdown_signal()).await
     })
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
 /// Periodically aborts multipart uploads abandoned for longer than `age`.

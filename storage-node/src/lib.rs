@@ -19,7 +19,6 @@ pub mod store;
 pub mod write;
 
 use std::future::Future;
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,7 +52,7 @@ pub struct Args {
     #[arg(long, default_value = "4MiB", value_parser = scrub::parse_rate)]
     pub scrub_rate: u64,
     /// Pause after startup and between scrub passes (e.g. `90s`, `15m`, `24h`).
-    #[arg(long, default_value = "24h", value_parser = scrub::parse_duration)]
+    #[arg(long, default_value = "24h", value_parser = cairn_common::daemon::parse_duration)]
     pub scrub_every: Duration,
     /// Announce this node over mDNS: `off`, `loopback` (one-box clusters) or `all`.
     #[arg(long, default_value = "off")]
@@ -193,7 +192,7 @@ async fn refresh_disk_gauges(store: Arc<Store>) {
 
 /// Runs a node from command-line arguments: logging, runtime, serve until SIGTERM/SIGINT.
 pub fn main_with(args: Args) -> anyhow::Result<()> {
-    init_tracing();
+    cairn_common::daemon::init_tracing();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("cairn-node")
@@ -216,47 +215,8 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
         tracing::info!(node_id = %node.id(), listen = %addr, data = %args.data.display(), "cairn-node listening");
         let capacity = node.capacity_bytes();
         let _mdns = announce::announce(args.mdns, node.id(), addr, args.advertise, capacity)?;
-        serve(listener, node, shutdown_signal()).await?;
+        serve(listener, node, cairn_common::daemon::shutdown_signal()).await?;
         tracing::info!("cairn-node stopped");
         Ok(())
     })
-}
-
-/// JSON logs when stdout is not a terminal or `CAIRN_LOG_FORMAT=json`; level from `RUST_LOG`.
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = !std::io::stdout().is_terminal()
-        || std::env::var("CAIRN_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    // Ignore "already set": the embedding process may have installed its own subscriber.
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT: shutting down"),
-        _ = term => tracing::info!("SIGTERM: shutting down"),
-    }
 }

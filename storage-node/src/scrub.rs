@@ -176,22 +176,6 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
     Ok((num * mult as f64) as u64)
 }
 
-/// Parses a duration such as `90s`, `15m`, `24h`, `7d` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let num: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
-    let secs = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(format!("bad duration unit in {s:?} (use s, m, h, d)")),
-    };
-    Ok(Duration::from_secs(num.saturating_mul(secs)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,8 +272,5 @@ mod tests {
         assert_eq!(parse_rate("512KiB/s"), Ok(512 << 10));
         assert_eq!(parse_rate("0"), Ok(0));
         assert!(parse_rate("4 parsecs").is_err());
-        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
-        assert!(parse_duration("1y").is_err());
     }
 }
