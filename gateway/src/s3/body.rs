@@ -126,6 +126,20 @@ impl CheckedBody {
         })
     }
 
+    /// The body of a PutObject or UploadPart: at most [`MAX_PUT_SIZE`] declared bytes.
+    /// Returns the declared length with the body.
+    pub fn for_upload(
+        body: Body,
+        headers: &HeaderMap,
+        payload: &Payload,
+    ) -> Result<(u64, Self), S3Error> {
+        let len = declared_length(headers, payload)?;
+        if len > MAX_PUT_SIZE {
+            return Err(S3Error::EntityTooLarge);
+        }
+        Ok((len, Self::new(body, headers, payload, len)?))
+    }
+
     /// Also computes `alg` when the request did not ask for a checksum itself (parts of an
     /// upload created with a checksum algorithm); a different algorithm is refused.
     pub fn ensure_checksum(&mut self, alg: Algorithm) -> Result<(), S3Error> {

@@ -34,10 +34,6 @@ pub fn require_bucket(ctx: &Ctx, bucket: &str) -> Result<BucketRecord, S3Error> 
         .ok_or(S3Error::NoSuchBucket)
 }
 
-fn xml_response(body: String) -> Response {
-    ([("content-type", "application/xml")], body).into_response()
-}
-
 /// ListBuckets.
 pub async fn list_buckets(ctx: &Ctx) -> Result<Response, S3Error> {
     let buckets: Vec<(String, i64)> = ctx
@@ -48,7 +44,7 @@ pub async fn list_buckets(ctx: &Ctx) -> Result<Response, S3Error> {
         .into_iter()
         .map(|(n, r)| (n, r.created_ms))
         .collect();
-    Ok(xml_response(xml::list_buckets(
+    Ok(xml::response(xml::list_buckets(
         &ctx.state.keys.access_key,
         &buckets,
     )))
@@ -103,7 +99,7 @@ pub async fn get_location(ctx: &Ctx, bucket: &str) -> Result<Response, S3Error> 
     let mut s = xml::document("LocationConstraint");
     s.push_str(&quick_xml::escape::escape(region));
     s.push_str("</LocationConstraint>");
-    Ok(xml_response(s))
+    Ok(xml::response(s))
 }
 
 /// GetBucketVersioning: versioning is never enabled.
@@ -111,7 +107,7 @@ pub async fn get_versioning(ctx: &Ctx, bucket: &str) -> Result<Response, S3Error
     require_bucket(ctx, bucket)?;
     let mut s = xml::document("VersioningConfiguration");
     s.push_str("</VersioningConfiguration>");
-    Ok(xml_response(s))
+    Ok(xml::response(s))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! rebuilt if needed) and written as new shards, streaming — never held in memory.
 
 use axum::body::Body;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures::StreamExt;
 use percent_encoding::percent_decode_str;
 
@@ -67,7 +67,7 @@ fn copy_result(root: &str, etag: &str, modified_ms: i64) -> Response {
     xml::elem(&mut s, "LastModified", &xml::iso8601(modified_ms));
     xml::elem(&mut s, "ETag", &format!("\"{etag}\""));
     s.push_str(&format!("</{root}>"));
-    ([("content-type", "application/xml")], s).into_response()
+    xml::response(s)
 }
 
 /// CopyObject (metadata directive COPY or REPLACE).

@@ -1,7 +1,7 @@
 //! DeleteObjects: batch delete with per-key results and quiet mode.
 
 use axum::body::Body;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Deserialize;
 
 use super::body::{declared_length, CheckedBody};
@@ -63,5 +63,5 @@ pub async fn delete_objects(ctx: &Ctx, bucket: &str, body: Body) -> Result<Respo
         }
     }
     s.push_str("</DeleteResult>");
-    Ok(([("content-type", "application/xml")], s).into_response())
+    Ok(xml::response(s))
 }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use base64::Engine;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
@@ -206,5 +206,5 @@ pub async fn list_objects(ctx: &Ctx, bucket: &str, v2: bool) -> Result<Response,
         s.push_str("</CommonPrefixes>");
     }
     let _ = write!(s, "</{root}>");
-    Ok(([("content-type", "application/xml")], s).into_response())
+    Ok(xml::response(s))
 }

@@ -77,8 +77,6 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
     let query = router::parse_query(parts.uri.query());
     let span =
         tracing::info_span!("s3", request_id = %request_id, method = %parts.method, path = %path);
-    let _enter = span.enter();
-    drop(_enter);
 
     let endpoint = router::route(&parts.method, &path, &query, &parts.headers);
     let op = endpoint.as_ref().map(|e| e.name()).unwrap_or("Invalid");

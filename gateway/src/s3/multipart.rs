@@ -12,10 +12,10 @@ use cairn_common::ids::ObjectId;
 use md5::{Digest, Md5};
 use serde::Deserialize;
 
-use super::body::{declared_length, CheckedBody, Digests, MAX_PUT_SIZE};
+use super::body::{declared_length, CheckedBody, Digests};
 use super::bucket::require_bucket;
 use super::checksum::Algorithm;
-use super::object::{check_write_preconditions, meta_from_headers, MAX_KEY_LEN};
+use super::object::{check_write_preconditions, meta_from_headers, written_response, MAX_KEY_LEN};
 use super::{xml, Ctx};
 use crate::error::S3Error;
 use crate::store::catalog::{CompletedRecord, PartRecord, UploadRecord};
@@ -27,10 +27,6 @@ pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 pub const MAX_PART_NUMBER: u32 = 10_000;
 /// Largest CompleteMultipartUpload document accepted.
 const MAX_COMPLETE_BODY: usize = 4 * 1024 * 1024;
-
-fn xml_response(body: String) -> Response {
-    ([("content-type", "application/xml")], body).into_response()
-}
 
 /// Parses and checks `uploadId` against the upload's bucket and key.
 pub fn upload_of(ctx: &Ctx, bucket: &str, key: &str) -> Result<(ObjectId, UploadRecord), S3Error> {
@@ -109,7 +105,7 @@ pub async fn create(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response, S3Er
     xml::elem(&mut s, "Key", key);
     xml::elem(&mut s, "UploadId", &id.to_string());
     s.push_str("</InitiateMultipartUploadResult>");
-    let mut resp = xml_response(s);
+    let mut resp = xml::response(s);
     if let (Some(a), Some(t)) = (algorithm, checksum_type) {
         let h = resp.headers_mut();
         if let Ok(v) = a.name().parse() {
@@ -145,11 +141,7 @@ pub async fn upload_part(
     require_bucket(ctx, bucket)?;
     let number = part_number(ctx)?;
     let (id, rec) = upload_of(ctx, bucket, key)?;
-    let len = declared_length(&ctx.headers, &ctx.payload)?;
-    if len > MAX_PUT_SIZE {
-        return Err(S3Error::EntityTooLarge);
-    }
-    let mut body = CheckedBody::new(body, &ctx.headers, &ctx.payload, len)?;
+    let (len, mut body) = CheckedBody::for_upload(body, &ctx.headers, &ctx.payload)?;
     if let Some(alg) = upload_algorithm(&rec) {
         body.ensure_checksum(alg)?;
     }
@@ -158,17 +150,8 @@ pub async fn upload_part(
     let digests = body.digests().cloned();
     let part = record_part(ctx, id, number, segment, digests.clone()).await?;
     metrics::counter!("cairn_s3_bytes_in_total").increment(len);
-    let mut resp = ().into_response();
-    let h = resp.headers_mut();
-    if let Ok(v) = format!("\"{}\"", part.etag).parse() {
-        h.insert("etag", v);
-    }
-    if let Some((alg, value)) = digests.as_ref().and_then(|d| d.checksum.as_ref()) {
-        if let Ok(v) = value.parse() {
-            h.insert(alg.header(), v);
-        }
-    }
-    Ok(resp)
+    let checksum = digests.as_ref().and_then(|d| d.checksum.as_ref());
+    Ok(written_response(&part.etag, checksum))
 }
 
 /// Records a part whose data and checks are done (UploadPart and UploadPartCopy).
@@ -248,7 +231,7 @@ fn complete_response(bucket: &str, key: &str, done: &CompletedRecord) -> Respons
         xml::elem(&mut s, "ChecksumType", kind);
     }
     s.push_str("</CompleteMultipartUploadResult>");
-    xml_response(s)
+    xml::response(s)
 }
 
 /// CompleteMultipartUpload (idempotent: a retry after success answers the same).
@@ -434,7 +417,7 @@ pub async fn list_parts(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response, 
         s.push_str("</Part>");
     }
     s.push_str("</ListPartsResult>");
-    Ok(xml_response(s))
+    Ok(xml::response(s))
 }
 
 /// ListMultipartUploads.
@@ -494,5 +477,5 @@ pub async fn list_uploads(ctx: &Ctx, bucket: &str) -> Result<Response, S3Error> 
         s.push_str("<StorageClass>STANDARD</StorageClass></Upload>");
     }
     s.push_str("</ListMultipartUploadsResult>");
-    Ok(xml_response(s))
+    Ok(xml::response(s))
 }

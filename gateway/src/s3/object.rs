@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use super::body::{declared_length, CheckedBody, MAX_PUT_SIZE};
+use super::body::CheckedBody;
 use super::bucket::require_bucket;
 use super::checksum::Algorithm;
 use super::Ctx;
@@ -72,12 +72,8 @@ pub async fn put_object(
     if key.len() > MAX_KEY_LEN {
         return Err(S3Error::KeyTooLong);
     }
-    let len = declared_length(&ctx.headers, &ctx.payload)?;
-    if len > MAX_PUT_SIZE {
-        return Err(S3Error::EntityTooLarge);
-    }
     let cond = check_write_preconditions(ctx, bucket, key)?;
-    let mut body = CheckedBody::new(body, &ctx.headers, &ctx.payload, len)?;
+    let (len, mut body) = CheckedBody::for_upload(body, &ctx.headers, &ctx.payload)?;
     let service = &ctx.state.service;
     let staged = service.write_data(bucket, key, len, &mut body).await?;
     let Some(digests) = body.digests().cloned() else {
@@ -91,13 +87,18 @@ pub async fn put_object(
     }
     let rec = service.commit(bucket, key, staged, meta, &cond).await?;
     metrics::counter!("cairn_s3_bytes_in_total").increment(len);
+    Ok(written_response(&rec.meta.etag, digests.checksum.as_ref()))
+}
+
+/// The answer to a PutObject or UploadPart: the ETag and the checksum that was verified.
+pub fn written_response(etag: &str, checksum: Option<&(Algorithm, String)>) -> Response {
     let mut resp = StatusCode::OK.into_response();
     let h = resp.headers_mut();
-    insert(h, "etag", &format!("\"{}\"", rec.meta.etag));
-    if let Some((alg, value)) = &digests.checksum {
+    insert(h, "etag", &format!("\"{etag}\""));
+    if let Some((alg, value)) = checksum {
         insert(h, alg.header(), value);
     }
-    Ok(resp)
+    resp
 }
 
 /// The write condition of a PUT or Complete (`If-None-Match: *`, `If-Match: etag`),

@@ -40,6 +40,12 @@ pub fn error_body(code: &str, message: &str, resource: &str, request_id: &str) -
     s
 }
 
+/// A 200 response carrying an XML document.
+pub fn response(body: String) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    ([("content-type", "application/xml")], body).into_response()
+}
+
 /// Starts a document with the S3 namespace on its root element.
 pub fn document(root: &str) -> String {
     format!(r#"{DECL}<{root} xmlns="{NS}">"#)

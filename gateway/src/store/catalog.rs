@@ -491,15 +491,4 @@ impl Catalog {
             ))
         })
     }
-
-    /// Every committed object id (for garbage collection).
-    pub fn all_object_ids(&self) -> Result<Vec<ObjectId>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.objects.iter() {
-            let (_, v) = item?;
-            let rec: ObjectRecord = serde_json::from_slice(&v)?;
-            out.push(rec.id);
-        }
-        Ok(out)
-    }
 }

@@ -8,8 +8,6 @@ use cairn_common::ids::ObjectId;
 use cairn_common::protocol::{self, NodeInfo, ERROR_HEADER};
 use futures::Stream;
 
-use super::StoreError;
-
 /// Talks to storage nodes, signing every request with the cluster key.
 #[derive(Clone)]
 pub struct NodeClient {
@@ -165,14 +163,5 @@ impl NodeClient {
         )
         .await
         .map(|_| ())
-    }
-}
-
-impl From<NodeCallError> for StoreError {
-    fn from(e: NodeCallError) -> Self {
-        StoreError::Node {
-            node: String::new(),
-            msg: e.to_string(),
-        }
     }
 }

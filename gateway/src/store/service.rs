@@ -34,6 +34,12 @@ pub struct Geometry {
     pub block_size: u32,
 }
 
+/// What to delete on a node: every shard of an object version, or one shard.
+enum Garbage {
+    Version,
+    Shard { segment: u32, index: u8 },
+}
+
 /// Chosen `(k, m, [(node, address); k+m])` for a new segment.
 type Placement = (u8, u8, Vec<(NodeId, String)>);
 
@@ -301,20 +307,17 @@ impl ObjectService {
     }
 
     fn delete_segment_later(&self, id: ObjectId, seg: SegmentRecord) {
-        let cluster = self.cluster.clone();
-        tokio::spawn(async move {
-            for (i, node) in seg.nodes.iter().enumerate() {
-                if let Some(addr) = cluster.addr(node) {
-                    if let Err(e) = cluster
-                        .client()
-                        .delete_shard(&addr, &id, seg.segment, i as u8)
-                        .await
-                    {
-                        tracing::debug!(%id, %node, error = %e, "shard delete deferred to GC");
-                    }
-                }
-            }
+        let jobs = seg.nodes.iter().enumerate();
+        let jobs = jobs.map(|(i, n)| {
+            (
+                *n,
+                Garbage::Shard {
+                    segment: seg.segment,
+                    index: i as u8,
+                },
+            )
         });
+        self.delete_later(id, jobs.collect());
     }
 
     /// Removes `bucket/key`; returns whether it existed.
@@ -342,13 +345,30 @@ impl ObjectService {
     fn delete_shards_later(&self, id: ObjectId, mut nodes: Vec<NodeId>) {
         nodes.sort();
         nodes.dedup();
+        self.delete_later(
+            id,
+            nodes.into_iter().map(|n| (n, Garbage::Version)).collect(),
+        );
+    }
+
+    /// Best-effort background deletes. A node that is down keeps its copy, an orphan for
+    /// garbage collection.
+    fn delete_later(&self, id: ObjectId, jobs: Vec<(NodeId, Garbage)>) {
         let cluster = self.cluster.clone();
         tokio::spawn(async move {
-            for node in nodes {
-                if let Some(addr) = cluster.addr(&node) {
-                    if let Err(e) = cluster.client().delete_object(&addr, &id).await {
-                        tracing::debug!(%id, %node, error = %e, "shard delete deferred to GC");
+            for (node, what) in jobs {
+                let Some(addr) = cluster.addr(&node) else {
+                    continue;
+                };
+                let client = cluster.client();
+                let r = match what {
+                    Garbage::Version => client.delete_object(&addr, &id).await,
+                    Garbage::Shard { segment, index } => {
+                        client.delete_shard(&addr, &id, segment, index).await
                     }
+                };
+                if let Err(e) = r {
+                    tracing::debug!(%id, %node, error = %e, "shard delete deferred to GC");
                 }
             }
         });
