@@ -170,6 +170,12 @@ where
     }
 }
 
+/// Appends the crc32c of the block that makes up the last `blen` bytes of `buf`.
+fn seal_block(buf: &mut BytesMut, blen: usize) {
+    let crc = block_crc(&buf[buf.len() - blen..]);
+    buf.extend_from_slice(&crc.to_le_bytes());
+}
+
 async fn pump_stripes<S>(
     codec: &Codec,
     layout: &Layout,
@@ -189,7 +195,11 @@ where
         let blen = layout.block_len(s);
         let slot = blen + CRC_LEN;
         let want = layout.stripe_len(s) as usize;
-        let mut data = BytesMut::zeroed(k * slot);
+        // Data blocks are laid out as they will be stored (block, crc, block, crc...),
+        // appended as the body arrives: no zero-fill, and each crc is taken while the
+        // block is still in cache.
+        let mut data = BytesMut::with_capacity(k * slot);
+        let mut in_block = 0usize;
         let mut filled = 0usize;
         while filled < want {
             let Some(mut piece) = reader.next_piece().await? else {
@@ -198,16 +208,25 @@ where
             let take = piece.len().min(want - filled);
             let mut src = &piece[..take];
             while !src.is_empty() {
-                let (blk, within) = (filled / blen, filled % blen);
-                let n = src.len().min(blen - within);
-                let at = blk * slot + within;
-                data[at..at + n].copy_from_slice(&src[..n]);
+                let n = src.len().min(blen - in_block);
+                data.extend_from_slice(&src[..n]);
                 src = &src[n..];
                 filled += n;
+                in_block += n;
+                if in_block == blen {
+                    seal_block(&mut data, blen);
+                    in_block = 0;
+                }
             }
             if take < piece.len() {
                 reader.pending = piece.split_off(take);
             }
+        }
+        // The last stripe's data runs out early: zero-pad it to k whole blocks.
+        while data.len() < k * slot {
+            data.resize(data.len() + blen - in_block, 0);
+            seal_block(&mut data, blen);
+            in_block = 0;
         }
         let mut parity = BytesMut::zeroed(m * slot);
         {
@@ -216,11 +235,9 @@ where
                 parity.chunks_mut(slot).map(|c| &mut c[..blen]).collect();
             codec.encode(&data_blocks, &mut parity_blocks)?;
         }
-        for buf in [&mut data, &mut parity] {
-            for c in buf.chunks_mut(slot) {
-                let crc = block_crc(&c[..blen]);
-                c[blen..].copy_from_slice(&crc.to_le_bytes());
-            }
+        for c in parity.chunks_mut(slot) {
+            let crc = block_crc(&c[..blen]);
+            c[blen..].copy_from_slice(&crc.to_le_bytes());
         }
         let (data, parity) = (data.freeze(), parity.freeze());
         for (i, sink) in sinks.iter().enumerate() {
