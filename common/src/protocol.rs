@@ -10,6 +10,9 @@
 //! | `DELETE` | `/v1/shards/{object}/{segment}/{index}` | remove one shard (a replaced multipart part); 204 even if absent |
 //! | `DELETE` | `/v1/objects/{object}` | remove every shard of an object version |
 //! | `GET` | `/v1/objects` | JSON list of the object ids with shards here ([`ObjectList`]) |
+//! | `PUT` | `/v1/objects/{object}/manifest` | store the committed object's manifest (opaque JSON from the gateway), durably |
+//! | `GET` | `/v1/manifests` | every stored manifest ([`ManifestList`]), to rebuild a lost catalog |
+//! | `GET` | `/v1/inventory` | every shard stored here with its size and age ([`Inventory`]) |
 //! | `GET` | `/v1/info?challenge=C` | [`NodeInfo`], including proof of the cluster secret |
 //! | `GET` | `/health` | unauthenticated liveness: `ok` |
 //! | `GET` | `/metrics` | unauthenticated Prometheus text |
@@ -85,6 +88,67 @@ pub fn object_path(object: &ObjectId) -> String {
     format!("/v1/objects/{object}")
 }
 
+/// Path of an object version's manifest on a node.
+pub fn manifest_path(object: &ObjectId) -> String {
+    format!("/v1/objects/{object}/manifest")
+}
+
+/// Path listing every manifest on a node.
+pub const MANIFESTS_PATH: &str = "/v1/manifests";
+/// Path listing every shard on a node.
+pub const INVENTORY_PATH: &str = "/v1/inventory";
+/// Largest manifest a node accepts (a 10 000-part upload's record fits easily).
+pub const MAX_MANIFEST_LEN: usize = 16 * 1024 * 1024;
+
+/// One shard: object version, segment and index.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ShardRef {
+    /// Object version.
+    pub object: ObjectId,
+    /// Segment within it.
+    pub segment: u32,
+    /// Shard index within the segment's stripes.
+    pub index: u8,
+}
+
+/// One entry of [`Inventory`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InventoryEntry {
+    /// Which shard.
+    #[serde(flatten)]
+    pub shard: ShardRef,
+    /// Bytes of the shard file.
+    pub len: u64,
+    /// Seconds since the file was last written.
+    pub age_secs: u64,
+}
+
+/// What `GET /v1/inventory` returns.
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct Inventory {
+    /// Every shard file on the node.
+    pub shards: Vec<InventoryEntry>,
+    /// Every object version with a manifest here, with the manifest's age in seconds.
+    #[serde(default)]
+    pub manifests: Vec<(ObjectId, u64)>,
+}
+
+/// One manifest as stored on a node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredManifest {
+    /// Object version it describes.
+    pub object: ObjectId,
+    /// The manifest as the gateway wrote it (JSON text).
+    pub manifest: String,
+}
+
+/// What `GET /v1/manifests` returns.
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct ManifestList {
+    /// Every manifest on the node.
+    pub manifests: Vec<StoredManifest>,
+}
+
 /// What `GET /v1/info` returns.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -100,7 +164,13 @@ pub struct NodeInfo {
     pub shards: u64,
     /// `ClusterKey::prove(challenge)`, so the gateway knows the node holds the secret.
     pub proof: String,
+    /// Shards the node's scrub found corrupt (at most [`MAX_REPORTED_BAD`]), for repair.
+    #[serde(default)]
+    pub bad_shards: Vec<ShardRef>,
 }
+
+/// Most bad shards one [`NodeInfo`] reports; the rest wait for the next heartbeat.
+pub const MAX_REPORTED_BAD: usize = 1000;
 
 /// What `GET /v1/objects` returns.
 #[derive(Clone, Debug, Serialize, Deserialize, Default)]

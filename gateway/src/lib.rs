@@ -71,6 +71,90 @@ pub struct Args {
     /// Discover storage nodes over mDNS: `off`, `loopback` (one-box clusters) or `all`.
     #[arg(long, default_value = "off")]
     pub mdns: cairn_common::protocol::MdnsScope,
+    /// A node down for this long is lost: its shards are rebuilt on the other nodes
+    /// (e.g. `5s`, `15m`). A node whose address answers with a new id (disk replaced) is
+    /// lost at once.
+    #[arg(long, default_value = "10m", value_parser = cairn_common::daemon::parse_duration)]
+    pub repair_after: Duration,
+    /// Shards no object refers to are deleted once older than this (it must exceed the
+    /// longest single shard write).
+    #[arg(long, default_value = "1h", value_parser = cairn_common::daemon::parse_duration)]
+    pub gc_grace: Duration,
+}
+
+/// Arguments of `cairn-gateway rebuild-catalog`.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "cairn-gateway rebuild-catalog",
+    about = "Rebuild a lost catalog from the manifests and shards on the storage nodes"
+)]
+pub struct RebuildArgs {
+    /// Directory of the new catalog (must not hold objects or buckets).
+    #[arg(long)]
+    pub meta: PathBuf,
+    /// Storage node addresses (host:port), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub nodes: Vec<String>,
+    /// Also find nodes over mDNS: `off`, `loopback` or `all`.
+    #[arg(long, default_value = "off")]
+    pub mdns: cairn_common::protocol::MdnsScope,
+    /// How long to wait for nodes to answer (and mDNS announcements to arrive).
+    #[arg(long, default_value = "5s", value_parser = cairn_common::daemon::parse_duration)]
+    pub wait: Duration,
+    /// Secret shared by the gateway and all storage nodes.
+    #[arg(long, env = "CAIRN_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: String,
+}
+
+/// Rebuilds a catalog from the nodes, printing what it restored.
+pub fn rebuild_catalog(args: RebuildArgs) -> anyhow::Result<()> {
+    cairn_common::daemon::init_tracing();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        std::fs::create_dir_all(&args.meta)
+            .with_context(|| format!("creating {}", args.meta.display()))?;
+        let catalog = Catalog::open(&args.meta)
+            .with_context(|| format!("opening catalog in {}", args.meta.display()))?;
+        if !catalog.is_empty() {
+            anyhow::bail!(
+                "{} already holds a catalog; rebuild into an empty directory",
+                args.meta.display()
+            );
+        }
+        let client = NodeClient::new(ClusterKey::new(&args.cluster_secret));
+        let cluster = Cluster::new(client, args.nodes.clone());
+        let _mdns = store::discovery::start(args.mdns, cluster.clone())
+            .context("starting mDNS discovery")?;
+        // Probe until the node count stops growing for a while, or the wait is over.
+        let deadline = tokio::time::Instant::now() + args.wait;
+        loop {
+            cluster.probe_all().await;
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let nodes = cluster.live_nodes().len();
+        if nodes == 0 {
+            anyhow::bail!("no storage node answered");
+        }
+        let report = store::rebuild::rebuild(&cluster, &catalog).await?;
+        println!(
+            "rebuilt catalog in {}: {} nodes read, {} manifests, {} buckets, {} objects restored, {} keys unrecoverable",
+            args.meta.display(),
+            report.nodes,
+            report.manifests,
+            report.buckets,
+            report.objects,
+            report.unrecoverable.len()
+        );
+        for key in &report.unrecoverable {
+            println!("  unrecoverable: {key}");
+        }
+        Ok(())
+    })
 }
 
 fn parse_ec(s: &str) -> Result<(u8, u8), String> {
@@ -150,6 +234,18 @@ pub async fn serve(
     };
     let service = ObjectService::new(catalog, cluster.clone(), geometry);
     tokio::spawn(expire_uploads(service.clone(), args.abandoned_upload_age));
+    tokio::spawn(store::repair::run(
+        service.clone(),
+        store::repair::RepairConfig {
+            after: args.repair_after,
+            every: (args.repair_after / 2).clamp(Duration::from_secs(1), Duration::from_secs(30)),
+        },
+    ));
+    tokio::spawn(store::gc::run(
+        service.clone(),
+        args.gc_grace,
+        (args.gc_grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(600)),
+    ));
     tokio::spawn(store::stats::publish_forever(
         service.clone(),
         Duration::from_secs(10),

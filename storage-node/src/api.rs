@@ -14,7 +14,10 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use cairn_common::auth::{ClusterKey, AUTH_HEADER, DATE_HEADER};
 use cairn_common::ids::ObjectId;
-use cairn_common::protocol::{NodeInfo, ObjectList, PROTOCOL_VERSION};
+use cairn_common::protocol::{
+    self, Inventory, ManifestList, NodeInfo, ObjectList, MAX_MANIFEST_LEN, MAX_REPORTED_BAD,
+    PROTOCOL_VERSION,
+};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::error::NodeError;
@@ -49,7 +52,10 @@ pub fn router(state: AppState) -> Router {
             get(get_header),
         )
         .route("/v1/objects/{object}", delete(delete_object))
+        .route("/v1/objects/{object}/manifest", put(put_manifest))
         .route("/v1/objects", get(list_objects))
+        .route(protocol::MANIFESTS_PATH, get(list_manifests))
+        .route(protocol::INVENTORY_PATH, get(inventory))
         .route("/v1/info", get(info))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(DefaultBodyLimit::disable());
@@ -212,6 +218,7 @@ async fn delete_shard(
         .await
         .map_err(|e| NodeError::Internal(format!("delete task: {e}")))??;
     m::shards(state.store.shard_count());
+    state.scrub.forget(&addr);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -238,6 +245,38 @@ async fn list_objects(State(state): State<AppState>) -> Result<Json<ObjectList>,
     Ok(Json(ObjectList { objects }))
 }
 
+async fn put_manifest(
+    State(state): State<AppState>,
+    Path(object): Path<String>,
+    body: Body,
+) -> Result<StatusCode, NodeError> {
+    let object = parse_object(&object)?;
+    let bytes = axum::body::to_bytes(body, MAX_MANIFEST_LEN)
+        .await
+        .map_err(|e| NodeError::BadRequest(format!("manifest body: {e}")))?;
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || store.put_manifest(&object, &bytes))
+        .await
+        .map_err(|e| NodeError::Internal(format!("manifest task: {e}")))??;
+    Ok(StatusCode::CREATED)
+}
+
+async fn list_manifests(State(state): State<AppState>) -> Result<Json<ManifestList>, NodeError> {
+    let store = state.store.clone();
+    let manifests = tokio::task::spawn_blocking(move || store.list_manifests())
+        .await
+        .map_err(|e| NodeError::Internal(format!("list task: {e}")))??;
+    Ok(Json(ManifestList { manifests }))
+}
+
+async fn inventory(State(state): State<AppState>) -> Result<Json<Inventory>, NodeError> {
+    let store = state.store.clone();
+    let inventory = tokio::task::spawn_blocking(move || store.inventory())
+        .await
+        .map_err(|e| NodeError::Internal(format!("inventory task: {e}")))??;
+    Ok(Json(inventory))
+}
+
 async fn info(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
@@ -255,6 +294,12 @@ async fn info(
         free_bytes: space.free,
         shards: state.store.shard_count(),
         proof: state.key.prove(challenge),
+        bad_shards: state
+            .scrub
+            .bad_shards()
+            .into_iter()
+            .take(MAX_REPORTED_BAD)
+            .collect(),
     }))
 }
 

@@ -4,6 +4,7 @@
 //! DATA/node_id                                   this node's id (hex), written once
 //! DATA/tmp/                                      writes in progress (emptied at startup)
 //! DATA/shards/<oid[0..2]>/<oid>/<segment>.<index>  one shard file each
+//! DATA/shards/<oid[0..2]>/<oid>/manifest          the committed object's manifest (JSON)
 //! ```
 //!
 //! A shard appears under `shards/` only by an atomic rename of a complete, fsynced temp
@@ -18,21 +19,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use cairn_common::ids::{NodeId, ObjectId};
+use cairn_common::protocol::{Inventory, InventoryEntry, StoredManifest};
 
 const NODE_ID_FILE: &str = "node_id";
 const TMP_DIR: &str = "tmp";
 const SHARDS_DIR: &str = "shards";
+const MANIFEST_FILE: &str = "manifest";
 
 /// Identity of one shard: which object version, segment and index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ShardAddr {
-    /// Object version.
-    pub object: ObjectId,
-    /// Segment (0 for a single PUT, part number for multipart).
-    pub segment: u32,
-    /// Shard index within the stripe geometry.
-    pub index: u8,
-}
+pub use cairn_common::protocol::ShardRef as ShardAddr;
 
 /// Capacity and free space of the data filesystem, in bytes.
 #[derive(Clone, Copy, Debug)]
@@ -186,7 +181,10 @@ impl Store {
     pub fn delete_object(&self, object: &ObjectId) -> io::Result<u64> {
         let dir = self.object_dir(object);
         let removed = match fs::read_dir(&dir) {
-            Ok(entries) => entries.filter(|e| e.is_ok()).count() as u64,
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .filter(|e| parse_shard_name(&e.file_name()).is_some())
+                .count() as u64,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(e),
         };
@@ -230,12 +228,7 @@ impl Store {
         let mut out = Vec::new();
         for object in self.list_objects()? {
             for entry in read_dir_or_empty(&self.object_dir(&object))? {
-                let name = entry.file_name();
-                let parsed = name.to_str().and_then(|n| {
-                    let (seg, idx) = n.split_once('.')?;
-                    Some((seg.parse().ok()?, idx.parse().ok()?))
-                });
-                if let Some((segment, index)) = parsed {
+                if let Some((segment, index)) = parse_shard_name(&entry.file_name()) {
                     out.push(ShardAddr {
                         object,
                         segment,
@@ -253,16 +246,91 @@ impl Store {
         let mut n = 0;
         for prefix in read_dir_or_empty(&self.shards_dir())? {
             for object in read_dir_or_empty(&prefix.path())? {
-                n += read_dir_or_empty(&object.path())?.len() as u64;
+                n += read_dir_or_empty(&object.path())?
+                    .iter()
+                    .filter(|e| parse_shard_name(&e.file_name()).is_some())
+                    .count() as u64;
             }
         }
         Ok(n)
+    }
+
+    /// Every shard with its file size and seconds since it was written, and every
+    /// manifest with its age.
+    pub fn inventory(&self) -> io::Result<Inventory> {
+        let now = std::time::SystemTime::now();
+        let age = |meta: &fs::Metadata| {
+            meta.modified()
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        };
+        let mut out = Inventory::default();
+        for shard in self.list_shards()? {
+            match fs::metadata(self.shard_path(&shard)) {
+                Ok(meta) => out.shards.push(InventoryEntry {
+                    shard,
+                    len: meta.len(),
+                    age_secs: age(&meta),
+                }),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {} // deleted meanwhile
+                Err(e) => return Err(e),
+            }
+        }
+        for object in self.list_objects()? {
+            match fs::metadata(self.object_dir(&object).join(MANIFEST_FILE)) {
+                Ok(meta) => out.manifests.push((object, age(&meta))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores an object's manifest durably (temp file, fsync, rename, directory fsync),
+    /// replacing any previous one.
+    pub fn put_manifest(&self, object: &ObjectId, manifest: &[u8]) -> io::Result<()> {
+        let tmp = self.root.join(TMP_DIR).join(format!(
+            "{object}.manifest.{}",
+            hex::encode(rand::random::<[u8; 8]>())
+        ));
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        f.write_all(manifest)?;
+        f.sync_all()?;
+        drop(f);
+        let dir = self.object_dir(object);
+        self.ensure_object_dir(&dir)?;
+        fs::rename(&tmp, dir.join(MANIFEST_FILE))?;
+        sync_dir(&dir)
+    }
+
+    /// Every stored manifest.
+    pub fn list_manifests(&self) -> io::Result<Vec<StoredManifest>> {
+        let mut out = Vec::new();
+        for object in self.list_objects()? {
+            match fs::read(self.object_dir(&object).join(MANIFEST_FILE)) {
+                Ok(bytes) => match String::from_utf8(bytes) {
+                    Ok(manifest) => out.push(StoredManifest { object, manifest }),
+                    Err(_) => tracing::warn!(%object, "manifest is not UTF-8; skipped"),
+                },
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     /// Capacity and free bytes of the filesystem holding the data dir.
     pub fn disk_space(&self) -> io::Result<DiskSpace> {
         statvfs(&self.root)
     }
+}
+
+/// `(segment, index)` of a shard file name `<segment>.<index>`; None for other files.
+fn parse_shard_name(name: &std::ffi::OsStr) -> Option<(u32, u8)> {
+    let (seg, idx) = name.to_str()?.split_once('.')?;
+    Some((seg.parse().ok()?, idx.parse().ok()?))
 }
 
 fn read_dir_or_empty(dir: &Path) -> io::Result<Vec<fs::DirEntry>> {

@@ -69,6 +69,22 @@ pub struct ObjectRecord {
     pub segments: Vec<SegmentRecord>,
 }
 
+/// What the gateway stores on nodes beside a committed object's shards, so the catalog
+/// can be rebuilt from the nodes alone ([`super::rebuild`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Bucket.
+    pub bucket: String,
+    /// Key.
+    pub key: String,
+    /// The record as committed (segment node lists may be outdated; the nodes' shard
+    /// inventories say where shards really are).
+    pub record: ObjectRecord,
+    /// When this manifest was written, unix milliseconds: repair rewrites it, and the
+    /// newest manifest of a version wins.
+    pub written_ms: i64,
+}
+
 /// A multipart upload in progress.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UploadRecord {
@@ -478,17 +494,70 @@ impl Catalog {
         Ok(parts)
     }
 
-    /// Every committed object with its bucket.
+    /// Every committed object with its bucket and key.
     pub fn scan_all_objects(
         &self,
-    ) -> impl Iterator<Item = Result<(String, ObjectRecord), StoreError>> + '_ {
+    ) -> impl Iterator<Item = Result<(String, String, ObjectRecord), StoreError>> + '_ {
         self.objects.iter().map(|item| {
             let (k, v) = item?;
-            let bucket = k.split(|b| *b == 0).next().unwrap_or_default();
+            let (bucket, key) = match k.iter().position(|b| *b == 0) {
+                Some(i) => (&k[..i], &k[i + 1..]),
+                None => (&k[..], &[][..]),
+            };
             Ok((
                 String::from_utf8_lossy(bucket).into_owned(),
+                String::from_utf8_lossy(key).into_owned(),
                 serde_json::from_slice(&v)?,
             ))
         })
+    }
+
+    /// Replaces segment `index` of version `id` of `bucket/key`, if the key still holds
+    /// that version with segment `old` there (repair racing an overwrite loses). Returns
+    /// the updated record, or None when the record moved on.
+    pub async fn replace_segment(
+        &self,
+        bucket: &str,
+        key: &str,
+        id: &ObjectId,
+        index: usize,
+        old: &SegmentRecord,
+        new: &SegmentRecord,
+    ) -> Result<Option<ObjectRecord>, StoreError> {
+        let okey = object_key(bucket, key);
+        loop {
+            let Some(current) = self.objects.get(&okey)? else {
+                return Ok(None);
+            };
+            let mut rec: ObjectRecord = serde_json::from_slice(&current)?;
+            if rec.id != *id || rec.segments.get(index) != Some(old) {
+                return Ok(None);
+            }
+            rec.segments[index] = new.clone();
+            let value = serde_json::to_vec(&rec)?;
+            if self
+                .objects
+                .compare_and_swap(&okey, Some(current), Some(value))?
+                .is_ok()
+            {
+                self.flush().await?;
+                return Ok(Some(rec));
+            }
+        }
+    }
+
+    /// Every multipart upload in progress with its parts.
+    pub fn uploads_with_parts(&self) -> Result<Vec<(ObjectId, Vec<PartRecord>)>, StoreError> {
+        let mut out = Vec::new();
+        for (id, _) in self.uploads()? {
+            let parts = self.parts(&id)?.into_iter().map(|(_, p)| p).collect();
+            out.push((id, parts));
+        }
+        Ok(out)
+    }
+
+    /// Whether the catalog holds no bucket and no object.
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty() && self.objects.is_empty()
     }
 }

@@ -4,12 +4,12 @@
 //! that the node holds the cluster secret). A heartbeat probes every known address; a node
 //! that fails a probe or a transfer is marked down until a probe succeeds again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use cairn_common::ids::NodeId;
-use cairn_common::protocol::NodeInfo;
+use cairn_common::protocol::{NodeInfo, ShardRef};
 
 use super::node_client::NodeClient;
 
@@ -26,6 +26,11 @@ pub struct NodeState {
     pub last_seen: Option<Instant>,
     /// Last reported info.
     pub info: Option<NodeInfo>,
+    /// When the node was last seen going down (None while up).
+    pub down_since: Option<Instant>,
+    /// Its address now answers with another id: the disk was replaced or the node moved.
+    /// Its shards count as lost until it shows up again.
+    pub replaced: bool,
 }
 
 /// Live view of the cluster.
@@ -35,11 +40,14 @@ pub struct Cluster {
     client: NodeClient,
 }
 
-#[derive(Default)]
 struct Inner {
     /// Addresses to probe (static `--nodes`, and later discovered ones).
     addrs: Vec<String>,
     nodes: HashMap<NodeId, NodeState>,
+    /// Shards a read found corrupt, kept until repair rewrites them.
+    suspects: HashSet<ShardRef>,
+    /// When this gateway started: nodes never seen since count as down from then.
+    started: Instant,
 }
 
 impl Cluster {
@@ -48,6 +56,8 @@ impl Cluster {
         let inner = Inner {
             addrs,
             nodes: HashMap::new(),
+            suspects: HashSet::new(),
+            started: Instant::now(),
         };
         Self {
             inner: Arc::new(RwLock::new(inner)),
@@ -95,8 +105,11 @@ impl Cluster {
                     // answering with a new id belongs to the new node.
                     for n in g.nodes.values_mut() {
                         if n.addr == addr && n.id != info.node_id {
+                            tracing::warn!(node = %n.id, new_node = %info.node_id, %addr, "address now answers with another node id: old node replaced");
                             n.up = false;
                             n.addr = String::new();
+                            n.replaced = true;
+                            n.down_since.get_or_insert_with(Instant::now);
                         }
                     }
                     let st = g.nodes.entry(info.node_id).or_insert_with(|| NodeState {
@@ -105,12 +118,16 @@ impl Cluster {
                         up: false,
                         last_seen: None,
                         info: None,
+                        down_since: None,
+                        replaced: false,
                     });
                     if !st.up {
                         tracing::info!(node = %info.node_id, %addr, "storage node up");
                     }
                     st.addr = addr;
                     st.up = true;
+                    st.down_since = None;
+                    st.replaced = false;
                     st.last_seen = Some(Instant::now());
                     st.info = Some(info);
                 }
@@ -119,6 +136,7 @@ impl Cluster {
                         if n.addr == addr && n.up {
                             tracing::warn!(node = %n.id, %addr, error = %e, "storage node down");
                             n.up = false;
+                            n.down_since = Some(Instant::now());
                         }
                     }
                 }
@@ -179,9 +197,46 @@ impl Cluster {
             if n.up {
                 tracing::warn!(node = %id, addr = %n.addr, "storage node marked down after a failed transfer");
                 n.up = false;
+                n.down_since = Some(Instant::now());
                 metrics::gauge!("cairn_node_up", "node" => id.to_string()).set(0.0);
             }
         }
+    }
+
+    /// Whether a node's shards should be rebuilt elsewhere: it has been down for at least
+    /// `after`, or its address now belongs to another node. A node this gateway has never
+    /// seen counts as down since the gateway started.
+    pub fn is_lost(&self, id: &NodeId, after: Duration) -> bool {
+        let g = self.read();
+        match g.nodes.get(id) {
+            Some(n) if n.up => false,
+            Some(n) => n.replaced || n.down_since.is_none_or(|t| t.elapsed() >= after),
+            None => g.started.elapsed() >= after,
+        }
+    }
+
+    /// Records a shard that failed its checksum on a read, for repair.
+    pub fn report_corrupt(&self, shard: ShardRef) {
+        self.write().suspects.insert(shard);
+    }
+
+    /// Shards known corrupt: found by reads, or reported by the nodes' scrubs.
+    pub fn corrupt_shards(&self) -> HashSet<ShardRef> {
+        let g = self.read();
+        let mut all = g.suspects.clone();
+        for n in g.nodes.values().filter(|n| n.up) {
+            if let Some(info) = &n.info {
+                all.extend(info.bad_shards.iter().copied());
+            }
+        }
+        all
+    }
+
+    /// Forgets read-found suspects of a segment that was rewritten.
+    pub fn clear_corrupt(&self, object: &cairn_common::ids::ObjectId, segment: u32) {
+        self.write()
+            .suspects
+            .retain(|s| !(s.object == *object && s.segment == segment));
     }
 
     /// Snapshot of all nodes.

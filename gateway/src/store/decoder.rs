@@ -9,12 +9,14 @@
 use bytes::{Bytes, BytesMut};
 use cairn_common::erasure::Codec;
 use cairn_common::ids::ObjectId;
+use cairn_common::protocol::{ShardRef, ERR_CORRUPT_BLOCK};
 use cairn_common::shard::{verify_block, Layout, CRC_LEN};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::catalog::SegmentRecord;
 use super::cluster::Cluster;
+use super::node_client::NodeCallError;
 use super::StoreError;
 
 /// Verified blocks read ahead per shard.
@@ -33,6 +35,11 @@ async fn open_shard(
     last: u64,
 ) -> Result<BlockRx, String> {
     let node = seg.nodes.get(index).ok_or("shard index out of range")?;
+    let shard = ShardRef {
+        object,
+        segment: seg.segment,
+        index: index as u8,
+    };
     let addr = cluster
         .addr_if_up(node)
         .ok_or_else(|| format!("node {node} is down"))?;
@@ -51,8 +58,16 @@ async fn open_shard(
         Ok(s) => s,
         // Not a reason to mark the node down: a node aborts a read on a corrupt block
         // too. The heartbeat decides who is up.
-        Err(e) => return Err(format!("node {node}: {e}")),
+        Err(e) => {
+            if let NodeCallError::Refused { kind, .. } = &e {
+                if kind == ERR_CORRUPT_BLOCK {
+                    cluster.report_corrupt(shard);
+                }
+            }
+            return Err(format!("node {node}: {e}"));
+        }
     };
+    let cluster = cluster.clone();
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -78,6 +93,7 @@ async fn open_shard(
                 Ok(_) => stored.slice(..want - CRC_LEN),
                 Err(e) => {
                     metrics::counter!("cairn_checksum_failures_total").increment(1);
+                    cluster.report_corrupt(shard);
                     let _ = tx.send(Err(e.to_string())).await;
                     return;
                 }

@@ -4,13 +4,18 @@
 //! uses [`catalog`] (sled: buckets and object records), [`encoder`] (body → stripes →
 //! shard streams), [`decoder`] (shard streams → verified, reconstructed bytes),
 //! [`cluster`] (which nodes are live) and [`node_client`] (the node protocol).
+//! Background work keeps the stored data healthy: [`repair`] (back to full redundancy),
+//! [`gc`] (orphan shards) and [`rebuild`] (a lost catalog, from the nodes).
 
 pub mod catalog;
 pub mod cluster;
 pub mod decoder;
 pub mod discovery;
 pub mod encoder;
+pub mod gc;
 pub mod node_client;
+pub mod rebuild;
+pub mod repair;
 pub mod service;
 pub mod stats;
 

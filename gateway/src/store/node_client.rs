@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cairn_common::auth::{ClusterKey, AUTH_HEADER, DATE_HEADER};
 use cairn_common::ids::ObjectId;
-use cairn_common::protocol::{self, NodeInfo, ERROR_HEADER};
+use cairn_common::protocol::{self, Inventory, ManifestList, NodeInfo, ERROR_HEADER};
 use futures::Stream;
 
 /// Talks to storage nodes, signing every request with the cluster key.
@@ -151,6 +151,48 @@ impl NodeClient {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Stores an object's manifest on a node (durably).
+    pub async fn put_manifest(
+        &self,
+        addr: &str,
+        object: &ObjectId,
+        manifest: Bytes,
+    ) -> Result<(), NodeCallError> {
+        let path = protocol::manifest_path(object);
+        Self::check(
+            self.request(reqwest::Method::PUT, addr, &path)
+                .body(manifest)
+                .send()
+                .await,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Every manifest stored on a node.
+    pub async fn manifests(&self, addr: &str) -> Result<ManifestList, NodeCallError> {
+        self.get_json(addr, protocol::MANIFESTS_PATH).await
+    }
+
+    /// Every shard stored on a node, with sizes and ages.
+    pub async fn inventory(&self, addr: &str) -> Result<Inventory, NodeCallError> {
+        self.get_json(addr, protocol::INVENTORY_PATH).await
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+    ) -> Result<T, NodeCallError> {
+        let resp = Self::check(self.request(reqwest::Method::GET, addr, path).send().await).await?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| NodeCallError::Transport(e.to_string()))?;
+        serde_json::from_slice(&body)
+            .map_err(|e| NodeCallError::Transport(format!("bad answer to {path}: {e}")))
     }
 
     /// Deletes every shard of an object version on a node.

@@ -15,8 +15,8 @@ use futures::Stream;
 use tokio::sync::mpsc;
 
 use super::catalog::{
-    Catalog, CompletedRecord, ObjectMeta, ObjectRecord, PartRecord, SegmentRecord, UploadRecord,
-    WriteCondition,
+    Catalog, CompletedRecord, Manifest, ObjectMeta, ObjectRecord, PartRecord, SegmentRecord,
+    UploadRecord, WriteCondition,
 };
 use super::cluster::Cluster;
 use super::decoder;
@@ -190,7 +190,51 @@ impl ObjectService {
         if let Some(old) = old {
             self.delete_version_later(&old);
         }
+        self.publish_manifest(bucket, key, &rec).await?;
         Ok(rec)
+    }
+
+    /// Writes a committed record's [`Manifest`] beside its shards on the nodes holding its
+    /// first segment, so the catalog can be rebuilt from the nodes. At least `m+1` copies
+    /// must land (as many node losses as the data survives), else the write is not
+    /// acknowledged.
+    pub async fn publish_manifest(
+        &self,
+        bucket: &str,
+        key: &str,
+        rec: &ObjectRecord,
+    ) -> Result<(), StoreError> {
+        let manifest = Manifest {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            record: rec.clone(),
+            written_ms: now_ms(),
+        };
+        let body = Bytes::from(serde_json::to_vec(&manifest)?);
+        let (nodes, m) = match rec.segments.first() {
+            Some(seg) => (seg.nodes.clone(), seg.m as usize),
+            None => (self.cluster.live_nodes(), self.geometry.m as usize),
+        };
+        let writes = nodes.iter().filter_map(|n| {
+            let addr = self.cluster.addr_if_up(n)?;
+            let client = self.cluster.client().clone();
+            let body = body.clone();
+            Some(async move { client.put_manifest(&addr, &rec.id, body).await })
+        });
+        let results = futures::future::join_all(writes).await;
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        let need = (m + 1).min(nodes.len());
+        if ok < need {
+            let why = results
+                .into_iter()
+                .find_map(|r| r.err())
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "nodes down".into());
+            return Err(StoreError::Unavailable(format!(
+                "manifest stored on {ok} nodes, {need} needed: {why}"
+            )));
+        }
+        Ok(())
     }
 
     /// Drops a staged object that will not be committed.
@@ -274,6 +318,7 @@ impl ObjectService {
         for seg in unused {
             self.delete_segment_later(upload, seg);
         }
+        self.publish_manifest(&done.bucket, &done.key, &rec).await?;
         Ok(rec)
     }
 
@@ -306,7 +351,8 @@ impl ObjectService {
         Ok(n)
     }
 
-    fn delete_segment_later(&self, id: ObjectId, seg: SegmentRecord) {
+    /// Best-effort background delete of one segment's shards.
+    pub fn delete_segment_later(&self, id: ObjectId, seg: SegmentRecord) {
         let jobs = seg.nodes.iter().enumerate();
         let jobs = jobs.map(|(i, n)| {
             (

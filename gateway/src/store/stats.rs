@@ -25,7 +25,7 @@ pub fn publish(service: &ObjectService) -> Result<(), StoreError> {
     }
     let mut degraded = 0u64;
     for item in service.catalog.scan_all_objects() {
-        let (bucket, rec) = item?;
+        let (bucket, _, rec) = item?;
         let st = per_bucket.entry(bucket).or_default();
         st.objects += 1;
         st.logical += rec.size;
