@@ -38,6 +38,7 @@ pub struct NodeState {
 pub struct Cluster {
     inner: Arc<RwLock<Inner>>,
     client: NodeClient,
+    repair_wanted: Arc<tokio::sync::Notify>,
 }
 
 struct Inner {
@@ -62,6 +63,7 @@ impl Cluster {
         Self {
             inner: Arc::new(RwLock::new(inner)),
             client,
+            repair_wanted: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -104,7 +106,8 @@ impl Cluster {
                     // A node id seen at a new address moves there; an address now
                     // answering with a new id belongs to the new node.
                     for n in g.nodes.values_mut() {
-                        if n.addr == addr && n.id != info.node_id {
+                        if n.addr == addr && n.id != info.node_id && !n.replaced {
+                            self.repair_wanted.notify_one();
                             tracing::warn!(node = %n.id, new_node = %info.node_id, %addr, "address now answers with another node id: old node replaced");
                             n.up = false;
                             n.addr = String::new();
@@ -129,6 +132,13 @@ impl Cluster {
                     st.down_since = None;
                     st.replaced = false;
                     st.last_seen = Some(Instant::now());
+                    let newly_bad = info
+                        .bad_shards
+                        .iter()
+                        .any(|b| !st.info.as_ref().is_some_and(|i| i.bad_shards.contains(b)));
+                    if newly_bad {
+                        self.repair_wanted.notify_one();
+                    }
                     st.info = Some(info);
                 }
                 Err(e) => {
@@ -217,7 +227,15 @@ impl Cluster {
 
     /// Records a shard that failed its checksum on a read, for repair.
     pub fn report_corrupt(&self, shard: ShardRef) {
-        self.write().suspects.insert(shard);
+        if self.write().suspects.insert(shard) {
+            self.repair_wanted.notify_one();
+        }
+    }
+
+    /// Completes when something asks for a repair pass now (a node replaced, a corrupt
+    /// shard found) rather than at the next periodic pass.
+    pub async fn repair_wanted(&self) {
+        self.repair_wanted.notified().await
     }
 
     /// Shards known corrupt: found by reads, or reported by the nodes' scrubs.

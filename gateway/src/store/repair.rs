@@ -60,7 +60,10 @@ pub async fn run(service: ObjectService, cfg: RepairConfig) {
     let mut tick = tokio::time::interval(cfg.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = service.cluster.repair_wanted() => {}
+        }
         match pass(&service, cfg.after).await {
             Ok(r) if r.queued > 0 => {
                 tracing::info!(
