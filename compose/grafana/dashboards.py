@@ -386,10 +386,18 @@ def overview() -> dict:
             q(f"sum(rate(cairn_checksum_failures_total[{RATE}]))", "checksum failures (gateway)"),
             q(f"sum(rate(cairn_node_checksum_failures_total[{RATE}]))", "checksum failures (nodes)"),
         ], unit="ops", description="Reads rebuilt from parity, writes with a narrower geometry, and blocks that failed their crc32c."),
-        # Background repair is not built yet; its queue and throughput come with it.
-        timeseries("Redundancy", [
+        timeseries("Redundancy and repair", [
             q("cairn_objects_degraded", "objects below full redundancy"),
-        ], description="Objects below full redundancy."),
+            q("cairn_repair_queue_segments", "segments waiting for repair"),
+            q(f"sum by (result) (increase(cairn_repair_segments_total[{RATE}]))", "segments repaired ({{result}})"),
+        ], description="Objects with a shard on an unreachable node, the repair queue, and segments re-striped by repair."),
+        timeseries("Repair and garbage collection traffic", [
+            q(f"rate(cairn_repair_bytes_total[{RATE}])", "repaired bytes/s"),
+        ], unit="Bps", w=8, description="Bytes re-striped by repair onto healthy nodes."),
+        timeseries("Orphans collected", [
+            q(f"increase(cairn_gc_shards_deleted_total[{RATE}])", "stale shards"),
+            q(f"increase(cairn_gc_objects_deleted_total[{RATE}])", "orphan object versions"),
+        ], w=4, description="Shards no object refers to (crashed uploads, deletes a node missed, stale copies), deleted after the grace period."),
         row("Buckets"),
         table("Buckets", [
             q("cairn_bucket_objects", "objects"),

@@ -46,10 +46,20 @@ fn register_at_zero() {
         "cairn_degraded_writes_total",
         "cairn_checksum_failures_total",
         "cairn_stripes_encoded_total",
+        "cairn_repair_bytes_total",
+        "cairn_gc_shards_deleted_total",
+        "cairn_gc_objects_deleted_total",
     ] {
         metrics::counter!(name).increment(0);
     }
-    for name in ["cairn_multipart_uploads_open", "cairn_objects_degraded"] {
+    for result in ["ok", "skipped", "failed"] {
+        metrics::counter!("cairn_repair_segments_total", "result" => result).increment(0);
+    }
+    for name in [
+        "cairn_multipart_uploads_open",
+        "cairn_objects_degraded",
+        "cairn_repair_queue_segments",
+    ] {
         metrics::gauge!(name).increment(0.0);
     }
 }

@@ -59,6 +59,11 @@ CATALOG: dict[str, Metric] = {
     "cairn_bucket_objects": Metric(GATEWAY, "gauge", BUCKET),
     "cairn_bucket_logical_bytes": Metric(GATEWAY, "gauge", BUCKET),
     "cairn_bucket_stored_bytes": Metric(GATEWAY, "gauge", BUCKET),
+    "cairn_repair_queue_segments": Metric(GATEWAY, "gauge"),
+    "cairn_repair_segments_total": Metric(GATEWAY, "counter"),  # {result}: all registered at zero
+    "cairn_repair_bytes_total": Metric(GATEWAY, "counter"),
+    "cairn_gc_shards_deleted_total": Metric(GATEWAY, "counter"),
+    "cairn_gc_objects_deleted_total": Metric(GATEWAY, "counter"),
     # storage nodes
     "cairn_node_shard_writes_total": Metric(NODE, "counter", SHARD_PUT),
     "cairn_node_shard_reads_total": Metric(NODE, "counter", SHARD_READ),
