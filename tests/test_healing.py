@@ -317,3 +317,23 @@ def test_catalog_rebuilt_from_nodes_after_meta_is_lost(cluster_factory):
     # The rebuilt catalog is a working one: writes, overwrites and repair go on.
     s3.put_object(Bucket="one", Key="after", Body=b"new")
     assert s3.get_object(Bucket="one", Key="after")["Body"].read() == b"new"
+
+
+def test_parts_of_an_upload_in_progress_are_repaired(cluster_factory):
+    c = cluster_factory(gateway_args=["--repair-after", "2s"])
+    s3 = c.client(retries=None)
+    s3.create_bucket(Bucket="bkt")
+    up = s3.create_multipart_upload(Bucket="bkt", Key="ckpt")
+    chunks = [os.urandom(5 * MiB), os.urandom(MiB + 7)]
+    etags = [
+        s3.upload_part(Bucket="bkt", Key="ckpt", UploadId=up["UploadId"], PartNumber=n + 1, Body=b)["ETag"]
+        for n, b in enumerate(chunks)
+    ]
+    c.nodes[2].kill()
+    wait_repaired(c, len(chunks))
+    s3.complete_multipart_upload(
+        Bucket="bkt", Key="ckpt", UploadId=up["UploadId"],
+        MultipartUpload={"Parts": [{"PartNumber": n + 1, "ETag": e} for n, e in enumerate(etags)]},
+    )
+    c.nodes[0].kill()
+    check_all(s3, "bkt", {"ckpt": b"".join(chunks)}, why="parts repaired before completion, then a second loss")

@@ -246,6 +246,8 @@ pub async fn complete(ctx: &Ctx, bucket: &str, key: &str, body: Body) -> Result<
     let Some(rec) = service.catalog.upload(&id)? else {
         if let Some(done) = service.catalog.completed(&id)? {
             if done.bucket == bucket && done.key == key {
+                // The first attempt may have committed but failed to store the manifest.
+                service.republish_manifest(bucket, key, &id).await?;
                 return Ok(complete_response(bucket, key, &done));
             }
         }

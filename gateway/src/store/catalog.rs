@@ -438,11 +438,24 @@ impl Catalog {
                 if let Err(e) = cond.check(parsed.as_ref()) {
                     return sled::transaction::abort(e);
                 }
+                // Every chosen segment must still be a part's current one: repair may
+                // have re-striped a part (and will delete its old shards) meanwhile.
+                // (Segment numbers are never reused, so they identify a part attempt.)
+                let mut current = std::collections::HashSet::with_capacity(part_keys.len());
+                for k in &part_keys {
+                    if let Some(v) = parts.remove(k)? {
+                        if let Ok(p) = serde_json::from_slice::<PartRecord>(&v) {
+                            current.insert(p.segment.segment);
+                        }
+                    }
+                }
+                if !rec.segments.iter().all(|s| current.contains(&s.segment)) {
+                    return sled::transaction::abort(StoreError::Unavailable(
+                        "a part was repaired during completion; retry".into(),
+                    ));
+                }
                 let old = objects.insert(okey.as_slice(), value.as_slice())?;
                 uploads.remove(&upload.0)?;
-                for k in &part_keys {
-                    parts.remove(k)?;
-                }
                 completed.insert(&upload.0, done_value.as_slice())?;
                 Ok(old)
             })
@@ -542,6 +555,37 @@ impl Catalog {
             {
                 self.flush().await?;
                 return Ok(Some(rec));
+            }
+        }
+    }
+
+    /// Replaces the segment of part `number` of an upload if it is still `old`; returns
+    /// whether it did (a re-uploaded part, a completion or an abort wins over repair).
+    pub async fn replace_part_segment(
+        &self,
+        upload: &ObjectId,
+        number: u32,
+        old: &SegmentRecord,
+        new: &SegmentRecord,
+    ) -> Result<bool, StoreError> {
+        let pkey = part_key(upload, number);
+        loop {
+            let Some(current) = self.parts.get(&pkey)? else {
+                return Ok(false);
+            };
+            let mut part: PartRecord = serde_json::from_slice(&current)?;
+            if part.segment != *old {
+                return Ok(false);
+            }
+            part.segment = new.clone();
+            let value = serde_json::to_vec(&part)?;
+            if self
+                .parts
+                .compare_and_swap(&pkey, Some(current), Some(value))?
+                .is_ok()
+            {
+                self.flush().await?;
+                return Ok(true);
             }
         }
     }

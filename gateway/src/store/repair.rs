@@ -18,7 +18,7 @@ use cairn_common::ids::ObjectId;
 use cairn_common::protocol::ShardRef;
 use futures::StreamExt;
 
-use super::catalog::SegmentRecord;
+use super::catalog::{ObjectRecord, SegmentRecord};
 use super::service::ObjectService;
 use super::{BodyError, StoreError};
 
@@ -31,13 +31,22 @@ pub struct RepairConfig {
     pub every: Duration,
 }
 
+/// Where a segment to repair is recorded.
+#[derive(Clone, Debug)]
+enum Owner {
+    /// Segment `index` of a committed object.
+    Object { index: usize },
+    /// Part `number` of a multipart upload in progress (the object id is the upload id).
+    Part { number: u32 },
+}
+
 /// One segment to repair.
 #[derive(Clone, Debug)]
 struct Job {
     bucket: String,
     key: String,
     id: ObjectId,
-    index: usize,
+    owner: Owner,
     segment: SegmentRecord,
     why: &'static str,
 }
@@ -114,30 +123,50 @@ pub async fn pass(service: &ObjectService, after: Duration) -> Result<PassReport
     Ok(report)
 }
 
-/// Segments with a shard on a lost node or a corrupt shard.
+/// Segments (of objects and of uploads in progress) with a shard on a lost node or a
+/// corrupt shard.
 fn scan(service: &ObjectService, after: Duration) -> Result<Vec<Job>, StoreError> {
     let cluster = &service.cluster;
     let corrupt = cluster.corrupt_shards();
+    let why = |id: ObjectId, seg: &SegmentRecord| {
+        if seg.nodes.iter().any(|n| cluster.is_lost(n, after)) {
+            return Some("node lost");
+        }
+        let bad = (0..seg.nodes.len()).any(|i| {
+            corrupt.contains(&ShardRef {
+                object: id,
+                segment: seg.segment,
+                index: i as u8,
+            })
+        });
+        bad.then_some("corrupt shard")
+    };
     let mut jobs = Vec::new();
     for item in service.catalog.scan_all_objects() {
         let (bucket, key, rec) = item?;
         for (index, seg) in rec.segments.iter().enumerate() {
-            let lost = seg.nodes.iter().any(|n| cluster.is_lost(n, after));
-            let bad = (0..seg.nodes.len()).any(|i| {
-                corrupt.contains(&ShardRef {
-                    object: rec.id,
-                    segment: seg.segment,
-                    index: i as u8,
-                })
-            });
-            if lost || bad {
+            if let Some(why) = why(rec.id, seg) {
                 jobs.push(Job {
                     bucket: bucket.clone(),
                     key: key.clone(),
                     id: rec.id,
-                    index,
+                    owner: Owner::Object { index },
                     segment: seg.clone(),
-                    why: if lost { "node lost" } else { "corrupt shard" },
+                    why,
+                });
+            }
+        }
+    }
+    for (upload, rec) in service.catalog.uploads()? {
+        for (number, part) in service.catalog.parts(&upload)? {
+            if let Some(why) = why(upload, &part.segment) {
+                jobs.push(Job {
+                    bucket: rec.bucket.clone(),
+                    key: rec.key.clone(),
+                    id: upload,
+                    owner: Owner::Part { number },
+                    segment: part.segment,
+                    why,
                 });
             }
         }
@@ -145,15 +174,39 @@ fn scan(service: &ObjectService, after: Duration) -> Result<Vec<Job>, StoreError
     Ok(jobs)
 }
 
-/// Re-stripes one segment; Ok(false) when the object changed and nothing was needed.
+/// Re-stripes one segment; Ok(false) when its object or part changed and nothing was
+/// needed.
 async fn repair(service: &ObjectService, job: &Job) -> Result<bool, StoreError> {
-    let Some(rec) = service.catalog.object(&job.bucket, &job.key)? else {
-        return Ok(false);
+    // The bytes of the segment, read through the decoder.
+    let (rec, start) = match job.owner {
+        Owner::Object { index } => {
+            let Some(rec) = service.catalog.object(&job.bucket, &job.key)? else {
+                return Ok(false);
+            };
+            if rec.id != job.id || rec.segments.get(index) != Some(&job.segment) {
+                return Ok(false);
+            }
+            let start: u64 = rec.segments[..index].iter().map(|s| s.len).sum();
+            (rec, start)
+        }
+        Owner::Part { number } => {
+            let current = service.catalog.parts(&job.id)?;
+            if !current
+                .iter()
+                .any(|(n, p)| *n == number && p.segment == job.segment)
+            {
+                return Ok(false);
+            }
+            let rec = ObjectRecord {
+                id: job.id,
+                size: job.segment.len,
+                modified_ms: 0,
+                meta: Default::default(),
+                segments: vec![job.segment.clone()],
+            };
+            (rec, 0)
+        }
     };
-    if rec.id != job.id || rec.segments.get(job.index) != Some(&job.segment) {
-        return Ok(false);
-    }
-    let start: u64 = rec.segments[..job.index].iter().map(|s| s.len).sum();
     let data = service.read(&rec, start, start + job.segment.len);
     let mut body = Box::pin(data.map(|r| r.map_err(|e| Box::new(e) as BodyError)))
         as std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes, BodyError>> + Send>>;
@@ -169,32 +222,34 @@ async fn repair(service: &ObjectService, job: &Job) -> Result<bool, StoreError> 
             true,
         )
         .await?;
-    match service
-        .catalog
-        .replace_segment(
-            &job.bucket,
-            &job.key,
-            &job.id,
-            job.index,
-            &job.segment,
-            &new,
-        )
-        .await?
-    {
-        Some(updated) => {
-            service.cluster.clear_corrupt(&job.id, job.segment.segment);
-            service.delete_segment_later(job.id, job.segment.clone());
-            if let Err(e) = service
-                .publish_manifest(&job.bucket, &job.key, &updated)
-                .await
-            {
-                tracing::warn!(object = %job.id, error = %e, "manifest rewrite after repair failed");
+    let swapped = match job.owner {
+        Owner::Object { index } => {
+            let updated = service
+                .catalog
+                .replace_segment(&job.bucket, &job.key, &job.id, index, &job.segment, &new)
+                .await?;
+            if let Some(updated) = &updated {
+                if let Err(e) = service
+                    .publish_manifest(&job.bucket, &job.key, updated)
+                    .await
+                {
+                    tracing::warn!(object = %job.id, error = %e, "manifest rewrite after repair failed");
+                }
             }
-            Ok(true)
+            updated.is_some()
         }
-        None => {
-            service.delete_segment_later(job.id, new);
-            Ok(false)
+        Owner::Part { number } => {
+            service
+                .catalog
+                .replace_part_segment(&job.id, number, &job.segment, &new)
+                .await?
         }
+    };
+    if swapped {
+        service.cluster.clear_corrupt(&job.id, job.segment.segment);
+        service.delete_segment_later(job.id, job.segment.clone());
+    } else {
+        service.delete_segment_later(job.id, new);
     }
+    Ok(swapped)
 }

@@ -194,6 +194,20 @@ impl ObjectService {
         Ok(rec)
     }
 
+    /// Stores the manifest of `bucket/key` again if version `id` is still current (a
+    /// retried request whose first attempt committed).
+    pub async fn republish_manifest(
+        &self,
+        bucket: &str,
+        key: &str,
+        id: &ObjectId,
+    ) -> Result<(), StoreError> {
+        match self.catalog.object(bucket, key)? {
+            Some(rec) if rec.id == *id => self.publish_manifest(bucket, key, &rec).await,
+            _ => Ok(()),
+        }
+    }
+
     /// Writes a committed record's [`Manifest`] beside its shards on the nodes holding its
     /// first segment, so the catalog can be rebuilt from the nodes. At least `m+1` copies
     /// must land (as many node losses as the data survives), else the write is not
