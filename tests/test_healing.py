@@ -224,11 +224,11 @@ def test_orphans_are_collected_and_nothing_live_is(cluster_factory):
     down.start()
     c.wait_gateway_sees_nodes(4)
     wait_for(
-        "orphans collected",
-        lambda: not any(s.path.exists() for s in stale),
+        "orphans collected and counted",
+        lambda: not any(s.path.exists() for s in stale)
+        and metric(c, "cairn_gc_objects_deleted_total") >= 1,
         timeout=60,
     )
-    assert metric(c, "cairn_gc_objects_deleted_total") >= 1
     # Live data untouched: every object reads back, and every live key still has all its shards.
     check_all(s3, "bkt", objs, why="after GC")
     # (one version of "overwritten" only: the one written 2+1 while node 3 was down)
@@ -273,8 +273,9 @@ def rebuild_catalog(c, meta, *extra):
 def test_catalog_rebuilt_from_nodes_after_meta_is_lost(cluster_factory):
     c = cluster_factory(gateway_args=["--repair-after", "2s"])
     s3 = c.client(retries=None)
-    for b in ("one", "two"):
+    for b in ("one", "two", "empty", "dropped"):
         s3.create_bucket(Bucket=b)
+    s3.delete_bucket(Bucket="dropped")
     objs = fill(s3, "one")
     objs["mp/a"] = multipart(s3, "one", "mp/a")
     s3.put_object(Bucket="one", Key="over", Body=b"first version")
@@ -306,7 +307,7 @@ def test_catalog_rebuilt_from_nodes_after_meta_is_lost(cluster_factory):
     c.gateway.start()
     c.nodes[1].start()
     c.wait_gateway_sees_nodes(4)
-    assert {b["Name"] for b in s3.list_buckets()["Buckets"]} == {"one", "two"}
+    assert {b["Name"] for b in s3.list_buckets()["Buckets"]} == {"one", "two", "empty"}
     check_all(s3, "one", objs, why="after rebuild")
     check_all(s3, "two", two, why="after rebuild")
     for k, h in heads.items():

@@ -11,7 +11,9 @@
 //! | `DELETE` | `/v1/objects/{object}` | remove every shard of an object version |
 //! | `GET` | `/v1/objects` | JSON list of the object ids with shards here ([`ObjectList`]) |
 //! | `PUT` | `/v1/objects/{object}/manifest` | store the committed object's manifest (opaque JSON from the gateway), durably |
-//! | `GET` | `/v1/manifests` | every stored manifest ([`ManifestList`]), to rebuild a lost catalog |
+//! | `GET` | `/v1/manifests` | every stored manifest and bucket marker ([`ManifestList`]), to rebuild a lost catalog |
+//! | `PUT` | `/v1/buckets/{name}` | store a bucket marker (opaque JSON from the gateway), durably |
+//! | `DELETE` | `/v1/buckets/{name}` | remove a bucket marker; 204 even if absent |
 //! | `GET` | `/v1/inventory` | every shard stored here with its size and age ([`Inventory`]) |
 //! | `GET` | `/v1/info?challenge=C` | [`NodeInfo`], including proof of the cluster secret |
 //! | `GET` | `/health` | unauthenticated liveness: `ok` |
@@ -93,6 +95,20 @@ pub fn manifest_path(object: &ObjectId) -> String {
     format!("/v1/objects/{object}/manifest")
 }
 
+/// Path of a bucket marker on a node.
+pub fn bucket_path(name: &str) -> String {
+    format!("/v1/buckets/{name}")
+}
+
+/// Whether `name` can be a bucket marker's file name (S3 bucket names always can).
+pub fn valid_marker_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+}
+
 /// Path listing every manifest on a node.
 pub const MANIFESTS_PATH: &str = "/v1/manifests";
 /// Path listing every shard on a node.
@@ -147,6 +163,9 @@ pub struct StoredManifest {
 pub struct ManifestList {
     /// Every manifest on the node.
     pub manifests: Vec<StoredManifest>,
+    /// Every bucket marker: name and the marker as the gateway wrote it (JSON text).
+    #[serde(default)]
+    pub buckets: Vec<(String, String)>,
 }
 
 /// What `GET /v1/info` returns.

@@ -55,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/objects/{object}/manifest", put(put_manifest))
         .route("/v1/objects", get(list_objects))
         .route(protocol::MANIFESTS_PATH, get(list_manifests))
+        .route("/v1/buckets/{name}", put(put_bucket).delete(delete_bucket))
         .route(protocol::INVENTORY_PATH, get(inventory))
         .route("/v1/info", get(info))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
@@ -263,10 +264,48 @@ async fn put_manifest(
 
 async fn list_manifests(State(state): State<AppState>) -> Result<Json<ManifestList>, NodeError> {
     let store = state.store.clone();
-    let manifests = tokio::task::spawn_blocking(move || store.list_manifests())
+    let (manifests, buckets) = tokio::task::spawn_blocking(move || {
+        Ok::<_, std::io::Error>((store.list_manifests()?, store.list_buckets()?))
+    })
+    .await
+    .map_err(|e| NodeError::Internal(format!("list task: {e}")))??;
+    Ok(Json(ManifestList { manifests, buckets }))
+}
+
+fn marker_name(name: &str) -> Result<String, NodeError> {
+    if protocol::valid_marker_name(name) {
+        Ok(name.to_string())
+    } else {
+        Err(NodeError::BadRequest(format!("bad bucket name {name:?}")))
+    }
+}
+
+async fn put_bucket(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<StatusCode, NodeError> {
+    let name = marker_name(&name)?;
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
         .await
-        .map_err(|e| NodeError::Internal(format!("list task: {e}")))??;
-    Ok(Json(ManifestList { manifests }))
+        .map_err(|e| NodeError::BadRequest(format!("bucket marker body: {e}")))?;
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || store.put_bucket(&name, &bytes))
+        .await
+        .map_err(|e| NodeError::Internal(format!("bucket task: {e}")))??;
+    Ok(StatusCode::CREATED)
+}
+
+async fn delete_bucket(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, NodeError> {
+    let name = marker_name(&name)?;
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || store.delete_bucket(&name))
+        .await
+        .map_err(|e| NodeError::Internal(format!("bucket task: {e}")))??;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn inventory(State(state): State<AppState>) -> Result<Json<Inventory>, NodeError> {

@@ -5,6 +5,7 @@
 //! DATA/tmp/                                      writes in progress (emptied at startup)
 //! DATA/shards/<oid[0..2]>/<oid>/<segment>.<index>  one shard file each
 //! DATA/shards/<oid[0..2]>/<oid>/manifest          the committed object's manifest (JSON)
+//! DATA/buckets/<name>                            a bucket marker (JSON), for catalog rebuilds
 //! ```
 //!
 //! A shard appears under `shards/` only by an atomic rename of a complete, fsynced temp
@@ -25,6 +26,7 @@ const NODE_ID_FILE: &str = "node_id";
 const TMP_DIR: &str = "tmp";
 const SHARDS_DIR: &str = "shards";
 const MANIFEST_FILE: &str = "manifest";
+const BUCKETS_DIR: &str = "buckets";
 
 /// Identity of one shard: which object version, segment and index.
 pub use cairn_common::protocol::ShardRef as ShardAddr;
@@ -303,6 +305,50 @@ impl Store {
         self.ensure_object_dir(&dir)?;
         fs::rename(&tmp, dir.join(MANIFEST_FILE))?;
         sync_dir(&dir)
+    }
+
+    /// Stores a bucket marker durably (replacing any previous one).
+    pub fn put_bucket(&self, name: &str, marker: &[u8]) -> io::Result<()> {
+        let dir = self.root.join(BUCKETS_DIR);
+        create_dir_if_missing(&dir)?;
+        let tmp = self.root.join(TMP_DIR).join(format!(
+            "bucket.{name}.{}",
+            hex::encode(rand::random::<[u8; 8]>())
+        ));
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        f.write_all(marker)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, dir.join(name))?;
+        sync_dir(&dir)?;
+        sync_dir(&self.root)
+    }
+
+    /// Removes a bucket marker (no-op if absent).
+    pub fn delete_bucket(&self, name: &str) -> io::Result<()> {
+        let dir = self.root.join(BUCKETS_DIR);
+        match fs::remove_file(dir.join(name)) {
+            Ok(()) => sync_dir(&dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every bucket marker: name and contents.
+    pub fn list_buckets(&self) -> io::Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for entry in read_dir_or_empty(&self.root.join(BUCKETS_DIR))? {
+            let Some(name) = entry.file_name().to_str().map(String::from) else {
+                continue;
+            };
+            match fs::read(entry.path()) {
+                Ok(bytes) => out.push((name, String::from_utf8_lossy(&bytes).into_owned())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// Every stored manifest.

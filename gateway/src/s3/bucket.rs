@@ -6,7 +6,6 @@ use http::StatusCode;
 use super::{xml, Ctx};
 use crate::error::S3Error;
 use crate::store::catalog::BucketRecord;
-use crate::store::service::now_ms;
 
 /// Whether `name` follows S3's bucket naming rules.
 pub fn valid_bucket_name(name: &str) -> bool {
@@ -55,17 +54,7 @@ pub async fn create_bucket(ctx: &Ctx, bucket: &str) -> Result<Response, S3Error>
     if !valid_bucket_name(bucket) {
         return Err(S3Error::InvalidBucketName);
     }
-    let created = ctx
-        .state
-        .service
-        .catalog
-        .create_bucket(
-            bucket,
-            &BucketRecord {
-                created_ms: now_ms(),
-            },
-        )
-        .await?;
+    let created = ctx.state.service.create_bucket(bucket).await?;
     if !created {
         return Err(S3Error::BucketAlreadyOwnedByYou);
     }
@@ -84,7 +73,7 @@ pub async fn delete_bucket(ctx: &Ctx, bucket: &str) -> Result<Response, S3Error>
     if !ctx.state.service.catalog.bucket_is_empty(bucket)? {
         return Err(S3Error::BucketNotEmpty);
     }
-    ctx.state.service.catalog.delete_bucket(bucket).await?;
+    ctx.state.service.delete_bucket(bucket).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

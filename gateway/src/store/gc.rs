@@ -135,7 +135,10 @@ pub async fn pass(service: &ObjectService, grace: Duration) -> Result<PassReport
         }
         for object in dead.difference(&young) {
             match client.delete_object(&addr, object).await {
-                Ok(()) => report.objects += 1,
+                Ok(()) => {
+                    report.objects += 1;
+                    metrics::counter!("cairn_gc_objects_deleted_total").increment(1);
+                }
                 Err(e) => tracing::debug!(%node, %object, error = %e, "orphan delete failed"),
             }
         }
@@ -151,7 +154,10 @@ pub async fn pass(service: &ObjectService, grace: Duration) -> Result<PassReport
                     .delete_shard(&addr, &s.object, s.segment, s.index)
                     .await
                 {
-                    Ok(()) => report.shards += 1,
+                    Ok(()) => {
+                        report.shards += 1;
+                        metrics::counter!("cairn_gc_shards_deleted_total").increment(1);
+                    }
                     Err(e) => {
                         tracing::debug!(%node, object = %s.object, error = %e, "orphan delete failed")
                     }
@@ -159,7 +165,5 @@ pub async fn pass(service: &ObjectService, grace: Duration) -> Result<PassReport
             }
         }
     }
-    metrics::counter!("cairn_gc_shards_deleted_total").increment(report.shards as u64);
-    metrics::counter!("cairn_gc_objects_deleted_total").increment(report.objects as u64);
     Ok(report)
 }

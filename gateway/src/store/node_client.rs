@@ -171,7 +171,37 @@ impl NodeClient {
         .map(|_| ())
     }
 
-    /// Every manifest stored on a node.
+    /// Stores a bucket marker on a node (durably).
+    pub async fn put_bucket(
+        &self,
+        addr: &str,
+        name: &str,
+        marker: Bytes,
+    ) -> Result<(), NodeCallError> {
+        let path = protocol::bucket_path(name);
+        Self::check(
+            self.request(reqwest::Method::PUT, addr, &path)
+                .body(marker)
+                .send()
+                .await,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Removes a bucket marker from a node.
+    pub async fn delete_bucket(&self, addr: &str, name: &str) -> Result<(), NodeCallError> {
+        let path = protocol::bucket_path(name);
+        Self::check(
+            self.request(reqwest::Method::DELETE, addr, &path)
+                .send()
+                .await,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Every manifest and bucket marker stored on a node.
     pub async fn manifests(&self, addr: &str) -> Result<ManifestList, NodeCallError> {
         self.get_json(addr, protocol::MANIFESTS_PATH).await
     }

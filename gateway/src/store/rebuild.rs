@@ -36,6 +36,7 @@ pub struct RebuildReport {
 /// Reads every live node of `cluster` and fills `catalog` (which should be empty).
 pub async fn rebuild(cluster: &Cluster, catalog: &Catalog) -> Result<RebuildReport, StoreError> {
     let mut report = RebuildReport::default();
+    let mut buckets: BTreeMap<String, i64> = BTreeMap::new();
     let mut located: HashMap<ShardRef, NodeId> = HashMap::new();
     let mut versions: BTreeMap<(String, String), Vec<Manifest>> = BTreeMap::new();
     for node in cluster.live_nodes() {
@@ -50,6 +51,13 @@ pub async fn rebuild(cluster: &Cluster, catalog: &Catalog) -> Result<RebuildRepo
         let inventory = client.inventory(&addr).await.map_err(node_err)?;
         let manifests = client.manifests(&addr).await.map_err(node_err)?;
         report.nodes += 1;
+        for (name, marker) in manifests.buckets {
+            let created = serde_json::from_str::<BucketRecord>(&marker)
+                .map(|b| b.created_ms)
+                .unwrap_or(0);
+            let e = buckets.entry(name).or_insert(created);
+            *e = (*e).min(created);
+        }
         for e in inventory.shards {
             located.insert(e.shard, node);
         }
@@ -69,7 +77,6 @@ pub async fn rebuild(cluster: &Cluster, catalog: &Catalog) -> Result<RebuildRepo
             }
         }
     }
-    let mut buckets: BTreeMap<String, i64> = BTreeMap::new();
     for ((bucket, key), mut candidates) in versions {
         // Newest version first; for one version, the newest manifest (repair rewrites it).
         candidates.sort_by_key(|m| std::cmp::Reverse((m.record.modified_ms, m.written_ms)));

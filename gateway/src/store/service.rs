@@ -15,8 +15,8 @@ use futures::Stream;
 use tokio::sync::mpsc;
 
 use super::catalog::{
-    Catalog, CompletedRecord, Manifest, ObjectMeta, ObjectRecord, PartRecord, SegmentRecord,
-    UploadRecord, WriteCondition,
+    BucketRecord, Catalog, CompletedRecord, Manifest, ObjectMeta, ObjectRecord, PartRecord,
+    SegmentRecord, UploadRecord, WriteCondition,
 };
 use super::cluster::Cluster;
 use super::decoder;
@@ -192,6 +192,60 @@ impl ObjectService {
         }
         self.publish_manifest(bucket, key, &rec).await?;
         Ok(rec)
+    }
+
+    /// Creates a bucket and stores its marker on the live nodes (at least `m+1` of them,
+    /// so a rebuilt catalog has it); returns false if it already existed.
+    pub async fn create_bucket(&self, name: &str) -> Result<bool, StoreError> {
+        let rec = BucketRecord {
+            created_ms: now_ms(),
+        };
+        if !self.catalog.create_bucket(name, &rec).await? {
+            return Ok(false);
+        }
+        let body = Bytes::from(serde_json::to_vec(&rec)?);
+        let live = self.cluster.live_nodes();
+        let writes = live.iter().filter_map(|n| {
+            let addr = self.cluster.addr_if_up(n)?;
+            let client = self.cluster.client().clone();
+            let body = body.clone();
+            Some(async move { client.put_bucket(&addr, name, body).await })
+        });
+        let ok = futures::future::join_all(writes)
+            .await
+            .iter()
+            .filter(|r| r.is_ok())
+            .count();
+        let need = (self.geometry.m as usize + 1).min(live.len());
+        if ok < need {
+            tracing::warn!(
+                bucket = name,
+                stored = ok,
+                need,
+                "bucket marker on too few nodes"
+            );
+            return Err(StoreError::Unavailable(format!(
+                "bucket marker stored on {ok} nodes, {need} needed"
+            )));
+        }
+        Ok(true)
+    }
+
+    /// Deletes a bucket record, then its markers in the background.
+    pub async fn delete_bucket(&self, name: &str) -> Result<(), StoreError> {
+        self.catalog.delete_bucket(name).await?;
+        let cluster = self.cluster.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            for n in cluster.live_nodes() {
+                if let Some(addr) = cluster.addr_if_up(&n) {
+                    if let Err(e) = cluster.client().delete_bucket(&addr, &name).await {
+                        tracing::debug!(node = %n, bucket = %name, error = %e, "bucket marker delete failed");
+                    }
+                }
+            }
+        });
+        Ok(())
     }
 
     /// Stores the manifest of `bucket/key` again if version `id` is still current (a
