@@ -151,7 +151,7 @@ def test_repeated_errors_are_logged_once_per_interval_with_a_count(cluster_facto
     assert sorted(by_index) == [0, 1, 2, 3]
 
     def holder(index):
-        return next(n for n in c.nodes if str(by_index[index].path).startswith(str(n.data_dir)))
+        return next(n for n in c.nodes if n.data_dir in by_index[index].path.parents)
 
     # 1. The node holding data shard 0 dies: every read still succeeds from parity, and
     #    every read fails to open shard 0 — one "shard unavailable" event per GET.
