@@ -1,26 +1,83 @@
 //! Plumbing every Cairn process shares: log setup, shutdown signals, duration flags.
+//! Request ids and rate-limited logging live in [`crate::request_id`] and [`crate::log_limit`].
 
 use std::io::IsTerminal;
 use std::time::Duration;
 
-/// Logs to stderr: JSON unless stderr is a terminal (or always with `CAIRN_LOG_FORMAT=json`);
-/// level from `RUST_LOG`, `info` by default. A subscriber already installed (an embedding
+/// How a process logs, as read from the environment by [`LogConfig::from_env`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// `tracing_subscriber::EnvFilter` directives, e.g. `info` or `warn,cairn_node=debug`.
+    pub filter: String,
+    /// One JSON object per line (else human-readable text).
+    pub json: bool,
+    /// Settings that were ignored, to report once logging works.
+    pub complaints: Vec<String>,
+}
+
+impl LogConfig {
+    /// Reads the level from `CAIRN_LOG`, else `RUST_LOG`, else `info`; the format from
+    /// `CAIRN_LOG_FORMAT` (`json` or `text`), else JSON unless `terminal`.
+    pub fn from_env(var: impl Fn(&str) -> Option<String>, terminal: bool) -> Self {
+        let mut complaints = Vec::new();
+        let filter = ["CAIRN_LOG", "RUST_LOG"]
+            .iter()
+            .find_map(|name| {
+                let v = var(name)?;
+                let v = v.trim();
+                if v.is_empty() {
+                    return None;
+                }
+                match tracing_subscriber::EnvFilter::try_new(v) {
+                    Ok(_) => Some(v.to_string()),
+                    Err(e) => {
+                        complaints.push(format!("{name}={v:?} ignored: {e}"));
+                        None
+                    }
+                }
+            })
+            .unwrap_or_else(|| "info".to_string());
+        let json = match var("CAIRN_LOG_FORMAT").as_deref().map(str::trim) {
+            Some(v) if v.eq_ignore_ascii_case("json") => true,
+            Some(v) if v.eq_ignore_ascii_case("text") || v.eq_ignore_ascii_case("pretty") => false,
+            Some(v) if !v.is_empty() => {
+                complaints.push(format!("CAIRN_LOG_FORMAT={v:?} ignored: use json or text"));
+                !terminal
+            }
+            _ => !terminal,
+        };
+        Self {
+            filter,
+            json,
+            complaints,
+        }
+    }
+}
+
+/// Logs to stderr as [`LogConfig::from_env`] says: JSON lines when stderr is not a terminal
+/// (a service, a pipe, a file) or with `CAIRN_LOG_FORMAT=json`, coloured text on a terminal;
+/// level from `CAIRN_LOG` or `RUST_LOG` (`info` by default). JSON lines carry the fields of
+/// the current span (e.g. `span.request_id`). A subscriber already installed (an embedding
 /// process, a test) is kept.
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let terminal = std::io::stderr().is_terminal();
+    let cfg = LogConfig::from_env(|name| std::env::var(name).ok(), terminal);
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let json = match std::env::var("CAIRN_LOG_FORMAT") {
-        Ok(v) => v.eq_ignore_ascii_case("json"),
-        Err(_) => !std::io::stderr().is_terminal(),
-    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
+        .with_writer(std::io::stderr)
+        .with_ansi(terminal && !cfg.json);
+    let installed = if cfg.json {
         builder.json().try_init()
     } else {
         builder.try_init()
     };
+    if installed.is_ok() {
+        for c in &cfg.complaints {
+            tracing::warn!("{c}");
+        }
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -85,5 +142,44 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("1y").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    #[test]
+    fn log_format_follows_the_terminal_unless_told() {
+        assert!(LogConfig::from_env(env(&[]), false).json);
+        assert!(!LogConfig::from_env(env(&[]), true).json);
+        assert!(LogConfig::from_env(env(&[("CAIRN_LOG_FORMAT", "JSON")]), true).json);
+        assert!(!LogConfig::from_env(env(&[("CAIRN_LOG_FORMAT", "text")]), false).json);
+        let odd = LogConfig::from_env(env(&[("CAIRN_LOG_FORMAT", "xml")]), false);
+        assert!(odd.json);
+        assert_eq!(odd.complaints.len(), 1);
+    }
+
+    #[test]
+    fn log_level_prefers_cairn_log_then_rust_log() {
+        assert_eq!(LogConfig::from_env(env(&[]), false).filter, "info");
+        let both = env(&[("CAIRN_LOG", "debug"), ("RUST_LOG", "warn")]);
+        assert_eq!(LogConfig::from_env(both, false).filter, "debug");
+        let rust = env(&[("CAIRN_LOG", " "), ("RUST_LOG", "warn,cairn_node=debug")]);
+        assert_eq!(
+            LogConfig::from_env(rust, false).filter,
+            "warn,cairn_node=debug"
+        );
+        let bad = LogConfig::from_env(env(&[("CAIRN_LOG", "info,[[[")]), false);
+        assert_eq!(bad.filter, "info");
+        assert_eq!(bad.complaints.len(), 1, "{:?}", bad.complaints);
     }
 }

@@ -1,6 +1,7 @@
 //! The storage node's internal HTTP API, shared by the node (server) and gateway (client).
 //!
-//! All `/v1/` routes need the cluster credential of [`crate::auth`].
+//! All `/v1/` routes need the cluster credential of [`crate::auth`]. A call made for an S3
+//! request carries the request's id in [`crate::request_id::HEADER`] (optional).
 //!
 //! | method | path | meaning |
 //! |---|---|---|

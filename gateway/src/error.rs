@@ -130,7 +130,8 @@ impl S3Error {
     pub fn to_response(&self, resource: &str, request_id: &str, head: bool) -> Response {
         let (code, status) = self.code_and_status();
         if status.is_server_error() {
-            tracing::warn!(code, error = %self, resource, request_id, "request failed");
+            // A dead node or disk fails every request alike: log each kind once per interval.
+            cairn_common::log_limited!(warn, key = code; code, error = %self, resource, request_id, "request failed");
         } else {
             tracing::debug!(code, error = %self, resource, request_id, "request refused");
         }

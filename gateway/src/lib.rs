@@ -21,6 +21,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use axum::Router;
 use cairn_common::auth::ClusterKey;
+use cairn_common::request_id::{self, RequestId};
 use cairn_common::shard::DEFAULT_BLOCK_SIZE;
 use clap::Parser;
 
@@ -200,8 +201,15 @@ async fn expire_uploads(service: ObjectService, age: Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        if let Err(e) = service.expire_uploads(age.as_millis() as i64).await {
-            tracing::warn!(error = %e, "expiring abandoned uploads failed");
+        // Its own request id, so the node calls of each round (deletes) can be found.
+        let round = RequestId::generate();
+        let span = tracing::info_span!("expire_uploads", request_id = %round);
+        let expired = tracing::Instrument::instrument(
+            request_id::scope(round, service.expire_uploads(age.as_millis() as i64)),
+            span,
+        );
+        if let Err(e) = expired.await {
+            cairn_common::log_limited!(warn, key = (); error = %e, "expiring abandoned uploads failed");
         }
     }
 }

@@ -18,6 +18,7 @@ use cairn_common::protocol::{
     self, Inventory, ManifestList, NodeInfo, ObjectList, MAX_MANIFEST_LEN, MAX_REPORTED_BAD,
     PROTOCOL_VERSION,
 };
+use cairn_common::request_id::{self, RequestId};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::error::NodeError;
@@ -59,12 +60,52 @@ pub fn router(state: AppState) -> Router {
         .route(protocol::INVENTORY_PATH, get(inventory))
         .route("/v1/info", get(info))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .route_layer(middleware::from_fn(trace_call))
         .layer(DefaultBodyLimit::disable());
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", get(render_metrics))
         .merge(v1)
         .with_state(state)
+}
+
+/// Runs each `/v1/` call inside a span holding the caller's request id
+/// ([`request_id::HEADER`]), so the node's lines for a call sit next to the gateway's lines
+/// for the S3 request that caused it, and logs the call's outcome.
+async fn trace_call(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(request_id::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(RequestId::parse);
+    // At ERROR level so that the span (and its id) is on every line that is logged at all.
+    let span = tracing::error_span!(
+        "call",
+        request_id = tracing::field::Empty,
+        method = %req.method(),
+        path = %req.uri().path(),
+    );
+    if let Some(id) = &id {
+        span.record("request_id", id.as_str());
+    }
+    // Health probes and listings come every few seconds: only shard work is worth a line.
+    // Heartbeats and GC's periodic listings: debug, so they don't fill an SD card.
+    let routine = matches!(
+        req.uri().path(),
+        "/v1/info" | "/v1/objects" | protocol::INVENTORY_PATH
+    );
+    let started = Instant::now();
+    let call = async move {
+        let resp = next.run(req).await;
+        let (status, elapsed_ms) = (resp.status().as_u16(), started.elapsed().as_millis() as u64);
+        if routine {
+            tracing::debug!(status, elapsed_ms, "call");
+        } else {
+            tracing::info!(status, elapsed_ms, "call");
+        }
+        resp
+    };
+    tracing::Instrument::instrument(call, span).await
 }
 
 /// Refuses `/v1/` requests without a valid cluster credential (403, `x-cairn-error: auth`).

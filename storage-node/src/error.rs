@@ -117,7 +117,8 @@ impl IntoResponse for NodeError {
     fn into_response(self) -> Response {
         let (status, kind) = self.status_and_kind();
         if status.is_server_error() {
-            tracing::error!(error = %self, "request failed");
+            // A failing disk fails every call alike: once per interval per kind.
+            cairn_common::log_limited!(error, key = kind; error = %self, "request failed");
         } else {
             tracing::debug!(error = %self, "request refused");
         }

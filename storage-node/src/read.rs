@@ -40,7 +40,11 @@ pub async fn read_blocks(
     count: Option<u64>,
 ) -> Result<BlockStream, NodeError> {
     let (tx, rx) = mpsc::channel(READ_AHEAD);
+    // The blocking reads log bad blocks: keep them in the caller's span (its request id).
+    let span = tracing::Span::current();
+    let first_span = span.clone();
     let opened = tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
+        let _in = first_span.enter();
         let (mut file, header) = open_shard(&store, &addr)?;
         let layout = header.layout;
         let stripes = layout.stripes();
@@ -69,6 +73,7 @@ pub async fn read_blocks(
     m::bytes_read(first.len() as u64);
     if from + 1 < end {
         tokio::task::spawn_blocking(move || {
+            let _in = span.enter();
             for block in from + 1..end {
                 let item = read_block(&mut file, &header, addr, block).map_err(|e| match e {
                     NodeError::Io(e) => e,
@@ -146,7 +151,7 @@ fn open_shard(store: &Store, addr: &ShardAddr) -> Result<(File, ShardHeader), No
         Err(e) => return Err(e.into()),
     };
     let corrupt = |e: ShardError| {
-        tracing::warn!(shard = %path.display(), error = %e, "stored shard header is bad");
+        cairn_common::log_limited!(warn, key = addr; shard = %path.display(), error = %e, "stored shard header is bad");
         m::checksum_failure();
         NodeError::Corrupt(e)
     };
@@ -205,7 +210,7 @@ fn read_block(
         Err(e) => return Err(e.into()),
     };
     if let Err(e) = checked {
-        tracing::warn!(
+        cairn_common::log_limited!(warn, key = addr;
             object = %addr.object, segment = addr.segment, index = addr.index, block,
             "stored block failed its crc32c; not serving it"
         );

@@ -107,8 +107,10 @@ pub async fn run(store: Arc<Store>, state: Arc<ScrubState>, cfg: ScrubConfig) {
                 stopped = r.stopped,
                 "scrub pass done"
             ),
-            Ok(Err(e)) => tracing::error!(error = %e, "scrub pass failed"),
-            Err(e) => tracing::error!(error = %e, "scrub task died"),
+            Ok(Err(e)) => {
+                cairn_common::log_limited!(error, key = (); error = %e, "scrub pass failed")
+            }
+            Err(e) => cairn_common::log_limited!(error, key = (); error = %e, "scrub task died"),
         }
         if state.stop.load(Ordering::Relaxed) {
             return;
@@ -143,7 +145,9 @@ pub fn pass(store: &Store, state: &ScrubState, rate: u64) -> Result<PassReport, 
             // Deleted while we walked: nothing to check.
             Err(NodeError::NoSuchShard) => {}
             Err(NodeError::Corrupt(e)) => {
-                tracing::warn!(
+                // A dying disk can rot thousands of shards; the list is in the scrub state
+                // and the metrics, the log gets one line per interval and a count.
+                cairn_common::log_limited!(warn, key = ();
                     object = %addr.object, segment = addr.segment, index = addr.index,
                     error = %e, "scrub: shard is corrupt"
                 );

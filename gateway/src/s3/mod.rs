@@ -18,6 +18,7 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
+use cairn_common::request_id::{self, RequestId};
 use http::HeaderMap;
 
 use crate::error::S3Error;
@@ -54,7 +55,9 @@ impl Ctx {
 /// Handles one S3 request.
 pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
     let started = Instant::now();
-    let request_id = format!("{:016X}", rand::random::<u64>());
+    // Always our own id: one from a client could collide or be chosen to mislead.
+    let id = RequestId::generate();
+    let request_id = id.to_string();
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let path_and_query = parts
@@ -75,8 +78,9 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
             .get(http::header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() == b"0");
     let query = router::parse_query(parts.uri.query());
+    // At ERROR level so that the span (and its id) is on every line that is logged at all.
     let span =
-        tracing::info_span!("s3", request_id = %request_id, method = %parts.method, path = %path);
+        tracing::error_span!("s3", request_id = %request_id, method = %parts.method, path = %path);
 
     let endpoint = router::route(&parts.method, &path, &query, &parts.headers);
     let op = endpoint.as_ref().map(|e| e.name()).unwrap_or("Invalid");
@@ -97,7 +101,9 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
         };
         dispatch(ctx, endpoint, body).await
     };
-    let result = tracing::Instrument::instrument(result, span.clone()).await;
+    // Node calls made for this request, and tasks spawned with `request_id::propagate`,
+    // carry the id; every line logged meanwhile is in the span.
+    let result = request_id::scope(id, tracing::Instrument::instrument(result, span.clone())).await;
     let resp = match result {
         Ok(mut r) => {
             if let Ok(v) = http::HeaderValue::from_str(&request_id) {
@@ -105,7 +111,7 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
             }
             r
         }
-        Err(e) => e.to_response(&path, &request_id, is_head),
+        Err(e) => span.in_scope(|| e.to_response(&path, &request_id, is_head)),
     };
     let mut resp = resp;
     if expect_without_body {

@@ -144,7 +144,7 @@ impl Cluster {
                 Err(e) => {
                     for n in g.nodes.values_mut() {
                         if n.addr == addr && n.up {
-                            tracing::warn!(node = %n.id, %addr, error = %e, "storage node down");
+                            cairn_common::log_limited!(warn, key = n.id; node = %n.id, %addr, error = %e, "storage node down");
                             n.up = false;
                             n.down_since = Some(Instant::now());
                         }
@@ -205,7 +205,7 @@ impl Cluster {
         let mut g = self.write();
         if let Some(n) = g.nodes.get_mut(id) {
             if n.up {
-                tracing::warn!(node = %id, addr = %n.addr, "storage node marked down after a failed transfer");
+                cairn_common::log_limited!(warn, key = id; node = %id, addr = %n.addr, "storage node marked down after a failed transfer");
                 n.up = false;
                 n.down_since = Some(Instant::now());
                 metrics::gauge!("cairn_node_up", "node" => id.to_string()).set(0.0);

@@ -5,10 +5,12 @@
 //! block fails its check, that shard is dropped for the rest of the read, a parity shard
 //! is opened from the current stripe on, and the stripe is rebuilt — the client sees the
 //! right bytes and no error. Only when fewer than k shards are readable does the read fail.
+//! Those warnings are rate-limited per node: with a node down, every read would log them.
 
 use bytes::{Bytes, BytesMut};
 use cairn_common::erasure::Codec;
 use cairn_common::ids::ObjectId;
+use cairn_common::log_limited;
 use cairn_common::protocol::{ShardRef, ERR_CORRUPT_BLOCK};
 use cairn_common::shard::{verify_block, Layout, CRC_LEN};
 use futures::StreamExt;
@@ -132,7 +134,8 @@ pub async fn read_segment(
         match open_shard(cluster, object, seg, layout, i, s0, s1).await {
             Ok(rx) => readers[i] = Some(rx),
             Err(e) => {
-                tracing::warn!(%object, shard = i, error = %e, "shard unavailable, reading parity");
+                let node = seg.nodes.get(i);
+                log_limited!(warn, key = node; %object, shard = i, error = %e, "shard unavailable, reading parity");
                 failed_at[i] = Some(s0);
             }
         }
@@ -154,7 +157,8 @@ pub async fn read_segment(
                                 Some(Err(e)) => e,
                                 _ => "short block".to_string(),
                             };
-                            tracing::warn!(%object, shard = i, stripe = s, error = %why, "shard read failed; rebuilding from parity");
+                            let node = seg.nodes.get(i);
+                            log_limited!(warn, key = node; %object, shard = i, stripe = s, error = %why, "shard read failed; rebuilding from parity");
                             readers[i] = None;
                             failed_at[i] = Some(s);
                         }
@@ -183,7 +187,8 @@ pub async fn read_segment(
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(%object, shard = i, error = %e, "shard unavailable");
+                        let node = seg.nodes.get(i);
+                        log_limited!(warn, key = node; %object, shard = i, error = %e, "shard unavailable");
                         failed_at[i] = Some(s);
                     }
                 }

@@ -9,6 +9,7 @@
 use bytes::{Bytes, BytesMut};
 use cairn_common::erasure::Codec;
 use cairn_common::ids::{NodeId, ObjectId};
+use cairn_common::request_id;
 use cairn_common::shard::{block_crc, Layout, ShardHeader, CRC_LEN};
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -115,12 +116,12 @@ where
         let client = cluster.client().clone();
         let addr = addr.clone();
         let (object, segment) = (spec.object, spec.segment);
-        let task = tokio::spawn(async move {
+        let task = tokio::spawn(request_id::propagate(async move {
             client
                 .put_shard(&addr, &object, segment, i as u8, file_len, stream)
                 .await
                 .map_err(|e| e.to_string())
-        });
+        }));
         sinks.push(ShardSink {
             node: *node,
             tx,

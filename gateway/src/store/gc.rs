@@ -45,7 +45,9 @@ pub async fn run(service: ObjectService, grace: Duration, every: Duration) {
                 );
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "garbage collection pass failed"),
+            Err(e) => {
+                cairn_common::log_limited!(warn, key = (); error = %e, "garbage collection pass failed")
+            }
         }
     }
 }

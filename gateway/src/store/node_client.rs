@@ -6,6 +6,7 @@ use bytes::Bytes;
 use cairn_common::auth::{ClusterKey, AUTH_HEADER, DATE_HEADER};
 use cairn_common::ids::ObjectId;
 use cairn_common::protocol::{self, Inventory, ManifestList, NodeInfo, ERROR_HEADER};
+use cairn_common::request_id;
 use futures::Stream;
 
 /// Talks to storage nodes, signing every request with the cluster key.
@@ -45,10 +46,16 @@ impl NodeClient {
         path_and_query: &str,
     ) -> reqwest::RequestBuilder {
         let (date, tag) = self.key.sign(method.as_str(), path_and_query);
-        self.http
+        let req = self
+            .http
             .request(method, format!("http://{addr}{path_and_query}"))
             .header(DATE_HEADER, date)
-            .header(AUTH_HEADER, tag)
+            .header(AUTH_HEADER, tag);
+        // The S3 request this call is made for, so the node logs under the same id.
+        match request_id::current() {
+            Some(id) => req.header(request_id::HEADER, id.as_str()),
+            None => req,
+        }
     }
 
     async fn check(

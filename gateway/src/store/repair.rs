@@ -84,7 +84,7 @@ pub async fn run(service: ObjectService, cfg: RepairConfig) {
                 );
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "repair pass failed"),
+            Err(e) => cairn_common::log_limited!(warn, key = (); error = %e, "repair pass failed"),
         }
     }
 }
@@ -113,7 +113,7 @@ pub async fn pass(service: &ObjectService, after: Duration) -> Result<PassReport
             }
             Err(e) => {
                 report.failed += 1;
-                tracing::warn!(bucket = %job.bucket, key = %job.key, object = %job.id, segment = job.segment.segment, why = job.why, error = %e, "segment repair failed; retrying next pass");
+                cairn_common::log_limited!(warn, key = (); bucket = %job.bucket, key = %job.key, object = %job.id, segment = job.segment.segment, why = job.why, error = %e, "segment repair failed; retrying next pass");
                 "failed"
             }
         };

@@ -10,6 +10,7 @@
 use bytes::Bytes;
 use cairn_common::ids::{NodeId, ObjectId};
 use cairn_common::placement;
+use cairn_common::request_id;
 use cairn_common::shard::Layout;
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -469,7 +470,8 @@ impl ObjectService {
     /// garbage collection.
     fn delete_later(&self, id: ObjectId, jobs: Vec<(NodeId, Garbage)>) {
         let cluster = self.cluster.clone();
-        tokio::spawn(async move {
+        // Under the id of the request that freed the shards (none for background work).
+        tokio::spawn(request_id::propagate(async move {
             for (node, what) in jobs {
                 let Some(addr) = cluster.addr(&node) else {
                     continue;
@@ -485,7 +487,7 @@ impl ObjectService {
                     tracing::debug!(%id, %node, error = %e, "shard delete deferred to GC");
                 }
             }
-        });
+        }));
     }
 
     /// Streams bytes `start..end` of an object (end exclusive).
@@ -498,7 +500,7 @@ impl ObjectService {
         let (tx, mut rx) = mpsc::channel::<Result<Bytes, StoreError>>(4);
         let cluster = self.cluster.clone();
         let rec = rec.clone();
-        tokio::spawn(async move {
+        tokio::spawn(request_id::propagate(async move {
             let mut seg_start = 0u64;
             for seg in &rec.segments {
                 let seg_end = seg_start + seg.len;
@@ -514,14 +516,14 @@ impl ObjectService {
                     )
                     .await
                     {
-                        tracing::error!(object = %rec.id, error = %e, "read failed");
+                        cairn_common::log_limited!(error, key = (); object = %rec.id, error = %e, "read failed");
                         let _ = tx.send(Err(e)).await;
                         return;
                     }
                 }
                 seg_start = seg_end;
             }
-        });
+        }));
         futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 }
