@@ -1,4 +1,4 @@
-//! S3 XML response bodies.
+//! S3 XML: response bodies, and the XML 1.0 fix-up of request documents.
 
 use std::borrow::Cow;
 use std::fmt::Write;

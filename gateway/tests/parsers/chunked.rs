@@ -248,7 +248,7 @@ fn framing_soup() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(config(64))]
+    #![proptest_config(config(256))]
 
     /// Any data, any chunking, any trailers, any network split: the decoder returns
     /// exactly the data and trailers that were framed.

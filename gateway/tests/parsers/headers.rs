@@ -103,12 +103,11 @@ fn reference_checksum(alg: Algorithm, data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(raw)
 }
 
+/// A body read to its end: the bytes and the verified checksum, or the S3 error code.
+type BodyOutcome = Result<(Vec<u8>, Option<(Algorithm, String)>), &'static str>;
+
 /// Reads a checked body to its end: the bytes, or the S3 error code it failed with.
-fn read_body(
-    data: &[u8],
-    headers: &HeaderMap,
-    declared: u64,
-) -> Result<(Vec<u8>, Option<(Algorithm, String)>), &'static str> {
+fn read_body(data: &[u8], headers: &HeaderMap, declared: u64) -> BodyOutcome {
     let mut body = CheckedBody::new(
         Body::from(data.to_vec()),
         headers,
@@ -270,7 +269,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config(64))]
+    #![proptest_config(config(128))]
 
     /// A correct checksum header (computed by the algorithm's own crate) is accepted and
     /// returned; any other value is BadDigest.

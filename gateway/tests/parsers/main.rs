@@ -13,9 +13,13 @@ mod xml;
 
 use proptest::test_runner::Config;
 
-/// A bounded proptest configuration: `cases` cases, no regression files (regressions
-/// found are kept as named tests instead).
+/// A bounded proptest configuration: `cases` cases (or `PROPTEST_CASES` if set, for
+/// long local runs), no regression files (regressions found are kept as named tests).
 pub fn config(cases: u32) -> Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cases);
     Config {
         cases,
         failure_persistence: None,

@@ -204,7 +204,7 @@ fn assert_malformed_or<T>(r: Result<T, cairn_gateway::error::S3Error>) -> Option
 }
 
 proptest! {
-    #![proptest_config(config(128))]
+    #![proptest_config(config(256))]
 
     /// A CompleteMultipartUpload document as any client lays it out parses to the
     /// parts it lists: numbers, ETags and checksums, in order.
