@@ -124,6 +124,11 @@ pub fn authenticate(
     path_and_query: &str,
     headers: &HeaderMap,
 ) -> Result<Payload, S3Error> {
+    if !path_and_query.starts_with('/') {
+        return Err(S3Error::InvalidRequest(
+            "the request target must be a path".into(),
+        ));
+    }
     if let Some(auth) = header(headers, "authorization") {
         return authenticate_header(keys, method, path_and_query, headers, auth);
     }
