@@ -31,8 +31,8 @@ struct DeleteObject {
 /// Parses a DeleteObjects document into its quiet flag and keys (1 to 1000 of them).
 pub fn parse_delete(raw: &[u8]) -> Result<(bool, Vec<String>), S3Error> {
     let text = std::str::from_utf8(raw).map_err(|_| S3Error::MalformedXml)?;
-    let req: DeleteRequest =
-        quick_xml::de::from_str(&xml::xml10_line_ends(text)?).map_err(|_| S3Error::MalformedXml)?;
+    let req: DeleteRequest = quick_xml::de::from_str(&xml::request_document(text)?)
+        .map_err(|_| S3Error::MalformedXml)?;
     if req.objects.is_empty() || req.objects.len() > MAX_KEYS {
         return Err(S3Error::MalformedXml);
     }

@@ -214,8 +214,8 @@ pub struct CompletePart {
 /// Parses a CompleteMultipartUpload document into its parts (at least one).
 pub fn parse_complete(raw: &[u8]) -> Result<Vec<CompletePart>, S3Error> {
     let text = std::str::from_utf8(raw).map_err(|_| S3Error::MalformedXml)?;
-    let req: CompleteRequest =
-        quick_xml::de::from_str(&xml::xml10_line_ends(text)?).map_err(|_| S3Error::MalformedXml)?;
+    let req: CompleteRequest = quick_xml::de::from_str(&xml::request_document(text)?)
+        .map_err(|_| S3Error::MalformedXml)?;
     if req.parts.is_empty() {
         return Err(S3Error::MalformedXml);
     }

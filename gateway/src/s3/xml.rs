@@ -73,15 +73,15 @@ pub fn list_buckets(owner: &str, buckets: &[(String, i64)]) -> String {
     s
 }
 
-/// Prepares a request document for `quick_xml::de`, which reads text by XML 1.1 rules and
-/// so turns U+0085 and U+2028 into `\n`; XML 1.0 keeps them, and an object key may hold
-/// them. They are rewritten as character references (CDATA sections are split around
-/// them), which the deserializer keeps as they are.
-pub fn xml10_line_ends(doc: &str) -> Result<Cow<'_, str>, S3Error> {
-    if !doc.contains(['\u{85}', '\u{2028}']) {
-        return Ok(Cow::Borrowed(doc));
-    }
-    let mut out = String::with_capacity(doc.len() + 64);
+/// Checks and prepares a request document for `quick_xml::de`:
+/// - a DTD is refused (S3 documents have none; and a DOCTYPE between two pieces of text
+///   makes quick-xml 0.38's deserializer reach an `unreachable!()`, a panic);
+/// - U+0085 and U+2028, which the deserializer reads as line ends by XML 1.1 rules while
+///   XML 1.0 keeps them (an object key may hold them), become character references
+///   (CDATA sections are split around them), which it keeps as they are.
+pub fn request_document(doc: &str) -> Result<Cow<'_, str>, S3Error> {
+    let rewrite = doc.contains(['\u{85}', '\u{2028}']);
+    let mut out = String::with_capacity(if rewrite { doc.len() + 64 } else { 0 });
     let mut reader = Reader::from_str(doc);
     let mut start = 0;
     loop {
@@ -91,6 +91,8 @@ pub fn xml10_line_ends(doc: &str) -> Result<Cow<'_, str>, S3Error> {
         start = end;
         match event {
             Event::Eof => break,
+            Event::DocType(_) => return Err(S3Error::MalformedXml),
+            _ if !rewrite => {}
             Event::Text(_) => out.push_str(
                 &raw.replace('\u{85}', "&#x85;")
                     .replace('\u{2028}', "&#x2028;"),
@@ -101,6 +103,9 @@ pub fn xml10_line_ends(doc: &str) -> Result<Cow<'_, str>, S3Error> {
             ),
             _ => out.push_str(raw),
         }
+    }
+    if !rewrite {
+        return Ok(Cow::Borrowed(doc));
     }
     out.push_str(doc.get(start..).unwrap_or_default());
     Ok(Cow::Owned(out))

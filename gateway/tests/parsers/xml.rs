@@ -368,3 +368,18 @@ fn keys_keep_whitespace_and_unicode_line_separators() {
         vec!["a\nb\nc\r\u{2028}"]
     );
 }
+
+/// Regression: a DOCTYPE between two pieces of text made quick-xml's deserializer panic
+/// (`unreachable!()` in `read_text`); documents with a DTD are MalformedXML.
+#[test]
+fn doctypes_are_refused() {
+    for doc in [
+        "<<CompleteMultipartUpload><Quiet>><!DOCTYPE d [<!ENTITY e \"eeee\">]><![CDATA[x]]>",
+        "<Delete><Quiet>t<!DOCTYPE d>rue</Quiet><Object><Key>k</Key></Object></Delete>",
+        "<CompleteMultipartUpload><Part><ETag>a<!doctype d>b</ETag><PartNumber>1</PartNumber></Part></CompleteMultipartUpload>",
+        "<!DOCTYPE Delete><Delete><Object><Key>k</Key></Object></Delete>",
+    ] {
+        assert!(parse_complete(doc.as_bytes()).is_err(), "{doc}");
+        assert!(parse_delete(doc.as_bytes()).is_err(), "{doc}");
+    }
+}
