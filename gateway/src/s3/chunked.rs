@@ -28,9 +28,13 @@ const MAX_CHUNK: u64 = 64 * 1024 * 1024;
 
 enum State {
     Header,
-    Data { remaining: u64 },
+    Data {
+        remaining: u64,
+    },
     DataEnd,
     Trailers,
+    /// After a verified trailer signature: only the final empty line may follow.
+    TrailersEnd,
     Done,
 }
 
@@ -73,6 +77,7 @@ impl<S> ChunkedDecoder<S> {
     /// Takes one `\n`-terminated line (without `\r\n`) if the buffer holds one.
     fn take_line(&mut self) -> Result<Option<String>, S3Error> {
         match self.buf.iter().position(|&b| b == b'\n') {
+            Some(i) if i > MAX_LINE => Err(bad("line too long")),
             Some(i) => {
                 let line = self.buf.split_to(i + 1);
                 let mut l = &line[..i];
@@ -165,6 +170,9 @@ impl<S> ChunkedDecoder<S> {
                         self.state = State::Done;
                         continue;
                     }
+                    if !self.expect_trailer {
+                        return Err(bad("trailer in a body declared without trailers"));
+                    }
                     let (name, value) = line
                         .split_once(':')
                         .ok_or_else(|| bad("bad trailer line"))?;
@@ -181,6 +189,7 @@ impl<S> ChunkedDecoder<S> {
                             return Err(S3Error::SignatureDoesNotMatch);
                         }
                         self.signer = None; // verified
+                        self.state = State::TrailersEnd;
                     } else {
                         self.trailer_text
                             .extend_from_slice(format!("{name}:{value}\n").as_bytes());
@@ -189,6 +198,15 @@ impl<S> ChunkedDecoder<S> {
                         }
                         self.trailers.push((name, value));
                     }
+                }
+                State::TrailersEnd => {
+                    let Some(line) = self.take_line()? else {
+                        return Ok(None);
+                    };
+                    if !line.is_empty() {
+                        return Err(bad("data after the trailer signature"));
+                    }
+                    self.state = State::Done;
                 }
                 State::Done => {
                     if self.expect_trailer && self.signer.is_some() {

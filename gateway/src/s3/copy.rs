@@ -17,11 +17,9 @@ use super::{xml, Ctx};
 use crate::error::S3Error;
 use crate::store::catalog::ObjectRecord;
 
-/// The source object named by `x-amz-copy-source`, after its conditions.
-fn source(ctx: &Ctx) -> Result<(String, String, ObjectRecord), S3Error> {
-    let raw = ctx
-        .header("x-amz-copy-source")
-        .ok_or_else(|| S3Error::InvalidArgument("missing copy source".into()))?;
+/// Parses an `x-amz-copy-source` value (`[/]bucket/key[?versionId=...]`, percent-encoded)
+/// into bucket and key.
+pub fn parse_copy_source(raw: &str) -> Result<(String, String), S3Error> {
     let raw = raw.split_once("?versionId=").map(|(p, _)| p).unwrap_or(raw);
     let decoded = percent_decode_str(raw)
         .decode_utf8()
@@ -31,15 +29,47 @@ fn source(ctx: &Ctx) -> Result<(String, String, ObjectRecord), S3Error> {
         .split_once('/')
         .filter(|(b, k)| !b.is_empty() && !k.is_empty())
         .ok_or_else(|| S3Error::InvalidArgument("copy source must be bucket/key".into()))?;
-    require_bucket(ctx, bucket)?;
+    Ok((bucket.to_string(), key.to_string()))
+}
+
+/// Resolves `x-amz-copy-source-range` (`bytes=a-b`, both inclusive) against a source of
+/// `size` bytes into `start..end`; no header means the whole source.
+pub fn parse_copy_range(value: Option<&str>, size: u64) -> Result<(u64, u64), S3Error> {
+    let Some(r) = value else {
+        return Ok((0, size));
+    };
+    let spec = r
+        .trim()
+        .strip_prefix("bytes=")
+        .ok_or_else(|| S3Error::InvalidArgument("bad copy range".into()))?;
+    let (a, b) = spec
+        .split_once('-')
+        .ok_or_else(|| S3Error::InvalidArgument("bad copy range".into()))?;
+    let (a, b): (u64, u64) = match (a.trim().parse(), b.trim().parse()) {
+        (Ok(a), Ok(b)) if a <= b => (a, b),
+        _ => return Err(S3Error::InvalidArgument("bad copy range".into())),
+    };
+    if b >= size {
+        return Err(S3Error::InvalidRange);
+    }
+    Ok((a, b + 1))
+}
+
+/// The source object named by `x-amz-copy-source`, after its conditions.
+fn source(ctx: &Ctx) -> Result<(String, String, ObjectRecord), S3Error> {
+    let raw = ctx
+        .header("x-amz-copy-source")
+        .ok_or_else(|| S3Error::InvalidArgument("missing copy source".into()))?;
+    let (bucket, key) = parse_copy_source(raw)?;
+    require_bucket(ctx, &bucket)?;
     let rec = ctx
         .state
         .service
         .catalog
-        .object(bucket, key)?
+        .object(&bucket, &key)?
         .ok_or(S3Error::NoSuchKey)?;
     check_read_preconditions(&ctx.headers, "x-amz-copy-source-", &rec)?;
-    Ok((bucket.to_string(), key.to_string(), rec))
+    Ok((bucket, key, rec))
 }
 
 /// A checked body streaming `start..end` of `rec` (MD5 and length computed on the way).
@@ -132,26 +162,7 @@ pub async fn upload_part_copy(ctx: &Ctx, bucket: &str, key: &str) -> Result<Resp
     let number = part_number(ctx)?;
     let (id, upload) = upload_of(ctx, bucket, key)?;
     let (_, _, rec) = source(ctx)?;
-    let (start, end) = match ctx.header("x-amz-copy-source-range") {
-        None => (0, rec.size),
-        Some(r) => {
-            let spec = r
-                .trim()
-                .strip_prefix("bytes=")
-                .ok_or_else(|| S3Error::InvalidArgument("bad copy range".into()))?;
-            let (a, b) = spec
-                .split_once('-')
-                .ok_or_else(|| S3Error::InvalidArgument("bad copy range".into()))?;
-            let (a, b): (u64, u64) = match (a.trim().parse(), b.trim().parse()) {
-                (Ok(a), Ok(b)) if a <= b => (a, b),
-                _ => return Err(S3Error::InvalidArgument("bad copy range".into())),
-            };
-            if b >= rec.size {
-                return Err(S3Error::InvalidRange);
-            }
-            (a, b + 1)
-        }
-    };
+    let (start, end) = parse_copy_range(ctx.header("x-amz-copy-source-range"), rec.size)?;
     if end - start > MAX_PUT_SIZE {
         return Err(S3Error::EntityTooLarge);
     }

@@ -28,6 +28,17 @@ struct DeleteObject {
     key: String,
 }
 
+/// Parses a DeleteObjects document into its quiet flag and keys (1 to 1000 of them).
+pub fn parse_delete(raw: &[u8]) -> Result<(bool, Vec<String>), S3Error> {
+    let text = std::str::from_utf8(raw).map_err(|_| S3Error::MalformedXml)?;
+    let req: DeleteRequest = quick_xml::de::from_str(&xml::request_document(text)?)
+        .map_err(|_| S3Error::MalformedXml)?;
+    if req.objects.is_empty() || req.objects.len() > MAX_KEYS {
+        return Err(S3Error::MalformedXml);
+    }
+    Ok((req.quiet, req.objects.into_iter().map(|o| o.key).collect()))
+}
+
 /// DeleteObjects. The body's integrity header may be Content-MD5 or any
 /// `x-amz-checksum-*` (what 2025+ SDKs send); both are verified by [`CheckedBody`].
 pub async fn delete_objects(ctx: &Ctx, bucket: &str, body: Body) -> Result<Response, S3Error> {
@@ -36,18 +47,14 @@ pub async fn delete_objects(ctx: &Ctx, bucket: &str, body: Body) -> Result<Respo
     let raw = CheckedBody::new(body, &ctx.headers, &ctx.payload, len)?
         .collect(MAX_BODY)
         .await?;
-    let text = std::str::from_utf8(&raw).map_err(|_| S3Error::MalformedXml)?;
-    let req: DeleteRequest = quick_xml::de::from_str(text).map_err(|_| S3Error::MalformedXml)?;
-    if req.objects.is_empty() || req.objects.len() > MAX_KEYS {
-        return Err(S3Error::MalformedXml);
-    }
+    let (quiet, keys) = parse_delete(&raw)?;
     let mut s = xml::document("DeleteResult");
-    for obj in &req.objects {
-        match ctx.state.service.delete(bucket, &obj.key).await {
+    for key in &keys {
+        match ctx.state.service.delete(bucket, key).await {
             Ok(_) => {
-                if !req.quiet {
+                if !quiet {
                     s.push_str("<Deleted>");
-                    xml::elem(&mut s, "Key", &obj.key);
+                    xml::elem(&mut s, "Key", key);
                     s.push_str("</Deleted>");
                 }
             }
@@ -55,7 +62,7 @@ pub async fn delete_objects(ctx: &Ctx, bucket: &str, body: Body) -> Result<Respo
                 let e = S3Error::from(e);
                 let (code, _) = e.code_and_status();
                 s.push_str("<Error>");
-                xml::elem(&mut s, "Key", &obj.key);
+                xml::elem(&mut s, "Key", key);
                 xml::elem(&mut s, "Code", code);
                 xml::elem(&mut s, "Message", &e.to_string());
                 s.push_str("</Error>");

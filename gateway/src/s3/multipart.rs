@@ -120,8 +120,12 @@ pub async fn create(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response, S3Er
 
 /// Parses `partNumber`.
 pub fn part_number(ctx: &Ctx) -> Result<u32, S3Error> {
-    ctx.query
-        .get("partNumber")
+    parse_part_number(ctx.query.get("partNumber").map(String::as_str))
+}
+
+/// Parses a `partNumber` value: an integer in 1..=10000.
+pub fn parse_part_number(value: Option<&str>) -> Result<u32, S3Error> {
+    value
         .and_then(|n| n.parse::<u32>().ok())
         .filter(|n| (1..=MAX_PART_NUMBER).contains(n))
         .ok_or_else(|| {
@@ -186,12 +190,15 @@ struct CompleteRequest {
     parts: Vec<CompletePart>,
 }
 
+/// One `<Part>` of a CompleteMultipartUpload request.
 #[derive(Debug, Deserialize)]
-struct CompletePart {
+pub struct CompletePart {
+    /// `PartNumber`.
     #[serde(rename = "PartNumber")]
-    number: u32,
+    pub number: u32,
+    /// `ETag` as sent (maybe quoted).
     #[serde(rename = "ETag")]
-    etag: String,
+    pub etag: String,
     #[serde(rename = "ChecksumCRC32", default)]
     crc32: Option<String>,
     #[serde(rename = "ChecksumCRC32C", default)]
@@ -204,8 +211,20 @@ struct CompletePart {
     sha256: Option<String>,
 }
 
+/// Parses a CompleteMultipartUpload document into its parts (at least one).
+pub fn parse_complete(raw: &[u8]) -> Result<Vec<CompletePart>, S3Error> {
+    let text = std::str::from_utf8(raw).map_err(|_| S3Error::MalformedXml)?;
+    let req: CompleteRequest = quick_xml::de::from_str(&xml::request_document(text)?)
+        .map_err(|_| S3Error::MalformedXml)?;
+    if req.parts.is_empty() {
+        return Err(S3Error::MalformedXml);
+    }
+    Ok(req.parts)
+}
+
 impl CompletePart {
-    fn checksum(&self, alg: Algorithm) -> Option<&str> {
+    /// The part checksum given for `alg`, if any.
+    pub fn checksum(&self, alg: Algorithm) -> Option<&str> {
         match alg {
             Algorithm::Crc32 => self.crc32.as_deref(),
             Algorithm::Crc32c => self.crc32c.as_deref(),
@@ -260,16 +279,12 @@ pub async fn complete(ctx: &Ctx, bucket: &str, key: &str, body: Body) -> Result<
     let raw = CheckedBody::new(body, &ctx.headers, &ctx.payload, len)?
         .collect(MAX_COMPLETE_BODY)
         .await?;
-    let text = std::str::from_utf8(&raw).map_err(|_| S3Error::MalformedXml)?;
-    let req: CompleteRequest = quick_xml::de::from_str(text).map_err(|_| S3Error::MalformedXml)?;
-    if req.parts.is_empty() {
-        return Err(S3Error::MalformedXml);
-    }
+    let parts = parse_complete(&raw)?;
     let cond = check_write_preconditions(ctx, bucket, key)?;
     let stored = service.catalog.parts(&id)?;
-    let mut chosen = Vec::with_capacity(req.parts.len());
+    let mut chosen = Vec::with_capacity(parts.len());
     let mut last = 0u32;
-    for (i, p) in req.parts.iter().enumerate() {
+    for (i, p) in parts.iter().enumerate() {
         if p.number <= last {
             return Err(S3Error::InvalidPartOrder);
         }
@@ -282,7 +297,7 @@ pub async fn complete(ctx: &Ctx, bucket: &str, key: &str, body: Body) -> Result<
         if normalize_etag(&p.etag) != part.etag {
             return Err(S3Error::InvalidPart);
         }
-        if i + 1 < req.parts.len() && part.size < MIN_PART_SIZE {
+        if i + 1 < parts.len() && part.size < MIN_PART_SIZE {
             return Err(S3Error::EntityTooSmall);
         }
         chosen.push((p, part));

@@ -124,6 +124,11 @@ pub fn authenticate(
     path_and_query: &str,
     headers: &HeaderMap,
 ) -> Result<Payload, S3Error> {
+    if !path_and_query.starts_with('/') {
+        return Err(S3Error::InvalidRequest(
+            "the request target must be a path".into(),
+        ));
+    }
     if let Some(auth) = header(headers, "authorization") {
         return authenticate_header(keys, method, path_and_query, headers, auth);
     }
@@ -143,6 +148,14 @@ fn check_key<'a>(keys: &Keys, cred: &Credential<'a>) -> Result<(), S3Error> {
             "service {:?} is not s3",
             cred.service
         )));
+    }
+    Ok(())
+}
+
+/// The credential scope's date must be the request date's day.
+fn check_scope_date(cred: &Credential<'_>, amz_date: &str) -> Result<(), S3Error> {
+    if amz_date.get(..8) != Some(cred.date) {
+        return Err(S3Error::SignatureDoesNotMatch);
     }
     Ok(())
 }
@@ -180,10 +193,17 @@ fn compute_signature(
     Ok(out.signature().to_string())
 }
 
+/// The values of the headers named in `SignedHeaders`, which must include `host` (SigV4
+/// requires it, and the signer cannot canonicalize a request without it).
 fn signed_header_values<'h>(
     headers: &'h HeaderMap,
     names: &'h str,
 ) -> Result<Vec<(&'h str, &'h str)>, S3Error> {
+    if !names.split(';').any(|n| n.eq_ignore_ascii_case("host")) {
+        return Err(S3Error::AuthorizationHeaderMalformed(
+            "host must be a signed header".into(),
+        ));
+    }
     let mut out = Vec::new();
     for name in names.split(';') {
         let mut found = false;
@@ -232,9 +252,7 @@ fn authenticate_header(
     let amz_date = header(headers, "x-amz-date")
         .ok_or_else(|| S3Error::AuthorizationHeaderMalformed("missing x-amz-date".into()))?;
     let time = parse_amz_date(amz_date)?;
-    if !amz_date.starts_with(cred.date) {
-        return Err(S3Error::SignatureDoesNotMatch);
-    }
+    check_scope_date(&cred, amz_date)?;
     let now = SystemTime::now();
     let skew = now
         .duration_since(time)
@@ -342,6 +360,7 @@ fn authenticate_presigned(
     let cred = parse_credential(&credential)?;
     check_key(keys, &cred)?;
     let time = parse_amz_date(&date)?;
+    check_scope_date(&cred, &date)?;
     let expires: u64 = expires
         .parse()
         .ok()

@@ -1,8 +1,13 @@
-//! S3 XML response bodies.
+//! S3 XML: response bodies, and the XML 1.0 fix-up of request documents.
 
+use std::borrow::Cow;
 use std::fmt::Write;
 
 use quick_xml::escape::escape;
+use quick_xml::events::Event;
+use quick_xml::Reader;
+
+use crate::error::S3Error;
 
 const DECL: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;
 const NS: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
@@ -66,4 +71,42 @@ pub fn list_buckets(owner: &str, buckets: &[(String, i64)]) -> String {
     }
     s.push_str("</Buckets></ListAllMyBucketsResult>");
     s
+}
+
+/// Checks and prepares a request document for `quick_xml::de`:
+/// - a DTD is refused (S3 documents have none; and a DOCTYPE between two pieces of text
+///   makes quick-xml 0.38's deserializer reach an `unreachable!()`, a panic);
+/// - U+0085 and U+2028, which the deserializer reads as line ends by XML 1.1 rules while
+///   XML 1.0 keeps them (an object key may hold them), become character references
+///   (CDATA sections are split around them), which it keeps as they are.
+pub fn request_document(doc: &str) -> Result<Cow<'_, str>, S3Error> {
+    let rewrite = doc.contains(['\u{85}', '\u{2028}']);
+    let mut out = String::with_capacity(if rewrite { doc.len() + 64 } else { 0 });
+    let mut reader = Reader::from_str(doc);
+    let mut start = 0;
+    loop {
+        let event = reader.read_event().map_err(|_| S3Error::MalformedXml)?;
+        let end = usize::try_from(reader.buffer_position()).map_err(|_| S3Error::MalformedXml)?;
+        let raw = doc.get(start..end).ok_or(S3Error::MalformedXml)?;
+        start = end;
+        match event {
+            Event::Eof => break,
+            Event::DocType(_) => return Err(S3Error::MalformedXml),
+            _ if !rewrite => {}
+            Event::Text(_) => out.push_str(
+                &raw.replace('\u{85}', "&#x85;")
+                    .replace('\u{2028}', "&#x2028;"),
+            ),
+            Event::CData(_) => out.push_str(
+                &raw.replace('\u{85}', "]]>&#x85;<![CDATA[")
+                    .replace('\u{2028}', "]]>&#x2028;<![CDATA["),
+            ),
+            _ => out.push_str(raw),
+        }
+    }
+    if !rewrite {
+        return Ok(Cow::Borrowed(doc));
+    }
+    out.push_str(doc.get(start..).unwrap_or_default());
+    Ok(Cow::Owned(out))
 }
