@@ -109,6 +109,19 @@ def assert_fully_redundant_on_disk(cluster, bucket, keys):
         assert len(seen_keys.get(key, ())) == 1, f"{key}: object versions on disk {seen_keys.get(key)}"
 
 
+def wait_fully_redundant_on_disk(cluster, bucket, keys, timeout=30):
+    """`assert_fully_redundant_on_disk`, once the replaced shards are gone: the gateway
+    deletes them in the background, after reads in flight finish."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return assert_fully_redundant_on_disk(cluster, bucket, keys)
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.25)
+
+
 def wait_repaired(cluster, segments, timeout=90):
     wait_for(
         f"{segments} segments repaired",
@@ -129,7 +142,7 @@ def test_lost_node_is_repaired_then_another_node_can_die(cluster_factory):
     lost.kill()
     wait_repaired(c, segments_of(objs, ["mp/a"]))
     check_all(s3, "bkt", objs, why="after repair")
-    assert_fully_redundant_on_disk(c, "bkt", set(objs))
+    wait_fully_redundant_on_disk(c, "bkt", set(objs))
     # Repaired onto the 3 survivors: 2+1 with the same parity, never less.
     assert {(s.k, s.m) for s in live_shards(c, "bkt")} == {(2, 1)}
     assert metric(c, "cairn_repair_bytes_total") >= sum(len(d) for d in objs.values())
@@ -167,7 +180,7 @@ def test_replaced_disk_is_refilled_at_once_then_another_node_can_die(cluster_fac
     victim.start()  # same address, empty disk, new node id
     assert (victim.data_dir / "node_id").read_text().strip() != old_id
     wait_repaired(c, segments_of(objs, ["mp/a"]), timeout=60)
-    assert_fully_redundant_on_disk(c, "bkt", set(objs))
+    wait_fully_redundant_on_disk(c, "bkt", set(objs))
     # Back at full width over the 4 nodes, the new disk included.
     assert {(s.k, s.m) for s in live_shards(c, "bkt")} == {(3, 1)}
     assert any(s.node == victim.index for s in live_shards(c, "bkt"))
@@ -190,11 +203,11 @@ def test_flipped_byte_is_found_by_scrub_and_repaired(cluster_factory):
         read_shard(victim.path).read_block(0)  # the harness sees the damage too
     # No read touches the object: only the scrub can find it.
     wait_repaired(c, 1, timeout=60)
-    assert not victim.path.exists(), "the corrupt shard file is still there"
+    wait_for("the corrupt shard file deleted", lambda: not victim.path.exists(), timeout=30)
+    wait_fully_redundant_on_disk(c, "bkt", set(objs))
     for s in c.shard_files(bucket="bkt"):
         for b in range(s.stripes):
             s.read_block(b)  # verifies every block's crc32c
-    assert_fully_redundant_on_disk(c, "bkt", set(objs))
     c.nodes[victim.node].kill()
     check_all(s3, "bkt", objs, why="after scrub repair with the once-corrupt node killed")
 
@@ -232,7 +245,7 @@ def test_orphans_are_collected_and_nothing_live_is(cluster_factory):
     # Live data untouched: every object reads back, and every live key still has all its shards.
     check_all(s3, "bkt", objs, why="after GC")
     # (one version of "overwritten" only: the one written 2+1 while node 3 was down)
-    assert_fully_redundant_on_disk(c, "bkt", set(objs))
+    wait_fully_redundant_on_disk(c, "bkt", set(objs))
     assert not [s for s in c.shard_files(bucket="bkt") if s.key in ("doomed", "mp/aborted")]
 
 
@@ -250,7 +263,7 @@ def test_stale_copies_are_reconciled_when_a_lost_node_returns(cluster_factory):
     c.wait_gateway_sees_nodes(4)
     wait_for("stale copies deleted", lambda: not any(s.path.exists() for s in stale), timeout=60)
     check_all(s3, "bkt", objs)
-    assert_fully_redundant_on_disk(c, "bkt", set(objs))
+    wait_fully_redundant_on_disk(c, "bkt", set(objs))
 
 
 def rebuild_catalog(c, meta, *extra):

@@ -12,6 +12,7 @@
 //! | `DELETE` | `/v1/objects/{object}` | remove every shard of an object version |
 //! | `GET` | `/v1/objects` | JSON list of the object ids with shards here ([`ObjectList`]) |
 //! | `PUT` | `/v1/objects/{object}/manifest` | store the committed object's manifest (opaque JSON from the gateway), durably |
+//! | `DELETE` | `/v1/objects/{object}/manifest` | remove the manifest (the object was deleted; its shards go later); 204 even if absent |
 //! | `GET` | `/v1/manifests` | every stored manifest and bucket marker ([`ManifestList`]), to rebuild a lost catalog |
 //! | `PUT` | `/v1/buckets/{name}` | store a bucket marker (opaque JSON from the gateway), durably |
 //! | `DELETE` | `/v1/buckets/{name}` | remove a bucket marker; 204 even if absent |

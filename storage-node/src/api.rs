@@ -53,7 +53,10 @@ pub fn router(state: AppState) -> Router {
             get(get_header),
         )
         .route("/v1/objects/{object}", delete(delete_object))
-        .route("/v1/objects/{object}/manifest", put(put_manifest))
+        .route(
+            "/v1/objects/{object}/manifest",
+            put(put_manifest).delete(delete_manifest),
+        )
         .route("/v1/objects", get(list_objects))
         .route(protocol::MANIFESTS_PATH, get(list_manifests))
         .route("/v1/buckets/{name}", put(put_bucket).delete(delete_bucket))
@@ -301,6 +304,18 @@ async fn put_manifest(
         .await
         .map_err(|e| NodeError::Internal(format!("manifest task: {e}")))??;
     Ok(StatusCode::CREATED)
+}
+
+async fn delete_manifest(
+    State(state): State<AppState>,
+    Path(object): Path<String>,
+) -> Result<StatusCode, NodeError> {
+    let object = parse_object(&object)?;
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || store.delete_manifest(&object))
+        .await
+        .map_err(|e| NodeError::Internal(format!("manifest task: {e}")))??;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_manifests(State(state): State<AppState>) -> Result<Json<ManifestList>, NodeError> {

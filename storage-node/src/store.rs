@@ -351,6 +351,16 @@ impl Store {
         Ok(out)
     }
 
+    /// Removes an object's manifest durably (no-op if absent).
+    pub fn delete_manifest(&self, object: &ObjectId) -> io::Result<()> {
+        let dir = self.object_dir(object);
+        match fs::remove_file(dir.join(MANIFEST_FILE)) {
+            Ok(()) => sync_dir(&dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every stored manifest.
     pub fn list_manifests(&self) -> io::Result<Vec<StoredManifest>> {
         let mut out = Vec::new();

@@ -13,6 +13,7 @@ pub mod decoder;
 pub mod discovery;
 pub mod encoder;
 pub mod gc;
+pub mod leases;
 pub mod node_client;
 pub mod rebuild;
 pub mod repair;

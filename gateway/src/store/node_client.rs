@@ -208,6 +208,22 @@ impl NodeClient {
         .map(|_| ())
     }
 
+    /// Removes an object's manifest from a node.
+    pub async fn delete_manifest(
+        &self,
+        addr: &str,
+        object: &ObjectId,
+    ) -> Result<(), NodeCallError> {
+        let path = protocol::manifest_path(object);
+        Self::check(
+            self.request(reqwest::Method::DELETE, addr, &path)
+                .send()
+                .await,
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Every manifest and bucket marker stored on a node.
     pub async fn manifests(&self, addr: &str) -> Result<ManifestList, NodeCallError> {
         self.get_json(addr, protocol::MANIFESTS_PATH).await

@@ -22,6 +22,7 @@ use super::catalog::{
 use super::cluster::Cluster;
 use super::decoder;
 use super::encoder::{self, SegmentSpec};
+use super::leases::ReadLeases;
 use super::{BodyError, StoreError};
 
 /// Erasure settings for new writes.
@@ -63,6 +64,7 @@ pub struct ObjectService {
     /// Cluster membership.
     pub cluster: Cluster,
     geometry: Geometry,
+    leases: ReadLeases,
 }
 
 impl ObjectService {
@@ -72,6 +74,7 @@ impl ObjectService {
             catalog,
             cluster,
             geometry,
+            leases: ReadLeases::default(),
         }
     }
 
@@ -439,10 +442,35 @@ impl ObjectService {
     pub async fn delete(&self, bucket: &str, key: &str) -> Result<bool, StoreError> {
         match self.catalog.delete_object(bucket, key).await? {
             Some(old) => {
+                self.withdraw_manifest(&old).await;
                 self.delete_version_later(&old);
                 Ok(true)
             }
             None => Ok(false),
+        }
+    }
+
+    /// Removes a deleted version's manifests from the live nodes before the delete is
+    /// answered, so a catalog rebuilt afterwards does not bring it back (its shards are
+    /// freed later, once reads in flight are done). A node that is down keeps its copy;
+    /// the version still does not come back unless `k` shards of every segment survive.
+    async fn withdraw_manifest(&self, rec: &ObjectRecord) {
+        let mut nodes: Vec<NodeId> = rec
+            .segments
+            .iter()
+            .flat_map(|s| s.nodes.iter().copied())
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        let calls = nodes.iter().filter_map(|n| {
+            let addr = self.cluster.addr_if_up(n)?;
+            let client = self.cluster.client().clone();
+            Some(async move { client.delete_manifest(&addr, &rec.id).await })
+        });
+        for r in futures::future::join_all(calls).await {
+            if let Err(e) = r {
+                tracing::debug!(object = %rec.id, error = %e, "manifest withdrawal failed");
+            }
         }
     }
 
@@ -470,8 +498,11 @@ impl ObjectService {
     /// garbage collection.
     fn delete_later(&self, id: ObjectId, jobs: Vec<(NodeId, Garbage)>) {
         let cluster = self.cluster.clone();
+        let leases = self.leases.clone();
         // Under the id of the request that freed the shards (none for background work).
         tokio::spawn(request_id::propagate(async move {
+            // Reads that started before the version was replaced finish first.
+            leases.idle(&id).await;
             for (node, what) in jobs {
                 let Some(addr) = cluster.addr(&node) else {
                     continue;
@@ -500,7 +531,9 @@ impl ObjectService {
         let (tx, mut rx) = mpsc::channel::<Result<Bytes, StoreError>>(4);
         let cluster = self.cluster.clone();
         let rec = rec.clone();
+        let lease = self.leases.acquire(rec.id);
         tokio::spawn(request_id::propagate(async move {
+            let _lease = lease;
             let mut seg_start = 0u64;
             for seg in &rec.segments {
                 let seg_end = seg_start + seg.len;
