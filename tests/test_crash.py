@@ -237,8 +237,7 @@ def test_gateway_killed_mid_put(fresh_cluster):
     s3.put_object(Bucket="bkt", Key="last", Body=last)
     acked["last"] = last
     c.gateway.kill()
-    new.outcome_after_gateway_kill()
-    over.outcome_after_gateway_kill()
+    print("client saw:", new.outcome_after_gateway_kill(), over.outcome_after_gateway_kill())
     wait_no_tmp(c.nodes)  # the nodes dropped the half-written shards
 
     s3 = restart_gateway(c)
@@ -402,6 +401,7 @@ def test_node_killed_mid_upload(fresh_cluster):
     wait_nodes_receiving([victim])
     victim.kill()
     r = put.finish()
+    print("node killed mid-upload, gateway answered:", r and (r.status, r.error_code))
     assert r is not None, "the gateway dropped the connection instead of answering"
     if 200 <= r.status < 300:
         # acknowledged: only with full redundancy, on live nodes
@@ -453,6 +453,7 @@ def test_node_killed_mid_download(fresh_cluster):
     rest = body.read()
     got = head + rest
     assert len(got) == len(data) and sha256(got) == sha256(data), "GET returned wrong bytes after a node died mid-read"
+    print("degraded reads", before, metric(c, "cairn_degraded_reads_total"))
     assert metric(c, "cairn_degraded_reads_total") > before, "the kill did not land mid-read (no degraded read)"
     # and a fresh GET with the node still down
     assert sha256(s3.get_object(Bucket="bkt", Key="big")["Body"].read()) == sha256(data)
