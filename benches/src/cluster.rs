@@ -95,7 +95,9 @@ impl Proc {
                 .with_context(|| format!("restarting {}", self.name))?;
             match wait_healthy(self, deadline.saturating_duration_since(Instant::now())).await {
                 Ok(()) => return Ok(()),
-                Err(e) if Instant::now() < deadline && !matches!(self.child.try_wait(), Ok(None)) => {
+                Err(e)
+                    if Instant::now() < deadline && !matches!(self.child.try_wait(), Ok(None)) =>
+                {
                     // exited early, most likely because the port was not free yet
                     eprintln!("{} did not come back ({e:#}); retrying", self.name);
                     tokio::time::sleep(Duration::from_millis(200)).await;

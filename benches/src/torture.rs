@@ -262,7 +262,9 @@ async fn run(args: &Args) -> Result<bool> {
     let seed = args.seed.unwrap_or_else(rand::random);
     let mut rng = StdRng::seed_from_u64(seed);
     let tmp = match &args.data_dir {
-        Some(d) => tempfile::Builder::new().prefix("cairn-torture-").tempdir_in(d),
+        Some(d) => tempfile::Builder::new()
+            .prefix("cairn-torture-")
+            .tempdir_in(d),
         None => tempfile::Builder::new().prefix("cairn-torture-").tempdir(),
     }
     .context("creating the work dir")?;
@@ -328,7 +330,13 @@ async fn run(args: &Args) -> Result<bool> {
                 .map(|i| format!("k{i:03}"))
                 .collect();
             let wseed = rng.next_u64();
-            workers.spawn(writer(shared.clone(), stop.clone(), keys, wseed, Mix::of(args)));
+            workers.spawn(writer(
+                shared.clone(),
+                stop.clone(),
+                keys,
+                wseed,
+                Mix::of(args),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(
             rng.random_range(100..args.max_kill_delay_ms.max(101)),
@@ -430,7 +438,7 @@ async fn run(args: &Args) -> Result<bool> {
     println!("objects acked:        {}", total.puts_acked);
     println!("deletes acked:        {}", total.deletes_acked);
     println!(
-        "requests refused:     {} (error answer; retryable)",
+        "requests refused:     {} (error answer, or multipart cut before Complete)",
         total.refused
     );
     println!(
@@ -653,10 +661,7 @@ async fn read_key(client: &Client, key: &str) -> Seen {
             if e.raw_response().map(|r| r.status().as_u16()) == Some(404) {
                 return Seen::State(None);
             }
-            return Seen::Unreadable(format!(
-                "{}",
-                aws_sdk_s3::error::DisplayErrorContext(&e)
-            ));
+            return Seen::Unreadable(format!("{}", aws_sdk_s3::error::DisplayErrorContext(&e)));
         }
     };
     let mut body = out.body;
