@@ -216,7 +216,9 @@ impl Cluster {
         Ok(())
     }
 
-    /// Polls the gateway's `/metrics` until `cairn_nodes_up` equals the node count.
+    /// Polls the gateway's `/metrics` until `cairn_nodes_up` equals the node count and no
+    /// per-node `cairn_node_up` gauge is 0 (a failed transfer flips that one at once, while
+    /// the summary waits for the next heartbeat).
     pub async fn wait_nodes_up(&mut self, timeout: Duration) -> Result<()> {
         let want = self.nodes.len() as f64;
         let deadline = Instant::now() + timeout;
@@ -228,7 +230,11 @@ impl Cluster {
                     .lines()
                     .find_map(|l| l.strip_prefix("cairn_nodes_up "))
                     .and_then(|v| v.trim().parse::<f64>().ok());
-                if last == Some(want) {
+                let any_down = body.lines().any(|l| {
+                    l.starts_with("cairn_node_up{")
+                        && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) == Some(0.0)
+                });
+                if last == Some(want) && !any_down {
                     return Ok(());
                 }
             }

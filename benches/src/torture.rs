@@ -96,6 +96,10 @@ struct Args {
     /// Keep the temp dir even when everything verified (it is always kept on a failure).
     #[arg(long)]
     keep: bool,
+    /// At the end, prove the checker can fail: delete one acknowledged object and write one
+    /// unacknowledged version behind the clients' backs; both must be caught.
+    #[arg(long)]
+    self_check: bool,
 }
 
 /// What an object holds: its size and sha256.
@@ -185,6 +189,9 @@ struct Findings {
     lost: u64,
     corrupt: u64,
     partial: u64,
+    /// Reads that failed (503...) although every node was up, then succeeded on a retry:
+    /// not a loss, but the gateway refused to serve intact data for a while.
+    unavailable: u64,
     /// Keys whose broken request turned out to have landed.
     resolved_landed: u64,
 }
@@ -305,7 +312,7 @@ async fn run(args: &Args) -> Result<bool> {
     let mut found = Findings::default();
     let mut victims: BTreeMap<&'static str, u32> = BTreeMap::new();
     println!(
-        "{:>5}  {:<14} {:>6} {:>6} {:>6} {:>6} {:>5}  {:>7} {:>5} {:>7} {:>7} {:>6}",
+        "{:>5}  {:<14} {:>6} {:>6} {:>6} {:>6} {:>5}  {:>7} {:>5} {:>7} {:>7} {:>7} {:>6}",
         "round",
         "killed",
         "put ok",
@@ -317,6 +324,7 @@ async fn run(args: &Args) -> Result<bool> {
         "lost",
         "corrupt",
         "partial",
+        "unavail",
         "secs"
     );
     for round in 1..=args.rounds {
@@ -394,15 +402,17 @@ async fn run(args: &Args) -> Result<bool> {
             f.lost += d.lost;
             f.corrupt += d.corrupt;
             f.partial += d.partial;
+            f.unavailable += d.unavailable;
         }
         total.add(&stats);
         found.checked += f.checked;
         found.lost += f.lost;
         found.corrupt += f.corrupt;
         found.partial += f.partial;
+        found.unavailable += f.unavailable;
         found.resolved_landed += f.resolved_landed;
         println!(
-            "{:>5}  {:<14} {:>6} {:>6} {:>6} {:>6} {:>5}  {:>7} {:>5} {:>7} {:>7} {:>6.1}",
+            "{:>5}  {:<14} {:>6} {:>6} {:>6} {:>6} {:>5}  {:>7} {:>5} {:>7} {:>7} {:>7} {:>6.1}",
             round,
             what,
             stats.puts_acked,
@@ -414,9 +424,13 @@ async fn run(args: &Args) -> Result<bool> {
             f.lost,
             f.corrupt,
             f.partial,
+            f.unavailable,
             t0.elapsed().as_secs_f64()
         );
         cluster.check_alive()?;
+    }
+    if args.self_check {
+        self_check(&shared).await?;
     }
     let live = shared
         .model
@@ -451,6 +465,10 @@ async fn run(args: &Args) -> Result<bool> {
     println!("lost:                 {}", found.lost);
     println!("corrupt:              {}", found.corrupt);
     println!("partial visible:      {}", found.partial);
+    println!(
+        "unavailable:          {} (intact objects refused for a while with every node up)",
+        found.unavailable
+    );
     let ok = found.bad() == 0 && total.hung == 0;
     drop(cluster);
     if ok && !args.keep {
@@ -647,6 +665,50 @@ async fn put_multipart(client: Client, key: String, data: Vec<u8>) -> Outcome {
     }
 }
 
+/// Tampers with two keys without telling the model and checks that `verify` reports
+/// exactly one lost and one partial visible object.
+async fn self_check(shared: &Shared) -> Result<()> {
+    let (lose, sneak) = {
+        let m = shared.model.lock().unwrap_or_else(|p| p.into_inner());
+        let mut present = m.iter().filter(|(_, k)| k.acked.is_some()).map(|(n, _)| n);
+        let lose = present.next().cloned();
+        let sneak = m
+            .iter()
+            .find(|(n, k)| Some(*n) != lose.as_ref() && !k.sent.is_empty())
+            .map(|(n, k)| (n.clone(), k.sent[0]));
+        (lose, sneak)
+    };
+    let (Some(lose), Some((sneak, _))) = (lose, sneak) else {
+        bail!("self-check: not enough objects to tamper with");
+    };
+    shared
+        .client
+        .delete_object()
+        .bucket(BUCKET)
+        .key(&lose)
+        .send()
+        .await
+        .map_err(|e| anyhow!("self-check delete: {e}"))?;
+    // A version "sent but never acknowledged": recorded as sent, written behind the model.
+    let data = b"self-check: never acknowledged".to_vec();
+    let content = Content {
+        size: data.len() as u64,
+        sha: Sha256::digest(&data).into(),
+    };
+    shared.with_key(&sneak, |k| k.sent.push(content));
+    if put(shared.client.clone(), sneak.clone(), data).await != Outcome::Acked {
+        bail!("self-check: PUT of {sneak} failed");
+    }
+    let f = verify(shared, None).await?;
+    if (f.lost, f.partial, f.corrupt) != (1, 1, 0) {
+        bail!("self-check: the checker missed tampering: {f:?}");
+    }
+    println!(
+        "self-check: a deleted acknowledged object and an unacknowledged version were both caught"
+    );
+    Ok(())
+}
+
 /// What a key holds now, read in full.
 enum Seen {
     State(State),
@@ -681,6 +743,12 @@ async fn read_key(client: &Client, key: &str) -> Seen {
         size,
         sha: sha.finalize().into(),
     }))
+}
+
+/// An SDK error's first line (their Display can run to kilobytes).
+fn first_line(e: &str) -> &str {
+    let end = e.find(" (ServiceError").unwrap_or(e.len()).min(300);
+    e.get(..end).unwrap_or(e)
 }
 
 /// Every key in the listing, with its size.
@@ -723,7 +791,20 @@ async fn verify(shared: &Shared, node_down: Option<usize>) -> Result<Findings> {
     let mut f = Findings::default();
     let tag = node_down.map_or(String::new(), |n| format!(" (node{n} down)"));
     for key in keys {
-        let seen = read_key(&shared.client, &key).await;
+        let mut seen = read_key(&shared.client, &key).await;
+        if let Seen::Unreadable(e) = &seen {
+            // Give the gateway a few heartbeats to notice nodes are back before calling
+            // the object lost.
+            eprintln!("UNAVAILABLE{tag}: {key}: {}", first_line(e));
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                seen = read_key(&shared.client, &key).await;
+                if matches!(seen, Seen::State(_)) {
+                    f.unavailable += 1;
+                    break;
+                }
+            }
+        }
         f.checked += 1;
         let mut m = shared.model.lock().unwrap_or_else(|p| p.into_inner());
         let k = m.entry(key.clone()).or_default();
@@ -731,7 +812,8 @@ async fn verify(shared: &Shared, node_down: Option<usize>) -> Result<Findings> {
             Seen::Unreadable(e) => {
                 f.lost += 1;
                 eprintln!(
-                    "LOST{tag}: {key} unreadable: {e}; acknowledged: {} at {:?}",
+                    "LOST{tag}: {key} unreadable: {}; acknowledged: {} at {:?}",
+                    first_line(&e),
                     show(&k.acked),
                     k.acked_at
                 );
