@@ -699,6 +699,10 @@ async fn self_check(shared: &Shared) -> Result<()> {
     if put(shared.client.clone(), sneak.clone(), data).await != Outcome::Acked {
         bail!("self-check: PUT of {sneak} failed");
     }
+    println!(
+        "self-check: deleted {lose} and wrote an unacknowledged version of {sneak} behind the \
+         clients' backs; the checker must report both"
+    );
     let f = verify(shared, None).await?;
     if (f.lost, f.partial, f.corrupt) != (1, 1, 0) {
         bail!("self-check: the checker missed tampering: {f:?}");
