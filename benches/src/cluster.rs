@@ -3,6 +3,8 @@
 //! Children run in their own process group (a terminal Ctrl-C reaches only the bench, which
 //! then stops them in order) and get `PR_SET_PDEATHSIG = SIGKILL`, so they die with the bench
 //! even if it is killed outright. [`Cluster`]'s `Drop` stops them: SIGTERM, then SIGKILL.
+//! A process can also be SIGKILLed ([`Proc::kill`]) and started again with the same command
+//! line, port and data ([`Proc::restart`]), for crash tests.
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -35,6 +37,7 @@ pub struct Proc {
     /// Address it listens on.
     pub addr: SocketAddr,
     log: PathBuf,
+    cmd: Command,
     child: Child,
 }
 
@@ -62,6 +65,48 @@ impl Proc {
                 self.log_tail(30)
             ),
             Err(e) => bail!("waiting on {}: {e}", self.name),
+        }
+    }
+
+    /// SIGKILL (no chance to clean up) and reap.
+    pub fn kill(&mut self) -> Result<()> {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.child
+                .kill()
+                .with_context(|| format!("killing {}", self.name))?;
+        }
+        self.child
+            .wait()
+            .with_context(|| format!("reaping {}", self.name))?;
+        Ok(())
+    }
+
+    /// Starts the (exited) process again with the same command line, so the same port and
+    /// data, and waits for its `/health`. Retries while the port is still taken.
+    pub async fn restart(&mut self, timeout: Duration) -> Result<()> {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            bail!("{} is still running", self.name);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.child = self
+                .cmd
+                .spawn()
+                .with_context(|| format!("restarting {}", self.name))?;
+            match wait_healthy(self, deadline.saturating_duration_since(Instant::now())).await {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if Instant::now() < deadline && !matches!(self.child.try_wait(), Ok(None)) =>
+                {
+                    // exited early, most likely because the port was not free yet
+                    eprintln!("{} did not come back ({e:#}); retrying", self.name);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    let _ = self.kill();
+                    return Err(e);
+                }
+            }
         }
     }
 
@@ -171,8 +216,10 @@ impl Cluster {
         Ok(())
     }
 
-    /// Polls the gateway's `/metrics` until `cairn_nodes_up` equals the node count.
-    async fn wait_nodes_up(&mut self, timeout: Duration) -> Result<()> {
+    /// Polls the gateway's `/metrics` until `cairn_nodes_up` equals the node count and no
+    /// per-node `cairn_node_up` gauge is 0 (a failed transfer flips that one at once, while
+    /// the summary waits for the next heartbeat).
+    pub async fn wait_nodes_up(&mut self, timeout: Duration) -> Result<()> {
         let want = self.nodes.len() as f64;
         let deadline = Instant::now() + timeout;
         let mut last = None;
@@ -183,7 +230,11 @@ impl Cluster {
                     .lines()
                     .find_map(|l| l.strip_prefix("cairn_nodes_up "))
                     .and_then(|v| v.trim().parse::<f64>().ok());
-                if last == Some(want) {
+                let any_down = body.lines().any(|l| {
+                    l.starts_with("cairn_node_up{")
+                        && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) == Some(0.0)
+                });
+                if last == Some(want) && !any_down {
                     return Ok(());
                 }
             }
@@ -248,6 +299,7 @@ fn spawn(name: String, addr: SocketAddr, mut cmd: Command, logs: &Path) -> Resul
         name,
         addr,
         log,
+        cmd,
         child,
     })
 }

@@ -8,10 +8,7 @@
 //! targets of issue #2. `--json` adds a one-line JSON summary on stdout (the table then
 //! goes to stderr). Exit status: 0 ok, 1 data did not verify, 2 error.
 
-mod cluster;
-mod procfs;
-mod s3ops;
-mod source;
+use cairn_benches::{cluster, procfs, s3ops, source};
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -111,6 +111,11 @@ impl Bench {
         }
     }
 
+    /// The underlying SDK client (no retries), for operations the bench has no helper for.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Headers of the most recent PUT request.
     pub fn sent_headers(&self) -> SentHeaders {
         self.sent.lock().unwrap_or_else(|p| p.into_inner()).clone()

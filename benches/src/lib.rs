@@ -1,0 +1,7 @@
+//! Building blocks shared by the `cairn-bench` and `cairn-torture` binaries: a real
+//! cluster on loopback, an S3 client, `/proc` readings and the bench's source file.
+
+pub mod cluster;
+pub mod procfs;
+pub mod s3ops;
+pub mod source;
