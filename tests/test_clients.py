@@ -1,0 +1,566 @@
+"""Real S3 clients with their DEFAULT settings against Cairn (issue 3's client matrix).
+
+aws-cli, boto3 (s3transfer), rclone (provider Other), s3cmd and s3fs move a small checkpoint
+folder and the session's big file up and down. Files above each client's multipart threshold
+go multipart, with the checksums today's SDKs send by default; every download is compared by
+sha256, and multipart ETags and stored checksums are compared with values computed here from
+the local bytes.
+
+Small-object round trips live in test_roundtrip.py / test_awscli.py / test_rclone.py, the
+multipart API edge cases in test_multipart.py; this file covers what only the real clients'
+own transfer logic exercises.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+from boto3.s3.transfer import TransferConfig
+
+from harness.data import MiB, sha256_file
+from harness.s3util import new_bucket_name
+
+try:
+    from awscrt import checksums as crt_checksums
+except ImportError:  # CRC32C/CRC64NVME need awscrt (botocore[crt]), installed by tests/run.sh
+    crt_checksums = None
+
+ALGS = ["CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256"]
+
+
+# ---------------------------------------------------------------------------------------
+# local reference values
+
+
+class _Hasher:
+    """One streaming checksum of the kind S3 uses, with the raw big-endian digest."""
+
+    def __init__(self, alg: str):
+        self.alg = alg
+        self._crc = 0
+        self._h = hashlib.new(alg.lower()) if alg.startswith("SHA") else None
+
+    def update(self, b: bytes):
+        if self._h is not None:
+            self._h.update(b)
+        elif self.alg == "CRC32":
+            self._crc = zlib.crc32(b, self._crc)
+        elif self.alg == "CRC32C":
+            self._crc = crt_checksums.crc32c(b, self._crc)
+        elif self.alg == "CRC64NVME":
+            self._crc = crt_checksums.crc64nvme(b, self._crc)
+        else:
+            raise ValueError(self.alg)
+
+    def digest(self) -> bytes:
+        if self._h is not None:
+            return self._h.digest()
+        return self._crc.to_bytes(8 if self.alg == "CRC64NVME" else 4, "big")
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def checksum_b64(alg: str, data: bytes) -> str:
+    h = _Hasher(alg)
+    h.update(data)
+    return _b64(h.digest())
+
+
+def file_sums(path: Path, part_size: int, algs=()) -> dict:
+    """What S3 reports for `path` uploaded in parts of `part_size`: the multipart ETag, and
+    for each algorithm the FULL_OBJECT and COMPOSITE (`...-N`) checksums."""
+    part_md5s = []
+    full = {a: _Hasher(a) for a in algs}
+    part_digests = {a: [] for a in algs}
+    with open(path, "rb") as f:
+        while True:
+            part = f.read(part_size)
+            if not part:
+                break
+            part_md5s.append(hashlib.md5(part).digest())
+            for a in algs:
+                full[a].update(part)
+                one = _Hasher(a)
+                one.update(part)
+                part_digests[a].append(one.digest())
+    n = len(part_md5s)
+    out = {"parts": n, "etag": f'"{hashlib.md5(b"".join(part_md5s)).hexdigest()}-{n}"'}
+    for a in algs:
+        out[f"full_{a}"] = _b64(full[a].digest())
+        out[f"composite_{a}"] = f"{checksum_b64(a, b''.join(part_digests[a]))}-{n}"
+    return out
+
+
+def tree_digests(root: Path) -> dict[str, str]:
+    """{relative posix path: sha256} of every file under `root`."""
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+CKPT_FILES = {
+    # above aws-cli/boto3's 8 MiB and s3cmd's 15 MiB multipart thresholds
+    "model-00001-of-00002.safetensors": 20 * MiB + 5,
+    "model-00002-of-00002.safetensors": 3 * MiB + 17,
+    "optimizer/rank-0.pt": 9 * MiB + 1,
+    "model.safetensors.index.json": None,
+    "config.json": None,
+    "tokenizer/tokenizer.json": None,
+    "notes/run 1 (eval).txt": None,
+    "empty.txt": 0,
+}
+
+
+def write_checkpoint(root: Path) -> dict[str, str]:
+    """A checkpoint-like folder (a multipart-size shard, a small shard, optimizer state, json,
+    a name with spaces, an empty file); returns `tree_digests(root)`."""
+    for name, size in CKPT_FILES.items():
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if size is None:
+            p.write_text(json.dumps({"file": name, "hidden_size": 64, "layers": list(range(40))}))
+        else:
+            p.write_bytes(os.urandom(size))
+    # older than any LastModified the gateway can hand out, so "sync" decisions that compare
+    # times are deterministic (a file written in the same second as its upload is not "newer")
+    old = time.time() - 3600
+    for p in root.rglob("*"):
+        os.utime(p, (old, old))
+    return tree_digests(root)
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    root = tmp_path / "ckpt"
+    root.mkdir()
+    return root, write_checkpoint(root)
+
+
+def remote_keys(s3, bucket: str, prefix: str = "") -> dict[str, int]:
+    """{key: size} of everything under `prefix` (all pages)."""
+    out = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# aws-cli (s3 cp / s3 sync / s3api) with the default config: 8 MiB threshold and chunks
+
+
+AWSCLI_CHUNK = 8 * MiB
+
+
+def test_awscli_cp_big_file_multipart_up_and_down(cairn_cluster, bucket, big_file, tmp_path):
+    path, size, digest = big_file
+    want = file_sums(path, AWSCLI_CHUNK, ["CRC32"])
+    cairn_cluster.aws("s3", "cp", path, f"s3://{bucket}/ckpt/big.bin")
+
+    head = json.loads(
+        cairn_cluster.aws(
+            "s3api", "head-object", "--bucket", bucket, "--key", "ckpt/big.bin", "--checksum-mode", "ENABLED",
+            "--output", "json",
+        ).stdout
+    )
+    assert head["ContentLength"] == size
+    assert head["ETag"] == want["etag"], "multipart ETag must be md5 of the part md5s + -N"
+    # aws-cli sends CRC32 per part by default; the object reports the composite of them
+    assert head.get("ChecksumCRC32") == want["composite_CRC32"], head
+    assert head.get("ChecksumType") == "COMPOSITE", head
+
+    dst = tmp_path / "big.down"
+    cairn_cluster.aws("s3", "cp", f"s3://{bucket}/ckpt/big.bin", dst)
+    assert dst.stat().st_size == size
+    assert sha256_file(dst) == digest
+
+
+def test_awscli_sync_both_ways(cairn_cluster, bucket, ckpt, tmp_path):
+    src, digests = ckpt
+    url = f"s3://{bucket}/run/step-100"
+    up = cairn_cluster.aws("s3", "sync", src, url).stdout.decode()
+    assert up.count("upload: ") == len(digests), up
+    s3 = cairn_cluster.client()
+    assert remote_keys(s3, bucket, "run/step-100/") == {
+        f"run/step-100/{k}": (src / k).stat().st_size for k in digests
+    }
+    # nothing changed: nothing to do (sizes and LastModified listed correctly)
+    again = cairn_cluster.aws("s3", "sync", src, url).stdout.decode()
+    assert "upload:" not in again, again
+
+    # change one file, add one, remove one; --delete removes it remotely too
+    (src / "config.json").write_text('{"hidden_size": 128}')
+    (src / "optimizer/rank-1.pt").write_bytes(os.urandom(MiB + 3))
+    (src / "tokenizer/tokenizer.json").unlink()
+    out = cairn_cluster.aws("s3", "sync", "--delete", src, url).stdout.decode()
+    assert "upload: " in out and "config.json" in out and "rank-1.pt" in out, out
+    assert f"delete: {url}/tokenizer/tokenizer.json" in out, out
+    digests = tree_digests(src)
+    assert set(remote_keys(s3, bucket, "run/step-100/")) == {f"run/step-100/{k}" for k in digests}
+
+    # down into an empty folder, byte-exact
+    down = tmp_path / "down"
+    cairn_cluster.aws("s3", "sync", url, down)
+    assert tree_digests(down) == digests
+    assert cairn_cluster.aws("s3", "sync", url, down).stdout.decode().strip() == ""
+
+    # a remote delete reaches the local copy with --delete
+    cairn_cluster.aws("s3", "rm", f"{url}/optimizer/rank-0.pt")
+    out = cairn_cluster.aws("s3", "sync", "--delete", url, down).stdout.decode()
+    assert "delete: " in out and "rank-0.pt" in out, out
+    del digests["optimizer/rank-0.pt"]
+    assert tree_digests(down) == digests
+
+
+@pytest.mark.skipif(crt_checksums is None, reason="awscrt missing (tests/run.sh installs botocore[crt])")
+def test_awscli_s3api_put_head_get_with_checksum(cairn_cluster, bucket, tmp_path):
+    """s3api put-object with an explicit algorithm; head/get with checksum mode return it."""
+    data = os.urandom(3 * MiB + 17)
+    src = tmp_path / "shard.bin"
+    src.write_bytes(data)
+    put = json.loads(
+        cairn_cluster.aws(
+            "s3api", "put-object", "--bucket", bucket, "--key", "s.bin", "--body", src,
+            "--checksum-algorithm", "CRC32C", "--output", "json",
+        ).stdout
+    )
+    assert put["ChecksumCRC32C"] == checksum_b64("CRC32C", data), put
+    head = json.loads(
+        cairn_cluster.aws(
+            "s3api", "head-object", "--bucket", bucket, "--key", "s.bin", "--checksum-mode", "ENABLED",
+            "--output", "json",
+        ).stdout
+    )
+    assert head["ContentLength"] == len(data)
+    assert head["ChecksumCRC32C"] == checksum_b64("CRC32C", data), head
+    assert head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT"
+    plain = json.loads(
+        cairn_cluster.aws("s3api", "head-object", "--bucket", bucket, "--key", "s.bin", "--output", "json").stdout
+    )
+    assert "ChecksumCRC32C" not in plain, "checksums only with x-amz-checksum-mode: ENABLED"
+    dst = tmp_path / "s.down"
+    # botocore validates the returned checksum against the body it reads
+    got = json.loads(
+        cairn_cluster.aws(
+            "s3api", "get-object", "--bucket", bucket, "--key", "s.bin", "--checksum-mode", "ENABLED",
+            dst, "--output", "json",
+        ).stdout
+    )
+    assert got["ChecksumCRC32C"] == checksum_b64("CRC32C", data)
+    assert dst.read_bytes() == data
+
+
+# ---------------------------------------------------------------------------------------
+# boto3 / s3transfer
+
+
+BOTO_CHUNK = 8 * MiB  # TransferConfig's default multipart_chunksize (and threshold)
+THREADED = TransferConfig(max_concurrency=8, use_threads=True)
+
+
+@pytest.fixture(scope="module")
+def medium_file(tmp_path_factory):
+    """Three full default-size parts and a 3-byte last part."""
+    path = tmp_path_factory.mktemp("medium") / "medium.bin"
+    path.write_bytes(os.urandom(3 * BOTO_CHUNK + 3))
+    return path
+
+
+def _need_crt(alg):
+    if alg in ("CRC32C", "CRC64NVME") and crt_checksums is None:
+        pytest.skip("awscrt missing (tests/run.sh installs botocore[crt])")
+
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_boto3_upload_download_file_each_checksum(cairn_cluster, bucket, medium_file, tmp_path, alg):
+    _need_crt(alg)
+    s3 = cairn_cluster.client(retries=None)  # a user's client: default retries too
+    want = file_sums(medium_file, BOTO_CHUNK, [alg])
+    s3.upload_file(str(medium_file), bucket, f"m-{alg}", ExtraArgs={"ChecksumAlgorithm": alg}, Config=THREADED)
+
+    head = s3.head_object(Bucket=bucket, Key=f"m-{alg}", ChecksumMode="ENABLED")
+    assert head["ContentLength"] == medium_file.stat().st_size
+    assert head["ETag"] == want["etag"]
+    if alg == "CRC64NVME":  # CRC64NVME multipart objects are FULL_OBJECT only
+        assert (head["ChecksumType"], head[f"Checksum{alg}"]) == ("FULL_OBJECT", want[f"full_{alg}"])
+    else:
+        assert (head["ChecksumType"], head[f"Checksum{alg}"]) == ("COMPOSITE", want[f"composite_{alg}"])
+
+    dst = tmp_path / "down"
+    s3.download_file(bucket, f"m-{alg}", str(dst), Config=THREADED)
+    assert sha256_file(dst) == sha256_file(medium_file)
+
+
+@pytest.mark.skipif(crt_checksums is None, reason="awscrt missing")
+@pytest.mark.parametrize("alg", ["CRC32", "CRC32C", "CRC64NVME"])
+def test_boto3_upload_file_full_object_checksum(cairn_cluster, bucket, medium_file, alg):
+    """A caller-provided whole-file CRC makes s3transfer upload with ChecksumType FULL_OBJECT
+    (x-amz-checksum-type on Create, the full CRC and x-amz-mp-object-size on Complete)."""
+    s3 = cairn_cluster.client()
+    want = file_sums(medium_file, BOTO_CHUNK, [alg])
+    s3.upload_file(
+        str(medium_file), bucket, "full", ExtraArgs={f"Checksum{alg}": want[f"full_{alg}"]}, Config=THREADED
+    )
+    head = s3.head_object(Bucket=bucket, Key="full", ChecksumMode="ENABLED")
+    assert (head["ChecksumType"], head[f"Checksum{alg}"]) == ("FULL_OBJECT", want[f"full_{alg}"])
+    assert head["ETag"] == want["etag"]
+    # a wrong whole-object value is refused and stores nothing
+    wrong = _b64(bytes(len(base64.b64decode(want[f"full_{alg}"]))))
+    with pytest.raises(Exception) as e:
+        s3.upload_file(str(medium_file), bucket, "full-bad", ExtraArgs={f"Checksum{alg}": wrong}, Config=THREADED)
+    assert "BadDigest" in str(e.value) or "InvalidRequest" in str(e.value), e.value
+    assert "full-bad" not in remote_keys(s3, bucket)
+
+
+def test_boto3_default_client_big_file(cairn_cluster, bucket, big_file, tmp_path):
+    """upload_file/download_file exactly as a user writes them: no Config at all."""
+    path, size, digest = big_file
+    s3 = cairn_cluster.client(retries=None)
+    want = file_sums(path, BOTO_CHUNK, ["CRC32"])
+    s3.upload_file(str(path), bucket, "big.bin")
+    head = s3.head_object(Bucket=bucket, Key="big.bin", ChecksumMode="ENABLED")
+    assert (head["ContentLength"], head["ETag"]) == (size, want["etag"])
+    assert head.get("ChecksumCRC32") == want["composite_CRC32"], "s3transfer defaults to CRC32 parts"
+    dst = tmp_path / "big.down"
+    s3.download_file(bucket, "big.bin", str(dst))
+    assert sha256_file(dst) == digest
+
+
+def test_boto3_checksums_when_required(cairn_cluster, bucket, medium_file, tmp_path):
+    """The opt-out many users set for third-party S3: no checksum unless an API demands it."""
+    s3 = cairn_cluster.client(
+        retries=None, request_checksum_calculation="when_required", response_checksum_validation="when_required"
+    )
+    want = file_sums(medium_file, BOTO_CHUNK)
+    s3.upload_file(str(medium_file), bucket, "wr-mp", Config=THREADED)
+    head = s3.head_object(Bucket=bucket, Key="wr-mp", ChecksumMode="ENABLED")
+    assert head["ETag"] == want["etag"]
+    assert not [k for k in head if k.startswith("Checksum") and k != "ChecksumType"], head
+    dst = tmp_path / "wr"
+    s3.download_file(bucket, "wr-mp", str(dst), Config=THREADED)
+    assert sha256_file(dst) == sha256_file(medium_file)
+
+    small = os.urandom(100_000)
+    r = s3.put_object(Bucket=bucket, Key="wr-small", Body=small)
+    assert r["ETag"] == f'"{hashlib.md5(small).hexdigest()}"'
+    assert s3.get_object(Bucket=bucket, Key="wr-small")["Body"].read() == small
+    # DeleteObjects is "checksum required": botocore sends Content-MD5 in this mode
+    r = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "wr-small"}, {"Key": "wr-mp"}]})
+    assert sorted(d["Key"] for d in r["Deleted"]) == ["wr-mp", "wr-small"]
+    assert remote_keys(s3, bucket) == {}
+
+
+# ---------------------------------------------------------------------------------------
+# rclone (Debian package, provider Other; the helper in test_rclone.py sets it up)
+
+needs_rclone = pytest.mark.skipif(shutil.which("rclone") is None, reason="rclone missing (tests/run.sh installs it)")
+
+
+def _rclone(cluster, tmp_path, *args, check=True):
+    from test_rclone import rclone
+
+    return rclone(cluster, tmp_path, *args, check=check)
+
+
+@needs_rclone
+def test_rclone_sync_deletes_check_size(cairn_cluster, ckpt, tmp_path):
+    src, digests = ckpt
+    bucket = new_bucket_name("rclone")
+    remote = f"cairn:{bucket}/ckpt"
+    _rclone(cairn_cluster, tmp_path, "mkdir", f"cairn:{bucket}")
+    _rclone(cairn_cluster, tmp_path, "sync", src, remote)
+    # stray objects on the target are removed by sync
+    s3 = cairn_cluster.client()
+    s3.put_object(Bucket=bucket, Key="ckpt/stale/old-shard.bin", Body=b"old")
+    (src / "model-00002-of-00002.safetensors").unlink()
+    (src / "config.json").write_text('{"hidden_size": 4096}')
+    _rclone(cairn_cluster, tmp_path, "sync", src, remote)
+    digests = tree_digests(src)
+    lsf = _rclone(cairn_cluster, tmp_path, "lsf", "-R", "--files-only", remote).stdout.decode()
+    assert sorted(lsf.splitlines()) == sorted(digests)
+    r = _rclone(cairn_cluster, tmp_path, "check", src, remote)
+    assert f"{len(digests)} matching files".encode() in r.stderr, r.stderr.decode()
+
+    size = json.loads(_rclone(cairn_cluster, tmp_path, "size", "--json", remote).stdout)
+    total = sum((src / k).stat().st_size for k in digests)
+    assert (size["count"], size["bytes"]) == (len(digests), total)
+
+    down = tmp_path / "down"
+    _rclone(cairn_cluster, tmp_path, "sync", remote, down)
+    assert tree_digests(down) == digests
+    _rclone(cairn_cluster, tmp_path, "purge", f"cairn:{bucket}")
+
+
+@needs_rclone
+def test_rclone_copyto_big_file_multipart(cairn_cluster, bucket, big_file, tmp_path):
+    """rclone's only non-default here is --s3-upload-cutoff: its default (200 MiB) is above the
+    session's big file, and the point is rclone's own multipart upload (5 MiB chunks, 4 at once)."""
+    path, size, digest = big_file
+    want = file_sums(path, 5 * MiB)
+    _rclone(cairn_cluster, tmp_path, "copyto", "--s3-upload-cutoff", "50M", path, f"cairn:{bucket}/big.bin")
+    s3 = cairn_cluster.client()
+    head = s3.head_object(Bucket=bucket, Key="big.bin")
+    assert (head["ContentLength"], head["ETag"]) == (size, want["etag"])
+    # rclone keeps the whole-file md5 as metadata for multipart objects, and check uses it
+    assert head["Metadata"].get("md5chksum"), head["Metadata"]
+    r = _rclone(cairn_cluster, tmp_path, "check", path.parent, f"cairn:{bucket}", "--include", "big.bin")
+    assert b"1 matching files" in r.stderr and b"0 differences found" in r.stderr, r.stderr.decode()
+    dst = tmp_path / "big.down"
+    _rclone(cairn_cluster, tmp_path, "copyto", f"cairn:{bucket}/big.bin", dst)
+    assert sha256_file(dst) == digest
+
+
+# ---------------------------------------------------------------------------------------
+# s3cmd (pip), path-style over plain http; default 15 MiB multipart chunks
+
+needs_s3cmd = pytest.mark.skipif(shutil.which("s3cmd") is None, reason="s3cmd missing (tests/run.sh installs it)")
+S3CMD_CHUNK = 15 * MiB
+
+
+def s3cmd(cluster, tmp_path, *args, check=True) -> subprocess.CompletedProcess:
+    cfg = tmp_path / "s3cmd.cfg"
+    if not cfg.exists():
+        host = cluster.endpoint.split("://", 1)[1]
+        cfg.write_text(
+            "[default]\n"
+            f"access_key = {cluster.access_key}\n"
+            f"secret_key = {cluster.secret_key}\n"
+            f"host_base = {host}\n"
+            f"host_bucket = {host}\n"  # no %(bucket)s: path-style
+            "bucket_location = us-east-1\n"
+            "use_https = False\n"
+            "signature_v2 = False\n"
+        )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    argv = ["s3cmd", "-c", str(cfg), "--no-progress", *map(str, args)]
+    r = subprocess.run(argv, env=env, capture_output=True, timeout=300, stdin=subprocess.DEVNULL)
+    if check and r.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(argv)} exited {r.returncode}\n{r.stdout.decode()[-3000:]}\n{r.stderr.decode()[-3000:]}"
+        )
+    return r
+
+
+@needs_s3cmd
+def test_s3cmd_put_get_big_file_multipart(cairn_cluster, big_file, tmp_path):
+    path, size, digest = big_file
+    bucket = new_bucket_name("s3cmd")
+    s3cmd(cairn_cluster, tmp_path, "mb", f"s3://{bucket}")
+    s3cmd(cairn_cluster, tmp_path, "put", path, f"s3://{bucket}/big.bin")
+    head = cairn_cluster.client().head_object(Bucket=bucket, Key="big.bin")
+    assert (head["ContentLength"], head["ETag"]) == (size, file_sums(path, S3CMD_CHUNK)["etag"])
+    dst = tmp_path / "big.down"
+    # s3cmd checks the download against the md5 it stored in x-amz-meta-s3cmd-attrs
+    r = s3cmd(cairn_cluster, tmp_path, "get", f"s3://{bucket}/big.bin", dst)
+    assert b"MD5 signatures do not match" not in r.stderr + r.stdout, r.stderr.decode()
+    assert sha256_file(dst) == digest
+    ls = s3cmd(cairn_cluster, tmp_path, "ls", f"s3://{bucket}").stdout.decode()
+    assert f"{size}   s3://{bucket}/big.bin" in ls, ls
+    s3cmd(cairn_cluster, tmp_path, "del", f"s3://{bucket}/big.bin")
+    s3cmd(cairn_cluster, tmp_path, "rb", f"s3://{bucket}")
+    assert bucket not in s3cmd(cairn_cluster, tmp_path, "ls").stdout.decode()
+
+
+@needs_s3cmd
+def test_s3cmd_put_get_sync(cairn_cluster, ckpt, tmp_path):
+    src, digests = ckpt
+    bucket = new_bucket_name("s3cmd")
+    s3cmd(cairn_cluster, tmp_path, "mb", f"s3://{bucket}")
+    # a single put and get
+    s3cmd(cairn_cluster, tmp_path, "put", src / "config.json", f"s3://{bucket}/one/config.json")
+    s3cmd(cairn_cluster, tmp_path, "get", f"s3://{bucket}/one/config.json", tmp_path / "config.got")
+    assert sha256_file(tmp_path / "config.got") == digests["config.json"]
+
+    s3cmd(cairn_cluster, tmp_path, "sync", f"{src}/", f"s3://{bucket}/ckpt/")
+    s3 = cairn_cluster.client()
+    assert remote_keys(s3, bucket, "ckpt/") == {f"ckpt/{k}": (src / k).stat().st_size for k in digests}
+    # unchanged: s3cmd compares size and md5 (ETag, or its stored md5 for multipart objects)
+    again = s3cmd(cairn_cluster, tmp_path, "sync", f"{src}/", f"s3://{bucket}/ckpt/").stdout.decode()
+    assert "upload:" not in again, again
+
+    (src / "optimizer/rank-0.pt").unlink()
+    (src / "config.json").write_text('{"hidden_size": 1}')
+    out = s3cmd(cairn_cluster, tmp_path, "sync", "--delete-removed", f"{src}/", f"s3://{bucket}/ckpt/").stdout.decode()
+    assert "rank-0.pt" in out and "config.json" in out, out
+    digests = tree_digests(src)
+    assert set(remote_keys(s3, bucket, "ckpt/")) == {f"ckpt/{k}" for k in digests}
+
+    down = tmp_path / "down"
+    down.mkdir()
+    s3cmd(cairn_cluster, tmp_path, "sync", f"s3://{bucket}/ckpt/", f"{down}/")
+    assert tree_digests(down) == digests
+    s3cmd(cairn_cluster, tmp_path, "del", "--recursive", "--force", f"s3://{bucket}")
+    s3cmd(cairn_cluster, tmp_path, "rb", f"s3://{bucket}")
+
+
+# ---------------------------------------------------------------------------------------
+# s3fs (fsspec) on aiobotocore, default settings
+
+
+@pytest.fixture
+def s3fs_fs(cairn_cluster):
+    s3fs = pytest.importorskip("s3fs", reason="s3fs missing (tests/run.sh installs it)")
+    fs = s3fs.S3FileSystem(
+        key=cairn_cluster.access_key,
+        secret=cairn_cluster.secret_key,
+        endpoint_url=cairn_cluster.endpoint,
+        client_kwargs={"region_name": cairn_cluster.region},
+        skip_instance_cache=True,
+    )
+    yield fs
+    fs.clear_instance_cache()
+
+
+def test_s3fs_put_get_ls_rm_checkpoint(cairn_cluster, s3fs_fs, ckpt, tmp_path):
+    fs = s3fs_fs
+    src, digests = ckpt
+    bucket = new_bucket_name("s3fs")
+    fs.mkdir(bucket)
+    fs.put(f"{src}/", f"{bucket}/ckpt/", recursive=True)
+    fs.invalidate_cache()
+    found = fs.find(f"{bucket}/ckpt")
+    assert sorted(found) == sorted(f"{bucket}/ckpt/{k}" for k in digests)
+    top = fs.ls(f"{bucket}/ckpt", detail=True)
+    kinds = {e["name"].rsplit("/", 1)[-1]: e["type"] for e in top}
+    assert kinds["optimizer"] == "directory" and kinds["config.json"] == "file", kinds
+    info = fs.info(f"{bucket}/ckpt/model-00001-of-00002.safetensors")
+    assert info["size"] == CKPT_FILES["model-00001-of-00002.safetensors"]
+
+    down = tmp_path / "down"
+    fs.get(f"{bucket}/ckpt/", f"{down}/", recursive=True)
+    assert tree_digests(down) == digests
+    with fs.open(f"{bucket}/ckpt/optimizer/rank-0.pt", "rb") as f:
+        f.seek(MiB)
+        assert hashlib.sha256(f.read()).hexdigest() == hashlib.sha256(
+            (src / "optimizer/rank-0.pt").read_bytes()[MiB:]
+        ).hexdigest()
+
+    fs.rm(f"{bucket}/ckpt/config.json")
+    fs.invalidate_cache()
+    assert not fs.exists(f"{bucket}/ckpt/config.json")
+    fs.rm(f"{bucket}/ckpt", recursive=True)  # DeleteObjects with the SDK's checksum header
+    fs.invalidate_cache()
+    assert fs.find(f"{bucket}") == []
+    assert remote_keys(cairn_cluster.client(), bucket) == {}
+    fs.rmdir(bucket)
+
+
+def test_s3fs_big_file_multipart(cairn_cluster, s3fs_fs, bucket, big_file, tmp_path):
+    """s3fs.put goes multipart above 2 x its 50 MiB chunk; writes through open() in 50 MiB blocks."""
+    fs = s3fs_fs
+    path, size, digest = big_file
+    fs.put(str(path), f"{bucket}/big.bin")
+    head = cairn_cluster.client().head_object(Bucket=bucket, Key="big.bin")
+    assert (head["ContentLength"], head["ETag"]) == (size, file_sums(path, 50 * MiB)["etag"])
+    dst = tmp_path / "big.down"
+    fs.get(f"{bucket}/big.bin", str(dst))
+    assert sha256_file(dst) == digest
+    fs.rm(f"{bucket}/big.bin")
