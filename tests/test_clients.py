@@ -1,7 +1,7 @@
 """Real S3 clients with their DEFAULT settings against Cairn (issue 3's client matrix).
 
 aws-cli, boto3 (s3transfer), rclone (provider Other), s3cmd and s3fs move a small checkpoint
-folder and the session's big file up and down. Files above each client's multipart threshold
+folder and a 120 MB file up and down. Files above each client's multipart threshold
 go multipart, with the checksums today's SDKs send by default; every download is compared by
 sha256, and multipart ETags and stored checksums are compared with values computed here from
 the local bytes.
@@ -17,6 +17,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -26,7 +27,7 @@ from pathlib import Path
 import pytest
 from boto3.s3.transfer import TransferConfig
 
-from harness.data import MiB, sha256_file
+from harness.data import MiB, sha256_file, write_random_file
 from harness.s3util import new_bucket_name
 
 try:
@@ -107,6 +108,20 @@ def tree_digests(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+# Above aws-cli's and boto3's 8 MiB, s3cmd's 15 MiB and s3fs's 2 x 50 MiB multipart
+# thresholds, small enough for the whole module to stay quick on 2 cores.
+LARGE_SIZE = int(os.environ.get("CAIRN_TEST_CLIENTS_LARGE_SIZE", str(120 * 1000 * 1000)))
+
+
+@pytest.fixture(scope="module")
+def large_file(tmp_path_factory):
+    """(path, size, sha256) of a 120 MB random file, made once for this module."""
+    path = tmp_path_factory.mktemp("large") / "large.bin"
+    digest = write_random_file(path, LARGE_SIZE)
+    yield path, LARGE_SIZE, digest
+    path.unlink(missing_ok=True)
+
+
 CKPT_FILES = {
     # above aws-cli/boto3's 8 MiB and s3cmd's 15 MiB multipart thresholds
     "model-00001-of-00002.safetensors": 20 * MiB + 5,
@@ -160,14 +175,14 @@ def remote_keys(s3, bucket: str, prefix: str = "") -> dict[str, int]:
 AWSCLI_CHUNK = 8 * MiB
 
 
-def test_awscli_cp_big_file_multipart_up_and_down(cairn_cluster, bucket, big_file, tmp_path):
-    path, size, digest = big_file
+def test_awscli_cp_large_file_multipart_up_and_down(cairn_cluster, bucket, large_file, tmp_path):
+    path, size, digest = large_file
     want = file_sums(path, AWSCLI_CHUNK, ["CRC32"])
-    cairn_cluster.aws("s3", "cp", path, f"s3://{bucket}/ckpt/big.bin")
+    cairn_cluster.aws("s3", "cp", path, f"s3://{bucket}/ckpt/large.bin")
 
     head = json.loads(
         cairn_cluster.aws(
-            "s3api", "head-object", "--bucket", bucket, "--key", "ckpt/big.bin", "--checksum-mode", "ENABLED",
+            "s3api", "head-object", "--bucket", bucket, "--key", "ckpt/large.bin", "--checksum-mode", "ENABLED",
             "--output", "json",
         ).stdout
     )
@@ -177,8 +192,8 @@ def test_awscli_cp_big_file_multipart_up_and_down(cairn_cluster, bucket, big_fil
     assert head.get("ChecksumCRC32") == want["composite_CRC32"], head
     assert head.get("ChecksumType") == "COMPOSITE", head
 
-    dst = tmp_path / "big.down"
-    cairn_cluster.aws("s3", "cp", f"s3://{bucket}/ckpt/big.bin", dst)
+    dst = tmp_path / "large.down"
+    cairn_cluster.aws("s3", "cp", f"s3://{bucket}/ckpt/large.bin", dst)
     assert dst.stat().st_size == size
     assert sha256_file(dst) == digest
 
@@ -320,17 +335,17 @@ def test_boto3_upload_file_full_object_checksum(cairn_cluster, bucket, medium_fi
     assert "full-bad" not in remote_keys(s3, bucket)
 
 
-def test_boto3_default_client_big_file(cairn_cluster, bucket, big_file, tmp_path):
+def test_boto3_default_client_large_file(cairn_cluster, bucket, large_file, tmp_path):
     """upload_file/download_file exactly as a user writes them: no Config at all."""
-    path, size, digest = big_file
+    path, size, digest = large_file
     s3 = cairn_cluster.client(retries=None)
     want = file_sums(path, BOTO_CHUNK, ["CRC32"])
-    s3.upload_file(str(path), bucket, "big.bin")
-    head = s3.head_object(Bucket=bucket, Key="big.bin", ChecksumMode="ENABLED")
+    s3.upload_file(str(path), bucket, "large.bin")
+    head = s3.head_object(Bucket=bucket, Key="large.bin", ChecksumMode="ENABLED")
     assert (head["ContentLength"], head["ETag"]) == (size, want["etag"])
     assert head.get("ChecksumCRC32") == want["composite_CRC32"], "s3transfer defaults to CRC32 parts"
-    dst = tmp_path / "big.down"
-    s3.download_file(bucket, "big.bin", str(dst))
+    dst = tmp_path / "large.down"
+    s3.download_file(bucket, "large.bin", str(dst))
     assert sha256_file(dst) == digest
 
 
@@ -400,21 +415,21 @@ def test_rclone_sync_deletes_check_size(cairn_cluster, ckpt, tmp_path):
 
 
 @needs_rclone
-def test_rclone_copyto_big_file_multipart(cairn_cluster, bucket, big_file, tmp_path):
+def test_rclone_copyto_large_file_multipart(cairn_cluster, bucket, large_file, tmp_path):
     """rclone's only non-default here is --s3-upload-cutoff: its default (200 MiB) is above the
-    session's big file, and the point is rclone's own multipart upload (5 MiB chunks, 4 at once)."""
-    path, size, digest = big_file
+    module's 120 MB file, and the point is rclone's own multipart upload (5 MiB chunks, 4 at once)."""
+    path, size, digest = large_file
     want = file_sums(path, 5 * MiB)
-    _rclone(cairn_cluster, tmp_path, "copyto", "--s3-upload-cutoff", "50M", path, f"cairn:{bucket}/big.bin")
+    _rclone(cairn_cluster, tmp_path, "copyto", "--s3-upload-cutoff", "50M", path, f"cairn:{bucket}/large.bin")
     s3 = cairn_cluster.client()
-    head = s3.head_object(Bucket=bucket, Key="big.bin")
+    head = s3.head_object(Bucket=bucket, Key="large.bin")
     assert (head["ContentLength"], head["ETag"]) == (size, want["etag"])
     # rclone keeps the whole-file md5 as metadata for multipart objects, and check uses it
     assert head["Metadata"].get("md5chksum"), head["Metadata"]
-    r = _rclone(cairn_cluster, tmp_path, "check", path.parent, f"cairn:{bucket}", "--include", "big.bin")
+    r = _rclone(cairn_cluster, tmp_path, "check", path.parent, f"cairn:{bucket}", "--include", "large.bin")
     assert b"1 matching files" in r.stderr and b"0 differences found" in r.stderr, r.stderr.decode()
-    dst = tmp_path / "big.down"
-    _rclone(cairn_cluster, tmp_path, "copyto", f"cairn:{bucket}/big.bin", dst)
+    dst = tmp_path / "large.down"
+    _rclone(cairn_cluster, tmp_path, "copyto", f"cairn:{bucket}/large.bin", dst)
     assert sha256_file(dst) == digest
 
 
@@ -450,21 +465,21 @@ def s3cmd(cluster, tmp_path, *args, check=True) -> subprocess.CompletedProcess:
 
 
 @needs_s3cmd
-def test_s3cmd_put_get_big_file_multipart(cairn_cluster, big_file, tmp_path):
-    path, size, digest = big_file
+def test_s3cmd_put_get_large_file_multipart(cairn_cluster, large_file, tmp_path):
+    path, size, digest = large_file
     bucket = new_bucket_name("s3cmd")
     s3cmd(cairn_cluster, tmp_path, "mb", f"s3://{bucket}")
-    s3cmd(cairn_cluster, tmp_path, "put", path, f"s3://{bucket}/big.bin")
-    head = cairn_cluster.client().head_object(Bucket=bucket, Key="big.bin")
+    s3cmd(cairn_cluster, tmp_path, "put", path, f"s3://{bucket}/large.bin")
+    head = cairn_cluster.client().head_object(Bucket=bucket, Key="large.bin")
     assert (head["ContentLength"], head["ETag"]) == (size, file_sums(path, S3CMD_CHUNK)["etag"])
-    dst = tmp_path / "big.down"
+    dst = tmp_path / "large.down"
     # s3cmd checks the download against the md5 it stored in x-amz-meta-s3cmd-attrs
-    r = s3cmd(cairn_cluster, tmp_path, "get", f"s3://{bucket}/big.bin", dst)
+    r = s3cmd(cairn_cluster, tmp_path, "get", f"s3://{bucket}/large.bin", dst)
     assert b"MD5 signatures do not match" not in r.stderr + r.stdout, r.stderr.decode()
     assert sha256_file(dst) == digest
     ls = s3cmd(cairn_cluster, tmp_path, "ls", f"s3://{bucket}").stdout.decode()
-    assert f"{size}   s3://{bucket}/big.bin" in ls, ls
-    s3cmd(cairn_cluster, tmp_path, "del", f"s3://{bucket}/big.bin")
+    assert re.search(rf"\s{size}\s+s3://{bucket}/large\.bin$", ls, re.M), ls
+    s3cmd(cairn_cluster, tmp_path, "del", f"s3://{bucket}/large.bin")
     s3cmd(cairn_cluster, tmp_path, "rb", f"s3://{bucket}")
     assert bucket not in s3cmd(cairn_cluster, tmp_path, "ls").stdout.decode()
 
@@ -553,14 +568,14 @@ def test_s3fs_put_get_ls_rm_checkpoint(cairn_cluster, s3fs_fs, ckpt, tmp_path):
     fs.rmdir(bucket)
 
 
-def test_s3fs_big_file_multipart(cairn_cluster, s3fs_fs, bucket, big_file, tmp_path):
+def test_s3fs_large_file_multipart(cairn_cluster, s3fs_fs, bucket, large_file, tmp_path):
     """s3fs.put goes multipart above 2 x its 50 MiB chunk; writes through open() in 50 MiB blocks."""
     fs = s3fs_fs
-    path, size, digest = big_file
-    fs.put(str(path), f"{bucket}/big.bin")
-    head = cairn_cluster.client().head_object(Bucket=bucket, Key="big.bin")
+    path, size, digest = large_file
+    fs.put(str(path), f"{bucket}/large.bin")
+    head = cairn_cluster.client().head_object(Bucket=bucket, Key="large.bin")
     assert (head["ContentLength"], head["ETag"]) == (size, file_sums(path, 50 * MiB)["etag"])
-    dst = tmp_path / "big.down"
-    fs.get(f"{bucket}/big.bin", str(dst))
+    dst = tmp_path / "large.down"
+    fs.get(f"{bucket}/large.bin", str(dst))
     assert sha256_file(dst) == digest
-    fs.rm(f"{bucket}/big.bin")
+    fs.rm(f"{bucket}/large.bin")
