@@ -27,7 +27,7 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     step "checking system packages"
     # command -> Debian package that provides it
     missing=()
-    for pair in curl:curl rclone:rclone promtool:prometheus; do
+    for pair in curl:curl rclone:rclone promtool:prometheus openssl:openssl; do
         command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
     done
     if [ ${#missing[@]} -gt 0 ]; then

@@ -13,13 +13,16 @@ own transfer logic exercises.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -27,6 +30,7 @@ from pathlib import Path
 import pytest
 from boto3.s3.transfer import TransferConfig
 
+from harness.cluster import aws_cli_argv, make_client
 from harness.data import MiB, sha256_file, write_random_file
 from harness.s3util import new_bucket_name
 
@@ -579,3 +583,195 @@ def test_s3fs_large_file_multipart(cairn_cluster, s3fs_fs, bucket, large_file, t
     fs.get(f"{bucket}/large.bin", str(dst))
     assert sha256_file(dst) == digest
     fs.rm(f"{bucket}/large.bin")
+
+
+# ---------------------------------------------------------------------------------------
+# Over TLS: botocore sends its flexible checksums as aws-chunked trailers
+# (STREAMING-UNSIGNED-PAYLOAD-TRAILER) only on https URLs; on plain http it sends a header
+# with a signed SHA-256 body. The gateway speaks plain http, so these tests put a TLS
+# terminator in front of it that relays the bytes unchanged (the signed Host header is the
+# relay's, as a real TLS proxy in front of Cairn would see it).
+
+
+_TRAILER_REQUEST = re.compile(rb"\r\nx-amz-content-sha256: *STREAMING-UNSIGNED-PAYLOAD-TRAILER\r\n", re.I)
+
+
+class TlsRelay:
+    """Accepts TLS on 127.0.0.1:<port> and pipes each connection's plaintext to `target`."""
+
+    def __init__(self, target: tuple[str, int], certfile: Path, keyfile: Path):
+        self.target = target
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(certfile, keyfile)
+        self.cafile = certfile
+        self.loop = asyncio.new_event_loop()
+        self.port = None
+        self.trailer_requests = 0  # requests seen with an aws-chunked, trailer-checksummed body
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self.thread.start()
+        if not ready.wait(10) or self.port is None:
+            raise RuntimeError("TLS relay did not start")
+
+    def _run(self, ready: threading.Event):
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(
+            asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.ctx)
+        )
+        self.port = self.server.sockets[0].getsockname()[1]
+        ready.set()
+        self.loop.run_forever()
+
+    async def _handle(self, reader, writer):
+        try:
+            up_r, up_w = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+
+        async def pump(r, w, sniff=False):
+            try:
+                while data := await r.read(256 * 1024):
+                    if sniff:
+                        self.trailer_requests += len(_TRAILER_REQUEST.findall(data))
+                    w.write(data)
+                    await w.drain()
+            except (OSError, ssl.SSLError, ConnectionError):
+                pass
+
+        tasks = [asyncio.create_task(pump(reader, up_w, sniff=True)), asyncio.create_task(pump(up_r, writer))]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for t in tasks:
+            t.cancel()
+        for w in (writer, up_w):
+            w.close()
+
+    @property
+    def endpoint(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def close(self):
+        def stop():
+            self.server.close()
+            self.loop.stop()
+
+        self.loop.call_soon_threadsafe(stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def tls(cairn_cluster, tmp_path_factory):
+    """A TlsRelay in front of the module's gateway (`.endpoint`, `.cafile`)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl missing (tests/run.sh installs it)")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert],
+        check=True, capture_output=True, timeout=60,
+    )
+    host, port = cairn_cluster.gateway.addr.rsplit(":", 1)
+    relay = TlsRelay((host, int(port)), cert, key)
+    yield relay
+    relay.close()
+
+
+def tls_client(cairn_cluster, tls, **config):
+    s3 = make_client(tls.endpoint, cairn_cluster.access_key, cairn_cluster.secret_key, retries=None, **config)
+    s3._endpoint.http_session._verify = str(tls.cafile)  # noqa: SLF001 (boto3 has no per-client CA option)
+    return s3
+
+
+def record_payload_modes(s3) -> list[tuple[str, str, str]]:
+    """Collects (operation, x-amz-content-sha256, content-encoding) of every request sent."""
+    seen = []
+
+    def text(v) -> str:
+        return v.decode() if isinstance(v, bytes) else str(v or "")
+
+    def hook(request, event_name="", **_):
+        h = request.headers
+        seen.append((event_name.rsplit(".", 1)[-1], text(h.get("x-amz-content-sha256")), text(h.get("Content-Encoding"))))
+
+    s3.meta.events.register("before-send.s3", hook)
+    return seen
+
+
+@pytest.mark.parametrize("alg", [None, *ALGS], ids=["default", *ALGS])
+def test_boto3_over_tls_sends_aws_chunked_trailers(cairn_cluster, bucket, tls, medium_file, tmp_path, alg):
+    _need_crt(alg)
+    s3 = tls_client(cairn_cluster, tls)
+    seen = record_payload_modes(s3)
+    extra = {"ChecksumAlgorithm": alg} if alg else {}
+    s3.upload_file(str(medium_file), bucket, "mp", ExtraArgs=extra, Config=THREADED)
+    small = os.urandom(3 * MiB + 17)
+    put = s3.put_object(Bucket=bucket, Key="small", Body=small, **extra)
+
+    parts = [s for s in seen if s[0] in ("UploadPart", "PutObject")]
+    assert parts and all(
+        sha == "STREAMING-UNSIGNED-PAYLOAD-TRAILER" and "aws-chunked" in enc for _, sha, enc in parts
+    ), parts
+    used = alg or "CRC32"  # botocore's default
+    want = file_sums(medium_file, BOTO_CHUNK, [used])
+    head = s3.head_object(Bucket=bucket, Key="mp", ChecksumMode="ENABLED")
+    assert head["ETag"] == want["etag"]
+    kind = "FULL_OBJECT" if used == "CRC64NVME" else "COMPOSITE"
+    assert (head["ChecksumType"], head[f"Checksum{used}"]) == (kind, want[f"{'full' if kind == 'FULL_OBJECT' else 'composite'}_{used}"]), head
+    assert put[f"Checksum{used}"] == checksum_b64(used, small)
+    assert put["ETag"] == f'"{hashlib.md5(small).hexdigest()}"'
+    got = s3.get_object(Bucket=bucket, Key="small", ChecksumMode="ENABLED")
+    assert got["Body"].read() == small  # botocore validates the checksum while reading
+    assert got[f"Checksum{used}"] == checksum_b64(used, small)
+
+    dst = tmp_path / "down"
+    s3.download_file(bucket, "mp", str(dst), Config=THREADED)
+    assert sha256_file(dst) == sha256_file(medium_file)
+
+
+def test_awscli_over_tls_cp_and_sync(cairn_cluster, bucket, tls, ckpt, tmp_path):
+    """aws-cli with nothing but the endpoint and a CA bundle: aws-chunked parts and PUTs."""
+    src, digests = ckpt
+    env = {"AWS_CA_BUNDLE": str(tls.cafile), "AWS_ENDPOINT_URL": tls.endpoint}
+    before = tls.trailer_requests
+
+    def aws(*args):
+        argv = [*aws_cli_argv(), "--endpoint-url", tls.endpoint, *map(str, args)]
+        r = subprocess.run(argv, env={**cairn_cluster.env(), **env}, capture_output=True, timeout=300,
+                           stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, f"{argv} exited {r.returncode}: {r.stderr.decode()[-3000:]}"
+        return r
+
+    aws("s3", "sync", src, f"s3://{bucket}/tls")
+    # every non-empty file's PUT or part came as aws-chunked with a trailer (and more parts)
+    assert tls.trailer_requests - before >= len(digests) - 1
+    shard = "model-00001-of-00002.safetensors"
+    head = json.loads(
+        aws("s3api", "head-object", "--bucket", bucket, "--key", f"tls/{shard}", "--checksum-mode", "ENABLED",
+            "--output", "json").stdout
+    )
+    assert head["ETag"] == file_sums(src / shard, AWSCLI_CHUNK)["etag"]
+    assert head["ChecksumCRC32"] == file_sums(src / shard, AWSCLI_CHUNK, ["CRC32"])["composite_CRC32"]
+    down = tmp_path / "down"
+    aws("s3", "sync", f"s3://{bucket}/tls", down)
+    assert tree_digests(down) == digests
+
+
+def test_s3fs_over_tls_put_get(cairn_cluster, bucket, tls, ckpt, tmp_path):
+    s3fs = pytest.importorskip("s3fs", reason="s3fs missing (tests/run.sh installs it)")
+    src, digests = ckpt
+    before = tls.trailer_requests
+    fs = s3fs.S3FileSystem(
+        key=cairn_cluster.access_key,
+        secret=cairn_cluster.secret_key,
+        endpoint_url=tls.endpoint,
+        client_kwargs={"region_name": cairn_cluster.region, "verify": str(tls.cafile)},
+        skip_instance_cache=True,
+    )
+    fs.put(f"{src}/", f"{bucket}/tls/", recursive=True)
+    assert tls.trailer_requests - before >= len(digests) - 1, "s3fs sent no aws-chunked trailer bodies"
+    down = tmp_path / "down"
+    fs.get(f"{bucket}/tls/", f"{down}/", recursive=True)
+    assert tree_digests(down) == digests
+    fs.rm(f"{bucket}/tls", recursive=True)
+    assert remote_keys(cairn_cluster.client(), bucket) == {}
