@@ -31,7 +31,7 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 
 from harness.cluster import aws_cli_argv, make_client
-from harness.data import MiB, sha256_file, write_random_file
+from harness.data import MiB, sha256_file, sha256_stream, write_random_file
 from harness.s3util import new_bucket_name
 
 try:
@@ -201,6 +201,13 @@ def test_awscli_cp_large_file_multipart_up_and_down(cairn_cluster, bucket, large
     assert dst.stat().st_size == size
     assert sha256_file(dst) == digest
 
+    # bucket to bucket: s3transfer copies in 8 MiB UploadPartCopy ranges, so the same ETag
+    cairn_cluster.aws("s3", "cp", f"s3://{bucket}/ckpt/large.bin", f"s3://{bucket}/copy/large.bin")
+    s3 = cairn_cluster.client()
+    copy = s3.head_object(Bucket=bucket, Key="copy/large.bin")
+    assert (copy["ContentLength"], copy["ETag"]) == (size, want["etag"])
+    assert sha256_stream(s3.get_object(Bucket=bucket, Key="copy/large.bin")["Body"]) == (digest, size)
+
 
 def test_awscli_sync_both_ways(cairn_cluster, bucket, ckpt, tmp_path):
     src, digests = ckpt
@@ -229,12 +236,11 @@ def test_awscli_sync_both_ways(cairn_cluster, bucket, ckpt, tmp_path):
     down = tmp_path / "down"
     cairn_cluster.aws("s3", "sync", url, down)
     assert tree_digests(down) == digests
-    assert cairn_cluster.aws("s3", "sync", url, down).stdout.decode().strip() == ""
 
-    # a remote delete reaches the local copy with --delete
-    cairn_cluster.aws("s3", "rm", f"{url}/optimizer/rank-0.pt")
+    # a remote delete reaches the local copy with --delete; nothing else is downloaded again
+    s3.delete_object(Bucket=bucket, Key="run/step-100/optimizer/rank-0.pt")
     out = cairn_cluster.aws("s3", "sync", "--delete", url, down).stdout.decode()
-    assert "delete: " in out and "rank-0.pt" in out, out
+    assert "delete: " in out and "rank-0.pt" in out and "download:" not in out, out
     del digests["optimizer/rank-0.pt"]
     assert tree_digests(down) == digests
 
@@ -261,9 +267,7 @@ def test_awscli_s3api_put_head_get_with_checksum(cairn_cluster, bucket, tmp_path
     assert head["ContentLength"] == len(data)
     assert head["ChecksumCRC32C"] == checksum_b64("CRC32C", data), head
     assert head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT"
-    plain = json.loads(
-        cairn_cluster.aws("s3api", "head-object", "--bucket", bucket, "--key", "s.bin", "--output", "json").stdout
-    )
+    plain = cairn_cluster.client().head_object(Bucket=bucket, Key="s.bin")
     assert "ChecksumCRC32C" not in plain, "checksums only with x-amz-checksum-mode: ENABLED"
     dst = tmp_path / "s.down"
     # botocore validates the returned checksum against the body it reads
@@ -298,32 +302,12 @@ def _need_crt(alg):
         pytest.skip("awscrt missing (tests/run.sh installs botocore[crt])")
 
 
-@pytest.mark.parametrize("alg", ALGS)
-def test_boto3_upload_download_file_each_checksum(cairn_cluster, bucket, medium_file, tmp_path, alg):
-    _need_crt(alg)
-    s3 = cairn_cluster.client(retries=None)  # a user's client: default retries too
-    want = file_sums(medium_file, BOTO_CHUNK, [alg])
-    s3.upload_file(str(medium_file), bucket, f"m-{alg}", ExtraArgs={"ChecksumAlgorithm": alg}, Config=THREADED)
-
-    head = s3.head_object(Bucket=bucket, Key=f"m-{alg}", ChecksumMode="ENABLED")
-    assert head["ContentLength"] == medium_file.stat().st_size
-    assert head["ETag"] == want["etag"]
-    if alg == "CRC64NVME":  # CRC64NVME multipart objects are FULL_OBJECT only
-        assert (head["ChecksumType"], head[f"Checksum{alg}"]) == ("FULL_OBJECT", want[f"full_{alg}"])
-    else:
-        assert (head["ChecksumType"], head[f"Checksum{alg}"]) == ("COMPOSITE", want[f"composite_{alg}"])
-
-    dst = tmp_path / "down"
-    s3.download_file(bucket, f"m-{alg}", str(dst), Config=THREADED)
-    assert sha256_file(dst) == sha256_file(medium_file)
-
-
 @pytest.mark.skipif(crt_checksums is None, reason="awscrt missing")
 @pytest.mark.parametrize("alg", ["CRC32", "CRC32C", "CRC64NVME"])
 def test_boto3_upload_file_full_object_checksum(cairn_cluster, bucket, medium_file, alg):
     """A caller-provided whole-file CRC makes s3transfer upload with ChecksumType FULL_OBJECT
     (x-amz-checksum-type on Create, the full CRC and x-amz-mp-object-size on Complete)."""
-    s3 = cairn_cluster.client()
+    s3 = cairn_cluster.client(retries=None)
     want = file_sums(medium_file, BOTO_CHUNK, [alg])
     s3.upload_file(
         str(medium_file), bucket, "full", ExtraArgs={f"Checksum{alg}": want[f"full_{alg}"]}, Config=THREADED
@@ -331,6 +315,11 @@ def test_boto3_upload_file_full_object_checksum(cairn_cluster, bucket, medium_fi
     head = s3.head_object(Bucket=bucket, Key="full", ChecksumMode="ENABLED")
     assert (head["ChecksumType"], head[f"Checksum{alg}"]) == ("FULL_OBJECT", want[f"full_{alg}"])
     assert head["ETag"] == want["etag"]
+    # a whole GET: botocore (response_checksum_validation=when_supported) asks for the
+    # checksum and validates the FULL_OBJECT value against the bytes it reads
+    got = s3.get_object(Bucket=bucket, Key="full")
+    assert got.get(f"Checksum{alg}") == want[f"full_{alg}"]
+    assert hashlib.sha256(got["Body"].read()).hexdigest() == sha256_file(medium_file)
     # a wrong whole-object value is refused and stores nothing
     wrong = _b64(bytes(len(base64.b64decode(want[f"full_{alg}"]))))
     with pytest.raises(Exception) as e:
@@ -435,6 +424,11 @@ def test_rclone_copyto_large_file_multipart(cairn_cluster, bucket, large_file, t
     dst = tmp_path / "large.down"
     _rclone(cairn_cluster, tmp_path, "copyto", f"cairn:{bucket}/large.bin", dst)
     assert sha256_file(dst) == digest
+    # server-side copy (CopyObject below rclone's 4.6 GiB copy cutoff) keeps the md5 metadata
+    _rclone(cairn_cluster, tmp_path, "copyto", f"cairn:{bucket}/large.bin", f"cairn:{bucket}/copy/large.bin")
+    r = _rclone(cairn_cluster, tmp_path, "check", path.parent, f"cairn:{bucket}/copy", "--include", "large.bin")
+    assert b"1 matching files" in r.stderr and b"0 differences found" in r.stderr, r.stderr.decode()
+    assert sha256_stream(s3.get_object(Bucket=bucket, Key="copy/large.bin")["Body"]) == (digest, size)
 
 
 # ---------------------------------------------------------------------------------------
@@ -651,12 +645,17 @@ class TlsRelay:
         return f"https://127.0.0.1:{self.port}"
 
     def close(self):
-        def stop():
+        async def shutdown():
             self.server.close()
-            self.loop.stop()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-        self.loop.call_soon_threadsafe(stop)
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        self.loop.close()
 
 
 @pytest.fixture(scope="module")
@@ -729,7 +728,7 @@ def test_boto3_over_tls_sends_aws_chunked_trailers(cairn_cluster, bucket, tls, m
     assert sha256_file(dst) == sha256_file(medium_file)
 
 
-def test_awscli_over_tls_cp_and_sync(cairn_cluster, bucket, tls, ckpt, tmp_path):
+def test_awscli_over_tls_sync(cairn_cluster, bucket, tls, ckpt, tmp_path):
     """aws-cli with nothing but the endpoint and a CA bundle: aws-chunked parts and PUTs."""
     src, digests = ckpt
     env = {"AWS_CA_BUNDLE": str(tls.cafile), "AWS_ENDPOINT_URL": tls.endpoint}
@@ -746,10 +745,7 @@ def test_awscli_over_tls_cp_and_sync(cairn_cluster, bucket, tls, ckpt, tmp_path)
     # every non-empty file's PUT or part came as aws-chunked with a trailer (and more parts)
     assert tls.trailer_requests - before >= len(digests) - 1
     shard = "model-00001-of-00002.safetensors"
-    head = json.loads(
-        aws("s3api", "head-object", "--bucket", bucket, "--key", f"tls/{shard}", "--checksum-mode", "ENABLED",
-            "--output", "json").stdout
-    )
+    head = cairn_cluster.client().head_object(Bucket=bucket, Key=f"tls/{shard}", ChecksumMode="ENABLED")
     assert head["ETag"] == file_sums(src / shard, AWSCLI_CHUNK)["etag"]
     assert head["ChecksumCRC32"] == file_sums(src / shard, AWSCLI_CHUNK, ["CRC32"])["composite_CRC32"]
     down = tmp_path / "down"
