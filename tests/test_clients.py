@@ -32,7 +32,7 @@ from boto3.s3.transfer import TransferConfig
 
 from harness.cluster import aws_cli_argv, make_client
 from harness.data import MiB, sha256_file, sha256_stream, write_random_file
-from harness.s3util import new_bucket_name
+from harness.s3util import new_bucket_name, s3_error
 
 try:
     from awscrt import checksums as crt_checksums
@@ -403,6 +403,12 @@ def test_rclone_sync_deletes_check_size(cairn_cluster, ckpt, tmp_path):
     size = json.loads(_rclone(cairn_cluster, tmp_path, "size", "--json", remote).stdout)
     total = sum((src / k).stat().st_size for k in digests)
     assert (size["count"], size["bytes"]) == (len(digests), total)
+
+    # settier copies each object onto itself with x-amz-storage-class: allowed in place
+    r = _rclone(cairn_cluster, tmp_path, "settier", "STANDARD", remote)
+    assert b"ERROR" not in r.stderr, r.stderr.decode()
+    with s3_error("InvalidRequest", 400):  # an in-place copy that changes nothing stays illegal
+        s3.copy_object(Bucket=bucket, Key="ckpt/config.json", CopySource={"Bucket": bucket, "Key": "ckpt/config.json"})
 
     down = tmp_path / "down"
     _rclone(cairn_cluster, tmp_path, "sync", remote, down)
