@@ -27,7 +27,7 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     step "checking system packages"
     # command -> Debian package that provides it
     missing=()
-    for pair in curl:curl rclone:rclone promtool:prometheus; do
+    for pair in curl:curl rclone:rclone promtool:prometheus openssl:openssl; do
         command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
     done
     if [ ${#missing[@]} -gt 0 ]; then
@@ -75,7 +75,11 @@ for line in open(sys.argv[1]):
         sys.exit(1)
 PYEOF
         then
-            "$PY" -m pip install -q -r "$req" || die "pip install -r $req"
+            # one resolver run for the whole file keeps awscli's exact botocore pin and
+            # aiobotocore's (s3fs) range compatible; Debian's own python needs the flag
+            "$PY" -m pip install -q -r "$req" \
+                || "$PY" -m pip install -q --break-system-packages -r "$req" \
+                || die "pip install -r $req"
         fi
     done
 fi

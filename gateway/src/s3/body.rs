@@ -140,6 +140,15 @@ impl CheckedBody {
         Ok((len, Self::new(body, headers, payload, len)?))
     }
 
+    /// Leaves `x-amz-checksum-*` headers unchecked against this body: on
+    /// CompleteMultipartUpload they carry the whole object's checksum, not the XML's.
+    pub fn without_checksum_headers(mut self) -> Self {
+        if let Some(c) = self.checks.as_mut() {
+            c.checksum = None;
+        }
+        self
+    }
+
     /// Also computes `alg` when the request did not ask for a checksum itself (parts of an
     /// upload created with a checksum algorithm); a different algorithm is refused.
     pub fn ensure_checksum(&mut self, alg: Algorithm) -> Result<(), S3Error> {

@@ -125,7 +125,10 @@ pub async fn copy_object(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response,
             )))
         }
     };
-    if !replace && src_bucket == bucket && src_key == key {
+    // As S3: an in-place copy must change something; a storage class counts (`rclone
+    // settier`, `aws s3 cp --storage-class` on the same key).
+    let changes_class = ctx.header("x-amz-storage-class").is_some();
+    if !replace && !changes_class && src_bucket == bucket && src_key == key {
         return Err(S3Error::InvalidRequest(
             "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata".into(),
         ));

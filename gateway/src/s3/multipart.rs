@@ -277,6 +277,7 @@ pub async fn complete(ctx: &Ctx, bucket: &str, key: &str, body: Body) -> Result<
     }
     let len = declared_length(&ctx.headers, &ctx.payload).unwrap_or(MAX_COMPLETE_BODY as u64);
     let raw = CheckedBody::new(body, &ctx.headers, &ctx.payload, len)?
+        .without_checksum_headers()
         .collect(MAX_COMPLETE_BODY)
         .await?;
     let parts = parse_complete(&raw)?;
