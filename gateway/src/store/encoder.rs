@@ -130,27 +130,36 @@ where
     }
 
     let result = pump_stripes(&codec, &layout, body, &sinks, last_segment).await;
-    let mut sinks_done = Vec::with_capacity(sinks.len());
-    for s in sinks {
-        drop(s.tx);
-        sinks_done.push((s.node, s.task));
-    }
     if let Err(e) = result {
-        for (_, task) in &sinks_done {
-            task.abort();
+        // Stop the healthy transfers *before* closing their shard streams: a node whose
+        // stream ended short would fail too, and must not be blamed. Only a node whose
+        // transfer dropped its end of the stream (so the send failed) has failed.
+        let failed: Vec<bool> = sinks.iter().map(|s| s.tx.is_closed()).collect();
+        for (s, failed) in sinks.iter().zip(&failed) {
+            if !failed {
+                s.task.abort();
+            }
         }
-        // A failed send means that node's task ended early: report the node's error.
         if matches!(e, StoreError::Unavailable(_)) {
-            for (node, task) in sinks_done {
-                if let Ok(Err(msg)) = task.await {
-                    cluster.mark_down(&node);
+            for (s, failed) in sinks.into_iter().zip(failed) {
+                if !failed {
+                    continue;
+                }
+                if let Ok(Err(msg)) = s.task.await {
+                    cluster.mark_down(&s.node);
                     return Err(StoreError::Unavailable(format!(
-                        "storage node {node}: {msg}"
+                        "storage node {}: {msg}",
+                        s.node
                     )));
                 }
             }
         }
         return Err(e);
+    }
+    let mut sinks_done = Vec::with_capacity(sinks.len());
+    for s in sinks {
+        drop(s.tx);
+        sinks_done.push((s.node, s.task));
     }
     let mut first_err = None;
     for (node, task) in sinks_done {
