@@ -4,9 +4,10 @@
 //! The request body is only buffered until the shard header is complete. After that,
 //! body chunks (`Bytes`, never copied) are batched and handed over a small bounded
 //! channel to a blocking writer thread, which checks each block's crc32c and copies the
-//! bytes into one aligned buffer written with `O_DIRECT` (see [`ShardFile`]). Memory per write is bounded by the batch size times the
-//! channel depth (a few MiB), whatever the shard size; a slow disk stops us reading the
-//! socket, which slows the sender (TCP backpressure).
+//! bytes into one aligned buffer written with `O_DIRECT` (see [`ShardFile`]). Memory per
+//! write is bounded by the batch size times the channel depth plus that buffer (a few
+//! MiB), whatever the shard size; a slow disk stops us reading the socket, which slows the
+//! sender (TCP backpressure).
 
 use std::fs::File;
 use std::io;
