@@ -183,6 +183,7 @@ pub struct AppState {
 
 /// Runs the gateway until SIGINT/SIGTERM (what `cairn-gateway` and `cairn gateway` do).
 pub fn main_with(args: Args) -> anyhow::Result<()> {
+    cairn_common::daemon::tune_allocator();
     cairn_common::daemon::init_tracing();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

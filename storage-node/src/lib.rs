@@ -192,6 +192,7 @@ async fn refresh_disk_gauges(store: Arc<Store>) {
 
 /// Runs a node from command-line arguments: logging, runtime, serve until SIGTERM/SIGINT.
 pub fn main_with(args: Args) -> anyhow::Result<()> {
+    cairn_common::daemon::tune_allocator();
     cairn_common::daemon::init_tracing();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

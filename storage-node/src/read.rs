@@ -201,13 +201,14 @@ fn read_block(
     addr: ShardAddr,
     block: u64,
 ) -> Result<Bytes, NodeError> {
-    let mut buf = vec![0u8; header.layout.block_len(block) + CRC_LEN];
-    let checked = match file.read_exact(&mut buf) {
-        Ok(()) => verify_block(&buf, block).map(|_| ()),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            Err(ShardError::BlockChecksum { block })
-        }
-        Err(e) => return Err(e.into()),
+    let len = header.layout.block_len(block) + CRC_LEN;
+    // Read into spare capacity: no zero-filling a buffer the read overwrites anyway.
+    let mut buf = Vec::with_capacity(len);
+    (&mut *file).take(len as u64).read_to_end(&mut buf)?;
+    let checked = if buf.len() == len {
+        verify_block(&buf, block).map(|_| ())
+    } else {
+        Err(ShardError::BlockChecksum { block })
     };
     if let Err(e) = checked {
         cairn_common::log_limited!(warn, key = addr;

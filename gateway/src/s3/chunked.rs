@@ -105,6 +105,37 @@ impl<S> ChunkedDecoder<S> {
         Ok(())
     }
 
+    /// Accounts for `data`, the next bytes of a chunk that had `remaining` bytes to come.
+    fn consumed(&mut self, data: &[u8], remaining: u64) {
+        if let Some(h) = self.chunk_hash.as_mut() {
+            h.update(data);
+        }
+        let n = data.len() as u64;
+        self.state = if remaining == n {
+            State::DataEnd
+        } else {
+            State::Data {
+                remaining: remaining - n,
+            }
+        };
+    }
+
+    /// Chunk data at the front of `input` when nothing is buffered, split off without a
+    /// copy; the rest of `input` is buffered for the parser.
+    fn pass_through(&mut self, mut input: Bytes) -> Option<Bytes> {
+        let out = match self.state {
+            State::Data { remaining } if self.buf.is_empty() => {
+                let n = (input.len() as u64).min(remaining) as usize;
+                let data = input.split_to(n);
+                self.consumed(&data, remaining);
+                Some(data).filter(|d| !d.is_empty())
+            }
+            _ => None,
+        };
+        self.buf.extend_from_slice(&input);
+        out
+    }
+
     /// Advances the parser; `Ok(Some(bytes))` is object data, `Ok(None)` needs more input.
     fn step(&mut self) -> Result<Option<Bytes>, S3Error> {
         loop {
@@ -139,16 +170,7 @@ impl<S> ChunkedDecoder<S> {
                     }
                     let n = (self.buf.len() as u64).min(remaining) as usize;
                     let data = self.buf.split_to(n).freeze();
-                    if let Some(h) = self.chunk_hash.as_mut() {
-                        h.update(&data);
-                    }
-                    self.state = if remaining == n as u64 {
-                        State::DataEnd
-                    } else {
-                        State::Data {
-                            remaining: remaining - n as u64,
-                        }
-                    };
+                    self.consumed(&data, remaining);
                     return Ok(Some(data));
                 }
                 State::DataEnd => {
@@ -243,7 +265,11 @@ where
             }
             match Pin::new(&mut this.inner).poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(b))) => this.buf.extend_from_slice(&b),
+                Poll::Ready(Some(Ok(b))) => {
+                    if let Some(data) = this.pass_through(b) {
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                }
                 Poll::Ready(Some(Err(e))) => {
                     this.failed = true;
                     return Poll::Ready(Some(Err(S3Error::InvalidRequest(format!(
