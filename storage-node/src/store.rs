@@ -293,35 +293,39 @@ impl Store {
     /// Stores an object's manifest durably (temp file, fsync, rename, directory fsync),
     /// replacing any previous one.
     pub fn put_manifest(&self, object: &ObjectId, manifest: &[u8]) -> io::Result<()> {
+        let dir = self.object_dir(object);
+        self.ensure_object_dir(&dir)?;
+        self.write_durably(&format!("{object}.manifest"), &dir, MANIFEST_FILE, manifest)
+    }
+
+    /// Writes a small file through `tmp/` (write, fsync, rename, directory fsync).
+    fn write_durably(
+        &self,
+        tmp_name: &str,
+        dir: &Path,
+        name: &str,
+        bytes: &[u8],
+    ) -> io::Result<()> {
         let tmp = self.root.join(TMP_DIR).join(format!(
-            "{object}.manifest.{}",
+            "{tmp_name}.{}",
             hex::encode(rand::random::<[u8; 8]>())
         ));
         let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        f.write_all(manifest)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
-        let dir = self.object_dir(object);
-        self.ensure_object_dir(&dir)?;
-        fs::rename(&tmp, dir.join(MANIFEST_FILE))?;
-        sync_dir(&dir)
+        fs::rename(&tmp, dir.join(name))?;
+        sync_dir(dir)
     }
 
     /// Stores a bucket marker durably (replacing any previous one).
     pub fn put_bucket(&self, name: &str, marker: &[u8]) -> io::Result<()> {
         let dir = self.root.join(BUCKETS_DIR);
-        create_dir_if_missing(&dir)?;
-        let tmp = self.root.join(TMP_DIR).join(format!(
-            "bucket.{name}.{}",
-            hex::encode(rand::random::<[u8; 8]>())
-        ));
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        f.write_all(marker)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, dir.join(name))?;
-        sync_dir(&dir)?;
-        sync_dir(&self.root)
+        if !dir.is_dir() {
+            create_dir_if_missing(&dir)?;
+            sync_dir(&self.root)?;
+        }
+        self.write_durably(&format!("bucket.{name}"), &dir, name, marker)
     }
 
     /// Removes a bucket marker (no-op if absent).

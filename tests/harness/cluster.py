@@ -397,8 +397,20 @@ class Node(_Server):
         """Client for the node's internal API, signed with the cluster secret by default."""
         return NodeClient(self.addr, secret if secret is not None else self.cluster.cluster_secret)
 
-    def shard_files(self) -> list[_shards.ShardFile]:
-        return [_shards.read_shard(p, self.index) for p in _shards.iter_shard_paths(self.data_dir)]
+    def shard_files(self, skip_unreadable: bool = False) -> list[_shards.ShardFile]:
+        """Parsed shard files. A file whose header a test damaged raises, unless
+        `skip_unreadable` (it may be another test's, waiting for the gateway to free it);
+        a file deleted while we list is skipped."""
+        out = []
+        for p in _shards.iter_shard_paths(self.data_dir):
+            try:
+                out.append(_shards.read_shard(p, self.index))
+            except FileNotFoundError:
+                continue
+            except _shards.ShardFormatError:
+                if not skip_unreadable:
+                    raise
+        return out
 
     def __repr__(self):
         return f"<Node {self.index} {self.addr} {'up' if self.alive else 'down'}>"
@@ -630,10 +642,14 @@ class Cluster:
         raise KeyError(addr)
 
     def shard_files(self, bucket: str | None = None, key: str | None = None, nodes=None) -> list[_shards.ShardFile]:
-        """Shard files on the nodes' disks (parsed headers), optionally for one object."""
+        """Shard files on the nodes' disks (parsed headers), optionally for one bucket or
+        object. With a filter, files whose header is damaged (so whose bucket is unknown) are
+        left out: shards of another test's damaged object linger until the gateway frees them,
+        after the reads in flight."""
         out = []
+        filtered = bucket is not None or key is not None
         for n in nodes if nodes is not None else self.nodes:
-            for sf in n.shard_files():
+            for sf in n.shard_files(skip_unreadable=filtered):
                 if bucket is not None and sf.bucket != bucket:
                     continue
                 if key is not None and sf.key != key:

@@ -77,6 +77,21 @@ impl NodeClient {
         })
     }
 
+    /// Sends a bodiless or small-bodied call and checks its status.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        addr: &str,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<(), NodeCallError> {
+        let mut req = self.request(method, addr, path);
+        if let Some(body) = body {
+            req = req.body(body);
+        }
+        Self::check(req.send().await).await.map(|_| ())
+    }
+
     /// Asks a node who it is, with a fresh challenge, and checks its proof of the secret.
     pub async fn info(&self, addr: &str) -> Result<NodeInfo, NodeCallError> {
         let challenge = hex::encode(rand::random::<[u8; 16]>());
@@ -151,13 +166,7 @@ impl NodeClient {
         index: u8,
     ) -> Result<(), NodeCallError> {
         let path = protocol::shard_path(object, segment, index);
-        Self::check(
-            self.request(reqwest::Method::DELETE, addr, &path)
-                .send()
-                .await,
-        )
-        .await
-        .map(|_| ())
+        self.call(reqwest::Method::DELETE, addr, &path, None).await
     }
 
     /// Stores an object's manifest on a node (durably).
@@ -168,14 +177,8 @@ impl NodeClient {
         manifest: Bytes,
     ) -> Result<(), NodeCallError> {
         let path = protocol::manifest_path(object);
-        Self::check(
-            self.request(reqwest::Method::PUT, addr, &path)
-                .body(manifest)
-                .send()
-                .await,
-        )
-        .await
-        .map(|_| ())
+        self.call(reqwest::Method::PUT, addr, &path, Some(manifest))
+            .await
     }
 
     /// Stores a bucket marker on a node (durably).
@@ -186,26 +189,14 @@ impl NodeClient {
         marker: Bytes,
     ) -> Result<(), NodeCallError> {
         let path = protocol::bucket_path(name);
-        Self::check(
-            self.request(reqwest::Method::PUT, addr, &path)
-                .body(marker)
-                .send()
-                .await,
-        )
-        .await
-        .map(|_| ())
+        self.call(reqwest::Method::PUT, addr, &path, Some(marker))
+            .await
     }
 
     /// Removes a bucket marker from a node.
     pub async fn delete_bucket(&self, addr: &str, name: &str) -> Result<(), NodeCallError> {
         let path = protocol::bucket_path(name);
-        Self::check(
-            self.request(reqwest::Method::DELETE, addr, &path)
-                .send()
-                .await,
-        )
-        .await
-        .map(|_| ())
+        self.call(reqwest::Method::DELETE, addr, &path, None).await
     }
 
     /// Removes an object's manifest from a node.
@@ -215,13 +206,7 @@ impl NodeClient {
         object: &ObjectId,
     ) -> Result<(), NodeCallError> {
         let path = protocol::manifest_path(object);
-        Self::check(
-            self.request(reqwest::Method::DELETE, addr, &path)
-                .send()
-                .await,
-        )
-        .await
-        .map(|_| ())
+        self.call(reqwest::Method::DELETE, addr, &path, None).await
     }
 
     /// Every manifest and bucket marker stored on a node.
@@ -251,12 +236,6 @@ impl NodeClient {
     /// Deletes every shard of an object version on a node.
     pub async fn delete_object(&self, addr: &str, object: &ObjectId) -> Result<(), NodeCallError> {
         let path = protocol::object_path(object);
-        Self::check(
-            self.request(reqwest::Method::DELETE, addr, &path)
-                .send()
-                .await,
-        )
-        .await
-        .map(|_| ())
+        self.call(reqwest::Method::DELETE, addr, &path, None).await
     }
 }
