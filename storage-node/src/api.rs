@@ -139,6 +139,17 @@ async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -
     }
 }
 
+/// Runs a blocking store operation on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    state: &AppState,
+    op: impl FnOnce(&Store) -> std::io::Result<T> + Send + 'static,
+) -> Result<T, NodeError> {
+    let store = state.store.clone();
+    Ok(tokio::task::spawn_blocking(move || op(&store))
+        .await
+        .map_err(|e| NodeError::Internal(format!("store task: {e}")))??)
+}
+
 fn parse_addr(object: &str, segment: &str, index: &str) -> Result<ShardAddr, NodeError> {
     Ok(ShardAddr {
         object: parse_object(object)?,
@@ -258,10 +269,7 @@ async fn delete_shard(
     Path((object, segment, index)): Path<(String, String, String)>,
 ) -> Result<StatusCode, NodeError> {
     let addr = parse_addr(&object, &segment, &index)?;
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || store.delete_shard(&addr))
-        .await
-        .map_err(|e| NodeError::Internal(format!("delete task: {e}")))??;
+    blocking(&state, move |store| store.delete_shard(&addr)).await?;
     m::shards(state.store.shard_count());
     state.scrub.forget(&addr);
     Ok(StatusCode::NO_CONTENT)
@@ -272,10 +280,7 @@ async fn delete_object(
     Path(object): Path<String>,
 ) -> Result<StatusCode, NodeError> {
     let object = parse_object(&object)?;
-    let store = state.store.clone();
-    let removed = tokio::task::spawn_blocking(move || store.delete_object(&object))
-        .await
-        .map_err(|e| NodeError::Internal(format!("delete task: {e}")))??;
+    let removed = blocking(&state, move |store| store.delete_object(&object)).await?;
     m::shards(state.store.shard_count());
     state.scrub.forget_object(&object);
     tracing::debug!(%object, removed, "deleted object");
@@ -283,10 +288,7 @@ async fn delete_object(
 }
 
 async fn list_objects(State(state): State<AppState>) -> Result<Json<ObjectList>, NodeError> {
-    let store = state.store.clone();
-    let objects = tokio::task::spawn_blocking(move || store.list_objects())
-        .await
-        .map_err(|e| NodeError::Internal(format!("list task: {e}")))??;
+    let objects = blocking(&state, move |store| store.list_objects()).await?;
     Ok(Json(ObjectList { objects }))
 }
 
@@ -299,10 +301,7 @@ async fn put_manifest(
     let bytes = axum::body::to_bytes(body, MAX_MANIFEST_LEN)
         .await
         .map_err(|e| NodeError::BadRequest(format!("manifest body: {e}")))?;
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || store.put_manifest(&object, &bytes))
-        .await
-        .map_err(|e| NodeError::Internal(format!("manifest task: {e}")))??;
+    blocking(&state, move |store| store.put_manifest(&object, &bytes)).await?;
     Ok(StatusCode::CREATED)
 }
 
@@ -311,20 +310,15 @@ async fn delete_manifest(
     Path(object): Path<String>,
 ) -> Result<StatusCode, NodeError> {
     let object = parse_object(&object)?;
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || store.delete_manifest(&object))
-        .await
-        .map_err(|e| NodeError::Internal(format!("manifest task: {e}")))??;
+    blocking(&state, move |store| store.delete_manifest(&object)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_manifests(State(state): State<AppState>) -> Result<Json<ManifestList>, NodeError> {
-    let store = state.store.clone();
-    let (manifests, buckets) = tokio::task::spawn_blocking(move || {
-        Ok::<_, std::io::Error>((store.list_manifests()?, store.list_buckets()?))
+    let (manifests, buckets) = blocking(&state, |store| {
+        Ok((store.list_manifests()?, store.list_buckets()?))
     })
-    .await
-    .map_err(|e| NodeError::Internal(format!("list task: {e}")))??;
+    .await?;
     Ok(Json(ManifestList { manifests, buckets }))
 }
 
@@ -345,10 +339,7 @@ async fn put_bucket(
     let bytes = axum::body::to_bytes(body, 64 * 1024)
         .await
         .map_err(|e| NodeError::BadRequest(format!("bucket marker body: {e}")))?;
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || store.put_bucket(&name, &bytes))
-        .await
-        .map_err(|e| NodeError::Internal(format!("bucket task: {e}")))??;
+    blocking(&state, move |store| store.put_bucket(&name, &bytes)).await?;
     Ok(StatusCode::CREATED)
 }
 
@@ -357,18 +348,12 @@ async fn delete_bucket(
     Path(name): Path<String>,
 ) -> Result<StatusCode, NodeError> {
     let name = marker_name(&name)?;
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || store.delete_bucket(&name))
-        .await
-        .map_err(|e| NodeError::Internal(format!("bucket task: {e}")))??;
+    blocking(&state, move |store| store.delete_bucket(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn inventory(State(state): State<AppState>) -> Result<Json<Inventory>, NodeError> {
-    let store = state.store.clone();
-    let inventory = tokio::task::spawn_blocking(move || store.inventory())
-        .await
-        .map_err(|e| NodeError::Internal(format!("inventory task: {e}")))??;
+    let inventory = blocking(&state, move |store| store.inventory()).await?;
     Ok(Json(inventory))
 }
 
@@ -377,10 +362,7 @@ async fn info(
     RawQuery(query): RawQuery,
 ) -> Result<Json<NodeInfo>, NodeError> {
     let challenge = query_param(query.as_deref(), "challenge").unwrap_or("");
-    let store = state.store.clone();
-    let space = tokio::task::spawn_blocking(move || store.disk_space())
-        .await
-        .map_err(|e| NodeError::Internal(format!("statvfs task: {e}")))??;
+    let space = blocking(&state, move |store| store.disk_space()).await?;
     m::disk(space);
     Ok(Json(NodeInfo {
         node_id: state.store.node_id(),

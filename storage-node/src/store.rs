@@ -268,23 +268,29 @@ impl Store {
                 .map(|d| d.as_secs())
                 .unwrap_or(0)
         };
+        // One walk: every object directory is read once, its entries stat'ed once.
         let mut out = Inventory::default();
-        for shard in self.list_shards()? {
-            match fs::metadata(self.shard_path(&shard)) {
-                Ok(meta) => out.shards.push(InventoryEntry {
-                    shard,
-                    len: meta.len(),
-                    age_secs: age(&meta),
-                }),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {} // deleted meanwhile
-                Err(e) => return Err(e),
-            }
-        }
         for object in self.list_objects()? {
-            match fs::metadata(self.object_dir(&object).join(MANIFEST_FILE)) {
-                Ok(meta) => out.manifests.push((object, age(&meta))),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+            for entry in read_dir_or_empty(&self.object_dir(&object))? {
+                let name = entry.file_name();
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // deleted meanwhile
+                    Err(e) => return Err(e),
+                };
+                if let Some((segment, index)) = parse_shard_name(&name) {
+                    out.shards.push(InventoryEntry {
+                        shard: ShardAddr {
+                            object,
+                            segment,
+                            index,
+                        },
+                        len: meta.len(),
+                        age_secs: age(&meta),
+                    });
+                } else if name == MANIFEST_FILE {
+                    out.manifests.push((object, age(&meta)));
+                }
             }
         }
         Ok(out)
