@@ -257,6 +257,23 @@ impl Cluster {
             .retain(|s| !(s.object == *object && s.segment == segment));
     }
 
+    /// Runs `op(client, addr)` on each of `nodes` that is up, concurrently (small calls:
+    /// manifests, bucket markers).
+    pub async fn on_up_nodes<F, Fut>(
+        &self,
+        nodes: &[NodeId],
+        op: F,
+    ) -> Vec<Result<(), super::node_client::NodeCallError>>
+    where
+        F: Fn(NodeClient, String) -> Fut,
+        Fut: std::future::Future<Output = Result<(), super::node_client::NodeCallError>>,
+    {
+        let calls = nodes
+            .iter()
+            .filter_map(|n| Some(op(self.client.clone(), self.addr_if_up(n)?)));
+        futures::future::join_all(calls).await
+    }
+
     /// Snapshot of all nodes.
     pub fn snapshot(&self) -> Vec<NodeState> {
         let mut v: Vec<NodeState> = self.read().nodes.values().cloned().collect();

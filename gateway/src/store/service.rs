@@ -23,6 +23,7 @@ use super::cluster::Cluster;
 use super::decoder;
 use super::encoder::{self, SegmentSpec};
 use super::leases::ReadLeases;
+use super::node_client::NodeCallError;
 use super::{BodyError, StoreError};
 
 /// Erasure settings for new writes.
@@ -209,29 +210,15 @@ impl ObjectService {
         }
         let body = Bytes::from(serde_json::to_vec(&rec)?);
         let live = self.cluster.live_nodes();
-        let writes = live.iter().filter_map(|n| {
-            let addr = self.cluster.addr_if_up(n)?;
-            let client = self.cluster.client().clone();
-            let body = body.clone();
-            Some(async move { client.put_bucket(&addr, name, body).await })
-        });
-        let ok = futures::future::join_all(writes)
-            .await
-            .iter()
-            .filter(|r| r.is_ok())
-            .count();
+        let results = self
+            .cluster
+            .on_up_nodes(&live, |client, addr| {
+                let body = body.clone();
+                async move { client.put_bucket(&addr, name, body).await }
+            })
+            .await;
         let need = (self.geometry.m as usize + 1).min(live.len());
-        if ok < need {
-            tracing::warn!(
-                bucket = name,
-                stored = ok,
-                need,
-                "bucket marker on too few nodes"
-            );
-            return Err(StoreError::Unavailable(format!(
-                "bucket marker stored on {ok} nodes, {need} needed"
-            )));
-        }
+        enough_copies(results, need, "bucket marker")?;
         Ok(true)
     }
 
@@ -287,26 +274,14 @@ impl ObjectService {
             Some(seg) => (seg.nodes.clone(), seg.m as usize),
             None => (self.cluster.live_nodes(), self.geometry.m as usize),
         };
-        let writes = nodes.iter().filter_map(|n| {
-            let addr = self.cluster.addr_if_up(n)?;
-            let client = self.cluster.client().clone();
-            let body = body.clone();
-            Some(async move { client.put_manifest(&addr, &rec.id, body).await })
-        });
-        let results = futures::future::join_all(writes).await;
-        let ok = results.iter().filter(|r| r.is_ok()).count();
-        let need = (m + 1).min(nodes.len());
-        if ok < need {
-            let why = results
-                .into_iter()
-                .find_map(|r| r.err())
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| "nodes down".into());
-            return Err(StoreError::Unavailable(format!(
-                "manifest stored on {ok} nodes, {need} needed: {why}"
-            )));
-        }
-        Ok(())
+        let results = self
+            .cluster
+            .on_up_nodes(&nodes, |client, addr| {
+                let body = body.clone();
+                async move { client.put_manifest(&addr, &rec.id, body).await }
+            })
+            .await;
+        enough_copies(results, (m + 1).min(nodes.len()), "manifest")
     }
 
     /// Drops a staged object that will not be committed.
@@ -455,19 +430,14 @@ impl ObjectService {
     /// freed later, once reads in flight are done). A node that is down keeps its copy;
     /// the version still does not come back unless `k` shards of every segment survive.
     async fn withdraw_manifest(&self, rec: &ObjectRecord) {
-        let mut nodes: Vec<NodeId> = rec
-            .segments
-            .iter()
-            .flat_map(|s| s.nodes.iter().copied())
-            .collect();
-        nodes.sort();
-        nodes.dedup();
-        let calls = nodes.iter().filter_map(|n| {
-            let addr = self.cluster.addr_if_up(n)?;
-            let client = self.cluster.client().clone();
-            Some(async move { client.delete_manifest(&addr, &rec.id).await })
-        });
-        for r in futures::future::join_all(calls).await {
+        let nodes = nodes_of(rec);
+        let results = self
+            .cluster
+            .on_up_nodes(&nodes, |client, addr| async move {
+                client.delete_manifest(&addr, &rec.id).await
+            })
+            .await;
+        for r in results {
             if let Err(e) = r {
                 tracing::debug!(object = %rec.id, error = %e, "manifest withdrawal failed");
             }
@@ -475,12 +445,7 @@ impl ObjectService {
     }
 
     fn delete_version_later(&self, rec: &ObjectRecord) {
-        let nodes: Vec<NodeId> = rec
-            .segments
-            .iter()
-            .flat_map(|s| s.nodes.iter().copied())
-            .collect();
-        self.delete_shards_later(rec.id, nodes);
+        self.delete_shards_later(rec.id, nodes_of(rec));
     }
 
     /// Best-effort background delete of an object version's shards. Nodes that are down
@@ -559,6 +524,39 @@ impl ObjectService {
         }));
         futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
+}
+
+/// Every node holding a shard of `rec`, once each.
+fn nodes_of(rec: &ObjectRecord) -> Vec<NodeId> {
+    let mut nodes: Vec<NodeId> = rec
+        .segments
+        .iter()
+        .flat_map(|s| s.nodes.iter().copied())
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    nodes
+}
+
+/// Ok when at least `need` of the small writes `results` landed; else a retryable error
+/// naming the first failure.
+fn enough_copies(
+    results: Vec<Result<(), NodeCallError>>,
+    need: usize,
+    what: &str,
+) -> Result<(), StoreError> {
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    if ok >= need {
+        return Ok(());
+    }
+    let why = results
+        .into_iter()
+        .find_map(|r| r.err())
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| "nodes down".into());
+    Err(StoreError::Unavailable(format!(
+        "{what} stored on {ok} nodes, {need} needed: {why}"
+    )))
 }
 
 /// Milliseconds since the unix epoch.
