@@ -85,8 +85,11 @@ PYEOF
 fi
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    step "cargo build --release --workspace"
-    cargo build --release --workspace || die "cargo build"
+    # Binaries and test harnesses in one invocation: dev-dependencies then unify features
+    # for both, so the `cargo test` below reuses every artifact instead of rebuilding the
+    # dependency tree with a second feature set.
+    step "cargo build --release --workspace --bins --tests"
+    cargo build --release --workspace --bins --tests || die "cargo build"
 fi
 
 rc=0

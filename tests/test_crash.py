@@ -498,3 +498,84 @@ def test_gateway_and_node_killed_together_mid_upload(fresh_cluster):
     for key in ("new", "over"):
         k, m, _ = committed_shards(c, "bkt", key, len(acked[key]))
         assert (k, m) == (c.k, c.m)
+
+
+# ---------------------------------------------------------------------------------------
+# what a crash leaves behind
+
+
+def _wait_dead(proc_owner, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while proc_owner.alive:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{proc_owner} still running: the failpoint was not reached")
+        time.sleep(0.05)
+
+
+def _gateway_metric(c: Cluster, name: str) -> float:
+    total = 0.0
+    for line in c.gateway.metrics().splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_orphans_of_a_gateway_crash_are_collected(cluster_factory):
+    """The gateway dies (CAIRN_FAILPOINT) at the one point where a crash leaves durable data
+    nobody refers to: every shard of a PUT / of a part is on disk, the catalog does not
+    know it yet. After the restart nothing of it is visible, the retries succeed, and GC
+    deletes exactly those shards."""
+    c = cluster_factory(gateway_args=["--heartbeat-ms", "200", "--gc-grace", "2s"])
+    s3 = c.client()
+    s3.create_bucket(Bucket="bkt")
+    acked = {"keep": os.urandom(3 * MiB + 5)}
+    put_all(s3, "bkt", acked)
+    up = s3.create_multipart_upload(Bucket="bkt", Key="mp")["UploadId"]
+    p1 = os.urandom(5 * MiB + 1)
+    e1 = s3.upload_part(Bucket="bkt", Key="mp", UploadId=up, PartNumber=1, Body=p1)["ETag"]
+    live = {s.path for s in c.shard_files(bucket="bkt")}
+
+    c.gateway.stop()
+    c.extra_env["CAIRN_FAILPOINT"] = "segment-durable"
+    new = os.urandom(4 * MiB + 3)
+    p2 = os.urandom(5 * MiB + 7)
+    for what in ("put", "part"):
+        c.gateway.start()
+        if what == "put":
+            attempt = InflightPut(c, "bkt", "new", new)
+        else:
+            attempt = InflightPut(c, "bkt", "mp", p2, query=f"partNumber=2&uploadId={up}")
+        r = attempt.finish()
+        assert r is None or not 200 <= r.status < 300, f"{what} acknowledged across a crash"
+        _wait_dead(c.gateway)
+    del c.extra_env["CAIRN_FAILPOINT"]
+
+    orphans = {s.path: s for s in c.shard_files(bucket="bkt") if s.path not in live}
+    by_key = {}
+    for s in orphans.values():
+        by_key.setdefault(s.key, set()).add(s.shard_index)
+    # both writes were complete on disk: k+m shards each, the leftovers a crash makes
+    assert by_key == {"new": set(range(c.k + c.m)), "mp": set(range(c.k + c.m))}, by_key
+    wait_no_tmp(c.nodes)
+
+    s3 = restart_gateway(c)
+    assert_absent(s3, "bkt", "new")
+    assert _parts(s3, "bkt", "mp", up) == [(1, e1, len(p1))], "a crashed part became visible"
+    check_exact(s3, "bkt", acked, "after the crashes")
+    wait_for_orphans = time.monotonic() + 60
+    while any(p.exists() for p in orphans):
+        assert time.monotonic() < wait_for_orphans, (
+            f"orphans not collected: {[str(p) for p in orphans if p.exists()]}"
+        )
+        time.sleep(0.25)
+    # one unreferenced object directory per node for the PUT, k+m single shards for the part
+    assert _gateway_metric(c, "cairn_gc_objects_deleted_total") >= c.k + c.m
+    assert _gateway_metric(c, "cairn_gc_shards_deleted_total") >= c.k + c.m
+    assert all(p.exists() for p in live), "GC deleted a live shard"
+
+    # the clients' retries succeed
+    put_all(s3, "bkt", {"new": new})
+    e2 = s3.upload_part(Bucket="bkt", Key="mp", UploadId=up, PartNumber=2, Body=p2)["ETag"]
+    parts = [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]
+    s3.complete_multipart_upload(Bucket="bkt", Key="mp", UploadId=up, MultipartUpload={"Parts": parts})
+    check_exact(s3, "bkt", {**acked, "new": new, "mp": p1 + p2}, "after the retries")

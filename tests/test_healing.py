@@ -7,6 +7,7 @@ one more node and read everything back, which only works if every object was bac
 redundancy (4 nodes, EC 3+1: after losing one node, 3+1 objects are one loss from gone).
 """
 
+import json
 import os
 import re
 import shutil
@@ -15,7 +16,7 @@ import time
 
 import pytest
 
-from harness.cluster import binary
+from harness.cluster import binary, http_get
 from harness.data import MiB, sha256
 from harness.shards import ShardFormatError, read_shard
 
@@ -351,3 +352,74 @@ def test_parts_of_an_upload_in_progress_are_repaired(cluster_factory):
     )
     c.nodes[0].kill()
     check_all(s3, "bkt", {"ckpt": b"".join(chunks)}, why="parts repaired before completion, then a second loss")
+
+
+def node_ids(cluster):
+    """{node addr: id} from the gateway's node list."""
+    status, body = http_get(cluster.gateway.addr, "/_cairn/nodes")
+    assert status == 200
+    return {n["addr"]: n["id"] for n in json.loads(body)}
+
+
+def declare_gone(cluster, node_id, auth=True, secret=None):
+    """`DELETE /_cairn/nodes/{id}` with curl's own SigV4 signer, as the README shows."""
+    argv = ["curl", "-sS", "-X", "DELETE", "-w", "\n%{http_code}"]
+    if auth:
+        key = f"{cluster.access_key}:{secret or cluster.secret_key}"
+        argv += ["--aws-sigv4", f"aws:amz:{cluster.region}:s3", "--user", key]
+    out = subprocess.run(
+        argv + [f"{cluster.endpoint}/_cairn/nodes/{node_id}"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout
+    body, _, status = out.rpartition("\n")
+    return int(status), body
+
+
+def test_node_declared_gone_is_drained_at_once_and_stays_gone(cluster_factory):
+    c = cluster_factory(gateway_args=["--repair-after", "1h", "--gc-grace", "1h"])
+    s3 = c.client(retries=None)
+    s3.create_bucket(Bucket="bkt")
+    objs = fill(s3, "bkt")
+    objs["mp/a"] = multipart(s3, "bkt", "mp/a")
+    victim = c.nodes[0]
+    vid = node_ids(c)[victim.addr]
+
+    # Only a caller with the S3 credentials may declare a node gone.
+    status, body = declare_gone(c, vid, auth=False)
+    assert status == 403 and "<Code>AccessDenied</Code>" in body, body
+    status, body = declare_gone(c, vid, secret="wrong-secret")
+    assert status == 403 and "<Code>SignatureDoesNotMatch</Code>" in body, body
+    status, body = declare_gone(c, "not-a-node-id")
+    assert status == 400 and "<Code>InvalidArgument</Code>" in body, body
+    assert c.gateway_view()[victim.addr] == "up"
+    assert metric(c, "cairn_repair_segments_total") == 0
+
+    status, body = declare_gone(c, vid)
+    assert status == 200 and json.loads(body) == {"id": vid, "newly_declared": True}, body
+    # Drained now, not after --repair-after (1h), while the node is still up: read from it
+    # and written onto the three others, 2+1 with the same parity.
+    wait_repaired(c, segments_of(objs, ["mp/a"]))
+    assert c.gateway_view()[victim.addr] == "gone"
+    check_all(s3, "bkt", objs, why="after draining a node declared gone")
+    # the old shards go once the reads above are done with them
+    wait_for("the drained node emptied", lambda: not c.shard_files(bucket="bkt", nodes=[victim]))
+    wait_fully_redundant_on_disk(c, "bkt", set(objs))
+    assert {(s.k, s.m) for s in live_shards(c, "bkt")} == {(2, 1)}
+
+    # It gets no new shards, also after a gateway restart (the catalog keeps the verdict).
+    c.gateway.stop()
+    c.gateway.start()
+    c.wait_gateway_sees_nodes(c.n_nodes - 1)
+    assert c.gateway_view()[victim.addr] == "gone"
+    status, body = declare_gone(c, vid)
+    assert status == 200 and json.loads(body)["newly_declared"] is False, body
+    s3 = c.client(retries=None)
+    objs["after"] = os.urandom(2 * MiB + 1)
+    s3.put_object(Bucket="bkt", Key="after", Body=objs["after"])
+    assert len(c.shard_files(bucket="bkt", key="after")) == 3
+    assert not c.shard_files(bucket="bkt", nodes=[victim])
+
+    # The drained node can be unplugged, and one more node can die.
+    victim.kill()
+    c.nodes[2].kill()
+    check_all(s3, "bkt", objs, why="with the drained node and one more node gone")

@@ -1,12 +1,17 @@
-//! Unauthenticated operational endpoints beside the S3 API: health, Prometheus metrics,
-//! Prometheus HTTP service discovery (`/sd/...`: two-letter names are not valid buckets),
-//! and the node list.
+//! Operational endpoints beside the S3 API. Read-only ones are open: health, Prometheus
+//! metrics, Prometheus HTTP service discovery (`/sd/...`: two-letter names are not valid
+//! buckets) and the node list. The one that changes something, declaring a node gone,
+//! needs a SigV4 signature with the S3 credentials, like any S3 request.
 
-use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
+use cairn_common::ids::NodeId;
+use cairn_common::request_id::RequestId;
 use serde::Serialize;
 
+use crate::error::S3Error;
+use crate::s3::sigv4;
 use crate::AppState;
 
 #[derive(Serialize)]
@@ -68,10 +73,11 @@ pub async fn nodes(State(state): State<AppState>) -> Response {
         .map(|n| NodeView {
             id: n.id.to_string(),
             addr: n.addr.clone(),
-            state: match (n.up, n.replaced) {
-                (true, _) => "up",
-                (false, true) => "replaced",
-                (false, false) => "down",
+            state: match (n.gone, n.up, n.replaced) {
+                (true, _, _) => "gone",
+                (false, true, _) => "up",
+                (false, false, true) => "replaced",
+                (false, false, false) => "down",
             },
             last_seen_ms_ago: n.last_seen.map(|t| t.elapsed().as_millis()),
             down_for_ms: n.down_since.map(|t| t.elapsed().as_millis()),
@@ -82,4 +88,44 @@ pub async fn nodes(State(state): State<AppState>) -> Response {
         })
         .collect();
     axum::Json(view).into_response()
+}
+
+#[derive(Serialize)]
+struct GoneView {
+    id: String,
+    /// False when the node had already been declared gone.
+    newly_declared: bool,
+}
+
+/// `DELETE /_cairn/nodes/{id}` (SigV4-signed with the S3 credentials): declares a storage
+/// node gone for good, without waiting for `--repair-after`. It gets no new shards, and
+/// repair rebuilds its shards on the other nodes now (reading from it while it is still
+/// up, so draining a healthy node never lowers redundancy). Kept in the catalog across
+/// restarts; a wiped disk comes back under a new id and is welcome again.
+pub async fn declare_gone(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let request_id = RequestId::generate().to_string();
+    let path = uri.path().to_string();
+    let result = async {
+        let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+        sigv4::authenticate(&state.keys, method.as_str(), path_and_query, &headers)?;
+        let id: NodeId = id.parse().map_err(|e: cairn_common::ids::IdParseError| {
+            S3Error::InvalidArgument(e.to_string())
+        })?;
+        let newly_declared = state.service.declare_node_gone(id).await?;
+        Ok::<_, S3Error>(GoneView {
+            id: id.to_string(),
+            newly_declared,
+        })
+    }
+    .await;
+    match result {
+        Ok(view) => axum::Json(view).into_response(),
+        Err(e) => e.to_response(&path, &request_id, false),
+    }
 }

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod failpoint;
 pub mod metrics_export;
 pub mod s3;
 pub mod store;
@@ -228,6 +229,9 @@ pub async fn serve(
         .with_context(|| format!("opening catalog in {}", args.meta.display()))?;
     let client = NodeClient::new(ClusterKey::new(&args.cluster_secret));
     let cluster = Cluster::new(client, args.nodes.clone());
+    for id in catalog.gone_nodes()? {
+        cluster.declare_gone(id);
+    }
     let _mdns =
         store::discovery::start(args.mdns, cluster.clone()).context("starting mDNS discovery")?;
     cluster.probe_all().await;
@@ -276,6 +280,10 @@ pub async fn serve(
         )
         .route("/sd/prometheus", get(admin::prometheus_sd))
         .route("/_cairn/nodes", get(admin::nodes))
+        .route(
+            "/_cairn/nodes/{id}",
+            axum::routing::delete(admin::declare_gone),
+        )
         .fallback(s3::handle)
         .layer(DefaultBodyLimit::disable())
         .with_state(state);

@@ -171,6 +171,8 @@ pub struct Catalog {
     uploads: sled::Tree,
     parts: sled::Tree,
     completed: sled::Tree,
+    /// Storage nodes an operator declared gone: never given shards again.
+    gone_nodes: sled::Tree,
 }
 
 fn part_key(upload: &ObjectId, part: u32) -> Vec<u8> {
@@ -199,6 +201,7 @@ impl Catalog {
         let uploads = db.open_tree("uploads")?;
         let parts = db.open_tree("parts")?;
         let completed = db.open_tree("completed")?;
+        let gone_nodes = db.open_tree("gone_nodes")?;
         Ok(Self {
             db,
             buckets,
@@ -206,6 +209,7 @@ impl Catalog {
             uploads,
             parts,
             completed,
+            gone_nodes,
         })
     }
 
@@ -596,6 +600,24 @@ impl Catalog {
         for (id, _) in self.uploads()? {
             let parts = self.parts(&id)?.into_iter().map(|(_, p)| p).collect();
             out.push((id, parts));
+        }
+        Ok(out)
+    }
+
+    /// Records (durably) that a node was declared gone; false if it already was.
+    pub async fn declare_node_gone(&self, id: &NodeId) -> Result<bool, StoreError> {
+        let fresh = self.gone_nodes.insert(id.0, &[][..])?.is_none();
+        self.flush().await?;
+        Ok(fresh)
+    }
+
+    /// Nodes declared gone.
+    pub fn gone_nodes(&self) -> Result<Vec<NodeId>, StoreError> {
+        let mut out = Vec::new();
+        for k in self.gone_nodes.iter().keys() {
+            if let Ok(id) = <[u8; 16]>::try_from(k?.as_ref()) {
+                out.push(NodeId(id));
+            }
         }
         Ok(out)
     }

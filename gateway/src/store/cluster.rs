@@ -31,6 +31,9 @@ pub struct NodeState {
     /// Its address now answers with another id: the disk was replaced or the node moved.
     /// Its shards count as lost until it shows up again.
     pub replaced: bool,
+    /// An operator declared it gone: it gets no new shards, and its shards are rebuilt
+    /// elsewhere at once (read from it meanwhile if it is still up).
+    pub gone: bool,
 }
 
 /// Live view of the cluster.
@@ -47,6 +50,8 @@ struct Inner {
     nodes: HashMap<NodeId, NodeState>,
     /// Shards a read found corrupt, kept until repair rewrites them.
     suspects: HashSet<ShardRef>,
+    /// Nodes declared gone (kept in the catalog across restarts).
+    gone: HashSet<NodeId>,
     /// When this gateway started: nodes never seen since count as down from then.
     started: Instant,
 }
@@ -58,6 +63,7 @@ impl Cluster {
             addrs,
             nodes: HashMap::new(),
             suspects: HashSet::new(),
+            gone: HashSet::new(),
             started: Instant::now(),
         };
         Self {
@@ -123,6 +129,7 @@ impl Cluster {
                         info: None,
                         down_since: None,
                         replaced: false,
+                        gone: false,
                     });
                     if !st.up {
                         tracing::info!(node = %info.node_id, %addr, "storage node up");
@@ -174,10 +181,15 @@ impl Cluster {
         }
     }
 
-    /// Ids of the nodes that are up.
+    /// Ids of the nodes that are up and in service (not declared gone): where new shards go.
     pub fn live_nodes(&self) -> Vec<NodeId> {
         let g = self.read();
-        let mut v: Vec<NodeId> = g.nodes.values().filter(|n| n.up).map(|n| n.id).collect();
+        let mut v: Vec<NodeId> = g
+            .nodes
+            .values()
+            .filter(|n| n.up && !g.gone.contains(&n.id))
+            .map(|n| n.id)
+            .collect();
         v.sort();
         v
     }
@@ -213,15 +225,27 @@ impl Cluster {
         }
     }
 
-    /// Whether a node's shards should be rebuilt elsewhere: it has been down for at least
-    /// `after`, or its address now belongs to another node. A node this gateway has never
+    /// Whether a node's shards should be rebuilt elsewhere: it was declared gone, it has
+    /// been down for at least `after`, or its address now belongs to another node. A node this gateway has never
     /// seen counts as down since the gateway started.
     pub fn is_lost(&self, id: &NodeId, after: Duration) -> bool {
         let g = self.read();
+        if g.gone.contains(id) {
+            return true;
+        }
         match g.nodes.get(id) {
             Some(n) if n.up => false,
             Some(n) => n.replaced || n.down_since.is_none_or(|t| t.elapsed() >= after),
             None => g.started.elapsed() >= after,
+        }
+    }
+
+    /// Takes a node out of service for good (an operator declared it gone, or the catalog
+    /// says so at startup): no new shards, and repair moves its shards now.
+    pub fn declare_gone(&self, id: NodeId) {
+        if self.write().gone.insert(id) {
+            tracing::warn!(node = %id, "storage node declared gone: its shards will be rebuilt elsewhere");
+            self.repair_wanted.notify_one();
         }
     }
 
@@ -276,7 +300,15 @@ impl Cluster {
 
     /// Snapshot of all nodes.
     pub fn snapshot(&self) -> Vec<NodeState> {
-        let mut v: Vec<NodeState> = self.read().nodes.values().cloned().collect();
+        let g = self.read();
+        let mut v: Vec<NodeState> = g
+            .nodes
+            .values()
+            .map(|n| NodeState {
+                gone: g.gone.contains(&n.id),
+                ..n.clone()
+            })
+            .collect();
         v.sort_by_key(|n| n.id);
         v
     }

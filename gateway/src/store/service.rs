@@ -155,6 +155,7 @@ impl ObjectService {
             self.delete_shards_later(id, nodes);
             return Err(e);
         }
+        crate::failpoint::hit(crate::failpoint::SEGMENT_DURABLE);
         if k < self.geometry.k {
             metrics::counter!("cairn_degraded_writes_total").increment(1);
         }
@@ -220,6 +221,14 @@ impl ObjectService {
         let need = (self.geometry.m as usize + 1).min(live.len());
         enough_copies(results, need, "bucket marker")?;
         Ok(true)
+    }
+
+    /// Declares a storage node gone for good (durably): it gets no new shards and repair
+    /// rebuilds its shards elsewhere now. False if it already was.
+    pub async fn declare_node_gone(&self, id: NodeId) -> Result<bool, StoreError> {
+        let fresh = self.catalog.declare_node_gone(&id).await?;
+        self.cluster.declare_gone(id);
+        Ok(fresh)
     }
 
     /// Deletes a bucket record, then its markers in the background.
