@@ -137,3 +137,131 @@ def test_gateway_discovers_nodes_and_refuses_a_node_without_the_secret(netns, tm
             p.kill()
         for p in procs:
             p.wait(timeout=10)
+
+
+@pytest.fixture
+def veth_pair():
+    """Two namespaces joined by a veth pair: the gateway's (10.213.0.1) and the nodes'
+    (10.213.0.2, later also .3). Multicast stays on that wire."""
+    tag = uuid.uuid4().hex[:6]
+    gw_ns, node_ns = f"cairn-gw-{tag}", f"cairn-nd-{tag}"
+    a, b = f"vg{tag}", f"vn{tag}"
+    made = []
+    try:
+        for ns in (gw_ns, node_ns):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+            made.append(ns)
+            subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "link", "add", a, "netns", gw_ns, "type", "veth", "peer", "name", b, "netns", node_ns], check=True)
+        for ns, dev, ip in ((gw_ns, a, "10.213.0.1/24"), (node_ns, b, "10.213.0.2/24")):
+            subprocess.run(["ip", "netns", "exec", ns, "ip", "addr", "add", ip, "dev", dev], check=True)
+            subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", dev, "multicast", "on", "up"], check=True)
+        yield gw_ns, node_ns, b
+    finally:
+        for ns in made:
+            out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout
+            for pid in out.split():
+                try:
+                    os.kill(int(pid), 9)
+                except ProcessLookupError:
+                    pass
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+# Runs inside the gateway's namespace: PUTs or GETs objects with boto3, prints sha256s.
+_CLIENT = r"""
+import hashlib, json, os, sys
+import boto3
+from botocore.config import Config
+op, sizes = sys.argv[1], [int(s) for s in sys.argv[2].split(",")]
+s3 = boto3.client("s3", endpoint_url="http://127.0.0.1:9300", aws_access_key_id="ak",
+                  aws_secret_access_key="sk", region_name="us-east-1",
+                  config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+out = {}
+if op == "put":
+    s3.create_bucket(Bucket="bkt")
+    for n in sizes:
+        data = os.urandom(n)
+        s3.put_object(Bucket="bkt", Key=f"obj/{n}", Body=data)
+        out[n] = hashlib.sha256(data).hexdigest()
+else:
+    for n in sizes:
+        out[n] = hashlib.sha256(s3.get_object(Bucket="bkt", Key=f"obj/{n}")["Body"].read()).hexdigest()
+print(json.dumps(out))
+"""
+
+
+def test_discovery_across_namespaces_and_a_node_that_moves(veth_pair, tmp_path):
+    """Nodes in one namespace, the gateway in another, nothing typed: discovered over the
+    veth wire by mDNS. A node restarted on a new IP is the same node (same id, its shards
+    still used): with another node killed afterwards, every object still reads back."""
+    gw_ns, node_ns, node_dev = veth_pair
+    secret = uuid.uuid4().hex
+    env = {"CAIRN_CLUSTER_SECRET": secret}
+    procs: dict[str, subprocess.Popen] = {}
+
+    def start_node(i: int, ip: str):
+        procs[f"node{i}"] = _spawn(
+            node_ns,
+            [str(BIN / "cairn-node"), "--listen", f"{ip}:{9301 + i}", "--data", str(tmp_path / f"node{i}"), "--mdns", "all"],
+            env,
+            tmp_path / f"node{i}-{ip}.log",
+        )
+
+    def nodes_view() -> dict[str, tuple[str, str]]:
+        body = _get(gw_ns, "http://127.0.0.1:9300/_cairn/nodes")
+        return {n["id"]: (n["addr"], n["state"]) for n in json.loads(body)} if body else {}
+
+    def wait_view(want: dict[str, tuple[str, str]], what: str, timeout: float = 30):
+        deadline = time.monotonic() + timeout
+        seen = {}
+        while time.monotonic() < deadline:
+            seen = nodes_view()
+            if seen == want:
+                return
+            time.sleep(0.2)
+        gw_log = (tmp_path / "gateway.log").read_text()[-3000:]
+        raise AssertionError(f"{what}: gateway sees {seen}, want {want}\n{gw_log}")
+
+    def client(op: str, sizes: list[int]) -> dict:
+        r = subprocess.run(
+            ["ip", "netns", "exec", gw_ns, "python3", "-c", _CLIENT, op, ",".join(map(str, sizes))],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads(r.stdout)
+
+    try:
+        for i in range(4):
+            start_node(i, "10.213.0.2")
+        deadline = time.monotonic() + 20
+        ids = [_node_id(tmp_path / f"node{i}", deadline) for i in range(4)]
+        procs["gateway"] = _spawn(
+            gw_ns,
+            [str(BIN / "cairn-gateway"), "--listen", "127.0.0.1:9300", "--meta", str(tmp_path / "meta"),
+             "--mdns", "all", "--heartbeat-ms", "200"],
+            {**env, "CAIRN_ACCESS_KEY": "ak", "CAIRN_SECRET_KEY": "sk"},
+            tmp_path / "gateway.log",
+        )
+        wait_view({ids[i]: (f"10.213.0.2:{9301 + i}", "up") for i in range(4)}, "discovery over the veth")
+        sizes = [0, 1, 1000, 3 * 1024 * 1024 + 17]
+        written = client("put", sizes)
+
+        # node 0 comes back on another IP with the same disk
+        procs.pop("node0").kill()
+        subprocess.run(["ip", "netns", "exec", node_ns, "ip", "addr", "add", "10.213.0.3/24", "dev", node_dev], check=True)
+        start_node(0, "10.213.0.3")
+        want = {ids[i]: (f"10.213.0.2:{9301 + i}", "up") for i in range(1, 4)}
+        want[ids[0]] = ("10.213.0.3:9301", "up")
+        wait_view(want, "the moved node, same id at its new address")
+
+        # its shards are needed now: with node 1 gone, 3+1 objects read from nodes 0, 2, 3
+        procs.pop("node1").kill()
+        want[ids[1]] = ("10.213.0.2:9302", "down")
+        wait_view(want, "node 1 down")
+        assert client("get", sizes) == written
+    finally:
+        for p in procs.values():
+            p.kill()
+        for p in procs.values():
+            p.wait(timeout=10)

@@ -11,7 +11,7 @@ use cairn_common::ids::NodeId;
 use cairn_common::protocol::{
     MdnsScope, MDNS_SERVICE_TYPE, PROTOCOL_VERSION, TXT_CAPACITY, TXT_NODE_ID, TXT_PROTOCOL,
 };
-use mdns_sd::{IfKind, ServiceDaemon, ServiceInfo};
+use mdns_sd::{DaemonEvent, IfKind, ServiceDaemon, ServiceInfo};
 
 /// Starts announcing; the announcement lasts as long as the returned daemon.
 pub fn announce(
@@ -58,9 +58,40 @@ pub fn announce(
         &props[..],
     )
     .context("building the mDNS record")?;
+    let events = daemon.monitor().context("watching mDNS interfaces")?;
     daemon
-        .register(info)
+        .register(info.clone())
         .context("registering the mDNS service")?;
     tracing::info!(%ip, port = addr.port(), ?scope, "announcing over mDNS");
+    let watcher = daemon.clone();
+    std::thread::Builder::new()
+        .name("mdns-watch".into())
+        .spawn(move || reannounce_when_address_appears(watcher, events, info, ip))
+        .context("starting the mDNS watcher")?;
     Ok(Some(daemon))
+}
+
+/// A node often starts before its address exists (a Pi's network comes up after the
+/// service; a link flaps). mdns-sd announces a fixed-address service only on interfaces
+/// that hold the address when it is registered, so register it again when it appears.
+fn reannounce_when_address_appears(
+    daemon: ServiceDaemon,
+    events: mdns_sd::Receiver<DaemonEvent>,
+    info: ServiceInfo,
+    ip: IpAddr,
+) {
+    while let Ok(event) = events.recv() {
+        let DaemonEvent::IpAdd(added) = event else {
+            continue;
+        };
+        if added != ip {
+            continue;
+        }
+        // Registering the same name again replaces the record and announces it on the
+        // interfaces that now hold the address (no goodbye packets, unlike unregistering).
+        tracing::info!(%ip, "advertised address came up: announcing again");
+        if let Err(e) = daemon.register(info.clone()) {
+            tracing::warn!(%ip, error = %e, "mDNS re-announcement failed");
+        }
+    }
 }
