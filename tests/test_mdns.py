@@ -39,13 +39,18 @@ def netns():
         subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
         yield name
     finally:
-        out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout
-        for pid in out.split():
-            try:
-                os.kill(int(pid), 9)
-            except ProcessLookupError:
-                pass
-        subprocess.run(["ip", "netns", "del", name], check=False)
+        _delete_netns(name)
+
+
+def _delete_netns(name: str):
+    """Kills whatever still runs in the namespace, then deletes it."""
+    out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout
+    for pid in out.split():
+        try:
+            os.kill(int(pid), 9)
+        except ProcessLookupError:
+            pass
+    subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def _spawn(ns: str, args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -159,13 +164,7 @@ def veth_pair():
         yield gw_ns, node_ns, b
     finally:
         for ns in made:
-            out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout
-            for pid in out.split():
-                try:
-                    os.kill(int(pid), 9)
-                except ProcessLookupError:
-                    pass
-            subprocess.run(["ip", "netns", "del", ns], check=False)
+            _delete_netns(ns)
 
 
 # Runs inside the gateway's namespace: PUTs or GETs objects with boto3, prints sha256s.

@@ -62,15 +62,19 @@ enum Command {
 /// Runs one checkpoint command on its own runtime. Its error is printed as one line
 /// (never with a backtrace, whatever RUST_BACKTRACE says) and the exit code is 1.
 fn run<F: Future<Output = error::Result<()>>>(fut: F) -> anyhow::Result<()> {
+    // CAIRN_LOG as for the daemons (RUST_LOG still works); the SDK's chatter is kept down.
+    let filter = std::env::var("CAIRN_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| {
+            tracing_subscriber::EnvFilter::new(
+                "info,aws=warn,aws_smithy_runtime=warn,aws_config=warn",
+            )
+        });
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(
-                    "info,aws=warn,aws_smithy_runtime=warn,aws_config=warn",
-                )
-            }),
-        )
+        .with_env_filter(filter)
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
