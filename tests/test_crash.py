@@ -540,7 +540,7 @@ def test_orphans_of_a_gateway_crash_are_collected(cluster_factory):
     new = os.urandom(4 * MiB + 3)
     p2 = os.urandom(5 * MiB + 7)
     for what in ("put", "part"):
-        c.gateway.start()
+        restart_gateway(c)  # and wait until it sees every node: a full-width write
         if what == "put":
             attempt = InflightPut(c, "bkt", "new", new)
         else:
@@ -556,6 +556,7 @@ def test_orphans_of_a_gateway_crash_are_collected(cluster_factory):
         by_key.setdefault(s.key, set()).add(s.shard_index)
     # both writes were complete on disk: k+m shards each, the leftovers a crash makes
     assert by_key == {"new": set(range(c.k + c.m)), "mp": set(range(c.k + c.m))}, by_key
+    assert all((s.k, s.m) == (c.k, c.m) for s in orphans.values())
     wait_no_tmp(c.nodes)
 
     s3 = restart_gateway(c)
