@@ -6,7 +6,7 @@
 //! it is still in cache, and dropped at once, so the HTTP server reuses its read buffer
 //! instead of allocating (and page-faulting) fresh memory for every read. Full buffers go
 //! over a small bounded channel to a blocking writer thread, which writes them with
-//! `O_DIRECT` (see [`ShardFile`]) and hands them back. Memory per write is a few aligned
+//! `O_DIRECT` (see [`ShardFile`]) and hands them back. Memory per write is two aligned
 //! buffers ([`POOL`] × [`WRITE_BUF`]), whatever the shard size; a slow disk stops us
 //! reading the socket, which slows the sender (TCP backpressure).
 
@@ -28,10 +28,12 @@ use crate::store::{preallocate, ShardAddr, Store};
 /// Alignment of O_DIRECT buffers, file offsets and lengths (the page size, a multiple of
 /// every common logical block size).
 const DIRECT_ALIGN: usize = 4096;
-/// Bytes gathered before each write (a multiple of [`DIRECT_ALIGN`]).
-const WRITE_BUF: usize = 1024 * 1024;
-/// Aligned buffers per write: one filling, one queued, one being written.
-const POOL: usize = 3;
+/// Size and alignment of a transparent huge page (x86-64, arm64 with 4 KiB pages).
+const HUGE_PAGE: usize = 2 * 1024 * 1024;
+/// Bytes gathered before each write: one huge page (a multiple of [`DIRECT_ALIGN`]).
+const WRITE_BUF: usize = HUGE_PAGE;
+/// Buffers per write: one filling while the other is written.
+const POOL: usize = 2;
 /// Bytes checked and copied at a time, so the copy reads what the crc just pulled into L1.
 const STEP: usize = 16 * 1024;
 
@@ -109,15 +111,15 @@ pub async fn write_shard(
     let (free_tx, free_rx) = mpsc::channel(POOL);
     let writer =
         tokio::task::spawn_blocking(move || write_blocking(&store, addr, file_len, rx, free_tx));
-    let mut pump = Pump {
+    let pump = Pump {
         checker: BlockChecker::new(header.layout),
-        buf: AlignedBuf::new(),
+        buf: AlignedBuf::new()?,
         allocated: 1,
         tx,
         free_rx,
     };
+    // The pump is gone when `run` returns, so a writer waiting for more learns it ended.
     let pumped = pump.run(&mut stream, header_bytes, rest).await;
-    drop(pump);
     let written = writer
         .await
         .map_err(|e| NodeError::Internal(format!("writer task: {e}")))?;
@@ -146,7 +148,7 @@ impl Pump {
     /// `Ok(false)` if the writer went away first (it reports why). An `Err` is a bad
     /// or broken body; the writer then sees its channel close without an end.
     async fn run<S>(
-        &mut self,
+        mut self,
         stream: &mut S,
         header: Bytes,
         first: Bytes,
@@ -165,8 +167,7 @@ impl Pump {
             }
         }
         self.checker.finish()?;
-        let last = std::mem::replace(&mut self.buf, AlignedBuf::empty());
-        Ok(self.tx.send(Msg::End(last)).await.is_ok())
+        Ok(self.tx.send(Msg::End(self.buf)).await.is_ok())
     }
 
     /// Buffers one chunk (block-area bytes are crc-checked first, `check`); `Ok(false)`
@@ -182,7 +183,7 @@ impl Pump {
             if self.buf.is_full() {
                 let next = if self.allocated < POOL {
                     self.allocated += 1;
-                    AlignedBuf::new()
+                    AlignedBuf::new()?
                 } else {
                     match self.free_rx.recv().await {
                         Some(b) => b,
@@ -244,34 +245,75 @@ fn write_blocking(
     ))
 }
 
-/// A [`WRITE_BUF`]-byte window aligned to [`DIRECT_ALIGN`], filled front to back.
+/// A [`WRITE_BUF`]-byte window of its own anonymous memory, filled front to back.
+///
+/// The window is aligned to [`HUGE_PAGE`] and marked for transparent huge pages: an
+/// `O_DIRECT` write pins the pages it writes from, and pinning one huge page instead of
+/// 512 small ones (and faulting it in once) took a tenth of a node's CPU time off.
+/// Anonymous memory comes zero-filled from the kernel, is never a recycled heap chunk
+/// that would need clearing, and goes back to the OS when the buffer is dropped.
 struct AlignedBuf {
-    mem: Vec<u8>,
-    /// Start of the aligned window in `mem`.
+    /// The whole mapping (window plus alignment slack), unmapped on drop.
+    base: std::ptr::NonNull<u8>,
+    map_len: usize,
+    /// Start of the window in the mapping.
     start: usize,
     /// Bytes of the window filled.
     fill: usize,
 }
 
+// SAFETY: the buffer owns its mapping exclusively; nothing else holds the pointer.
+unsafe impl Send for AlignedBuf {}
+
 impl AlignedBuf {
-    fn new() -> Self {
-        // Zeroed allocations this large come straight from the OS, untouched.
-        let mem = vec![0u8; WRITE_BUF + DIRECT_ALIGN];
-        let start = mem.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
-        Self {
-            mem,
+    fn new() -> io::Result<Self> {
+        let map_len = WRITE_BUF + HUGE_PAGE;
+        // SAFETY: a fresh private anonymous mapping; the result is checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = std::ptr::NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| io::Error::other("mmap returned null"))?;
+        let start = base.as_ptr().align_offset(HUGE_PAGE).min(HUGE_PAGE);
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: advice on a range inside our own mapping; it never changes contents.
+            // Refusal (no THP support) is harmless: small pages still work.
+            let _ = unsafe {
+                libc::madvise(
+                    base.as_ptr().add(start).cast(),
+                    WRITE_BUF,
+                    libc::MADV_HUGEPAGE,
+                )
+            };
+        }
+        Ok(Self {
+            base,
+            map_len,
             start,
             fill: 0,
-        }
+        })
     }
 
-    /// A stand-in holding no memory.
-    fn empty() -> Self {
-        Self {
-            mem: Vec::new(),
-            start: 0,
-            fill: 0,
-        }
+    fn window(&self) -> &[u8] {
+        // SAFETY: `start + WRITE_BUF <= map_len`; the mapping is readable, initialized
+        // (zero-filled by the kernel) and lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(self.start), WRITE_BUF) }
+    }
+
+    fn window_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `window`, and `&mut self` makes this the only live reference.
+        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(self.start), WRITE_BUF) }
     }
 
     /// Bytes still free in the window.
@@ -281,8 +323,8 @@ impl AlignedBuf {
 
     /// Appends `data`, at most [`AlignedBuf::room`] bytes.
     fn push(&mut self, data: &[u8]) {
-        let at = self.start + self.fill;
-        self.mem[at..at + data.len()].copy_from_slice(data);
+        let at = self.fill;
+        self.window_mut()[at..at + data.len()].copy_from_slice(data);
         self.fill += data.len();
     }
 
@@ -292,7 +334,16 @@ impl AlignedBuf {
 
     /// The filled part of the window.
     fn filled(&self) -> &[u8] {
-        &self.mem[self.start..self.start + self.fill]
+        &self.window()[..self.fill]
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`; no references outlive `self`.
+        unsafe {
+            libc::munmap(self.base.as_ptr().cast(), self.map_len);
+        }
     }
 }
 
@@ -352,9 +403,8 @@ impl ShardFile {
                 Some(_) => fill.next_multiple_of(DIRECT_ALIGN),
                 None => fill,
             };
-            let at = last.start + fill;
-            last.mem[at..last.start + padded].fill(0);
-            self.write_window(&last.mem[last.start..last.start + padded])?;
+            last.window_mut()[fill..padded].fill(0);
+            self.write_window(&last.window()[..padded])?;
         }
         if self.offset + fill as u64 != len {
             return Err(io::Error::other(format!(
@@ -538,7 +588,7 @@ mod tests {
             let path = dir.path().join(format!("f{i}"));
             let file = File::create(&path).expect("create");
             let mut out = ShardFile::new(file, &path);
-            let mut buf = AlignedBuf::new();
+            let mut buf = AlignedBuf::new().expect("buffer");
             for piece in want.chunks(1000 + 333 * i) {
                 let mut piece = piece;
                 while !piece.is_empty() {
@@ -556,7 +606,7 @@ mod tests {
         }
         let path = dir.path().join("short");
         let out = ShardFile::new(File::create(&path).expect("create"), &path);
-        let mut buf = AlignedBuf::new();
+        let mut buf = AlignedBuf::new().expect("buffer");
         buf.push(b"abc");
         assert!(
             out.finish(&mut buf, 4).is_err(),
