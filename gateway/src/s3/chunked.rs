@@ -8,6 +8,9 @@
 //! released as they arrive and its signature is checked when the chunk ends; a mismatch
 //! fails the body, and the object service never commits a body that failed. Lines and sizes are bounded, so a
 //! malformed body is a 400, never a hang or a large allocation.
+//!
+//! Chunk data leaves as slices of the received buffers, never copied: only a header or
+//! trailer line split between two reads is gathered in a small buffer.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -31,7 +34,10 @@ enum State {
     Data {
         remaining: u64,
     },
-    DataEnd,
+    /// The CRLF after a chunk's data; how many of its bytes were seen.
+    DataEnd {
+        seen: u8,
+    },
     Trailers,
     /// After a verified trailer signature: only the final empty line may follow.
     TrailersEnd,
@@ -41,7 +47,10 @@ enum State {
 /// Decodes an aws-chunked stream into the object's bytes.
 pub struct ChunkedDecoder<S> {
     inner: S,
-    buf: BytesMut,
+    /// Received bytes not parsed yet.
+    input: Bytes,
+    /// The start of a line whose end has not arrived yet.
+    partial: BytesMut,
     state: State,
     signer: Option<ChunkSigner>,
     chunk_sig: String,
@@ -62,7 +71,8 @@ impl<S> ChunkedDecoder<S> {
     pub fn new(inner: S, signer: Option<ChunkSigner>, expect_trailer: bool) -> Self {
         Self {
             inner,
-            buf: BytesMut::new(),
+            input: Bytes::new(),
+            partial: BytesMut::new(),
             state: State::Header,
             signer,
             chunk_sig: String::new(),
@@ -74,23 +84,33 @@ impl<S> ChunkedDecoder<S> {
         }
     }
 
-    /// Takes one `\n`-terminated line (without `\r\n`) if the buffer holds one.
+    /// Takes one `\n`-terminated line (without `\r\n`) once it is complete; until then
+    /// keeps what arrived of it.
     fn take_line(&mut self) -> Result<Option<String>, S3Error> {
-        match self.buf.iter().position(|&b| b == b'\n') {
-            Some(i) if i > MAX_LINE => Err(bad("line too long")),
-            Some(i) => {
-                let line = self.buf.split_to(i + 1);
-                let mut l = &line[..i];
-                if l.last() == Some(&b'\r') {
-                    l = &l[..l.len() - 1];
-                }
-                String::from_utf8(l.to_vec())
-                    .map(Some)
-                    .map_err(|_| bad("line is not UTF-8"))
+        let Some(i) = self.input.iter().position(|&b| b == b'\n') else {
+            if self.partial.len() + self.input.len() > MAX_LINE {
+                return Err(bad("line too long"));
             }
-            None if self.buf.len() > MAX_LINE => Err(bad("line too long")),
-            None => Ok(None),
+            self.partial.extend_from_slice(&self.input);
+            self.input.clear();
+            return Ok(None);
+        };
+        if self.partial.len() + i > MAX_LINE {
+            return Err(bad("line too long"));
         }
+        let end = self.input.split_to(i + 1);
+        let line = if self.partial.is_empty() {
+            &end[..i]
+        } else {
+            self.partial.extend_from_slice(&end[..i]);
+            &self.partial[..]
+        };
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let line = std::str::from_utf8(line)
+            .map(str::to_string)
+            .map_err(|_| bad("line is not UTF-8"));
+        self.partial.clear();
+        line.map(Some)
     }
 
     fn check_chunk_signature(&mut self) -> Result<(), S3Error> {
@@ -112,7 +132,7 @@ impl<S> ChunkedDecoder<S> {
         }
         let n = data.len() as u64;
         self.state = if remaining == n {
-            State::DataEnd
+            State::DataEnd { seen: 0 }
         } else {
             State::Data {
                 remaining: remaining - n,
@@ -120,23 +140,8 @@ impl<S> ChunkedDecoder<S> {
         };
     }
 
-    /// Chunk data at the front of `input` when nothing is buffered, split off without a
-    /// copy; the rest of `input` is buffered for the parser.
-    fn pass_through(&mut self, mut input: Bytes) -> Option<Bytes> {
-        let out = match self.state {
-            State::Data { remaining } if self.buf.is_empty() => {
-                let n = (input.len() as u64).min(remaining) as usize;
-                let data = input.split_to(n);
-                self.consumed(&data, remaining);
-                Some(data).filter(|d| !d.is_empty())
-            }
-            _ => None,
-        };
-        self.buf.extend_from_slice(&input);
-        out
-    }
-
-    /// Advances the parser; `Ok(Some(bytes))` is object data, `Ok(None)` needs more input.
+    /// Advances the parser; `Ok(Some(bytes))` is object data, `Ok(None)` needs more input
+    /// (everything received so far is consumed) or the body is done.
     fn step(&mut self) -> Result<Option<Bytes>, S3Error> {
         loop {
             match self.state {
@@ -165,24 +170,28 @@ impl<S> ChunkedDecoder<S> {
                     }
                 }
                 State::Data { remaining } => {
-                    if self.buf.is_empty() {
+                    if self.input.is_empty() {
                         return Ok(None);
                     }
-                    let n = (self.buf.len() as u64).min(remaining) as usize;
-                    let data = self.buf.split_to(n).freeze();
+                    let n = (self.input.len() as u64).min(remaining) as usize;
+                    let data = self.input.split_to(n);
                     self.consumed(&data, remaining);
                     return Ok(Some(data));
                 }
-                State::DataEnd => {
-                    if self.buf.len() < 2 {
+                State::DataEnd { seen } => {
+                    let Some(&b) = self.input.first() else {
                         return Ok(None);
-                    }
-                    if &self.buf[..2] != b"\r\n" {
+                    };
+                    if b != b"\r\n"[seen as usize] {
                         return Err(bad("chunk not followed by CRLF"));
                     }
-                    self.buf.advance(2);
-                    self.check_chunk_signature()?;
-                    self.state = State::Header;
+                    self.input.advance(1);
+                    if seen == 0 {
+                        self.state = State::DataEnd { seen: 1 };
+                    } else {
+                        self.check_chunk_signature()?;
+                        self.state = State::Header;
+                    }
                 }
                 State::Trailers => {
                     let Some(line) = self.take_line()? else {
@@ -266,9 +275,8 @@ where
             match Pin::new(&mut this.inner).poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(b))) => {
-                    if let Some(data) = this.pass_through(b) {
-                        return Poll::Ready(Some(Ok(data)));
-                    }
+                    // `step` consumed all earlier input before asking for more.
+                    this.input = b;
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.failed = true;
