@@ -116,7 +116,11 @@ def _has_body_data(path: Path) -> bool:
 
 
 def wait_nodes_receiving(nodes, per_node: int = 1, timeout: float = 20):
-    """Waits until each node writes at least `per_node` temp shard files holding body data."""
+    """Waits until each node writes at least `per_node` temp shard files holding body data.
+
+    Nodes write shard data in 2 MiB O_DIRECT steps and the gateway sends whole stripes of
+    k x 1 MiB blocks, so send at least 3 stripes' worth (7 MiB with EC 3+1) of each upload
+    before waiting: less may sit in a node's buffer, never reaching the file."""
     deadline = time.monotonic() + timeout
     while True:
         counts = {n.name: sum(1 for p in tmp_files(n) if _has_body_data(p)) for n in nodes}
@@ -230,7 +234,7 @@ def test_gateway_killed_mid_put(fresh_cluster):
     new = InflightPut(c, "bkt", "new", os.urandom(16 * MiB))
     over = InflightPut(c, "bkt", "over", os.urandom(12 * MiB))
     new.send(7 * MiB)
-    over.send(6 * MiB + 5)
+    over.send(7 * MiB + 5)
     wait_nodes_receiving(c.nodes, per_node=2)  # both uploads are streaming to every node
     # acknowledged a moment before the kill: the catalog flush must have made it durable
     last = os.urandom(100_000)
@@ -278,8 +282,8 @@ def test_gateway_killed_between_and_mid_multipart_parts(fresh_cluster):
     b = s3.create_multipart_upload(Bucket="bkt", Key="gone")["UploadId"]
     s3.upload_part(Bucket="bkt", Key="gone", UploadId=b, PartNumber=1, Body=os.urandom(MiB))
 
-    p2 = InflightPut(c, "bkt", "mp", os.urandom(9 * MiB), query=f"partNumber=2&uploadId={a}")
-    p2.send(4 * MiB)
+    p2 = InflightPut(c, "bkt", "mp", os.urandom(12 * MiB), query=f"partNumber=2&uploadId={a}")
+    p2.send(7 * MiB)
     wait_nodes_receiving(c.nodes)
     c.gateway.kill()
     p2.outcome_after_gateway_kill()
@@ -397,7 +401,7 @@ def test_node_killed_mid_upload(fresh_cluster):
     victim = c.nodes[1]
 
     put = InflightPut(c, "bkt", "k", os.urandom(16 * MiB))
-    put.send(5 * MiB)
+    put.send(7 * MiB)
     wait_nodes_receiving([victim])
     victim.kill()
     r = put.finish()
@@ -474,10 +478,10 @@ def test_gateway_and_node_killed_together_mid_upload(fresh_cluster):
     acked["over"] = old
     victim = c.nodes[2]
 
-    new = InflightPut(c, "bkt", "new", os.urandom(14 * MiB))
-    over = InflightPut(c, "bkt", "over", os.urandom(10 * MiB))
-    new.send(6 * MiB)
-    over.send(5 * MiB)
+    new = InflightPut(c, "bkt", "new", os.urandom(16 * MiB))
+    over = InflightPut(c, "bkt", "over", os.urandom(12 * MiB))
+    new.send(7 * MiB)
+    over.send(7 * MiB)
     wait_nodes_receiving(c.nodes, per_node=2)
     victim.kill()
     c.gateway.kill()
