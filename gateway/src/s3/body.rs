@@ -8,13 +8,13 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use super::md5::Md5;
 use axum::body::Body;
 use base64::Engine;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use http::HeaderMap;
-use md5::{Digest, Md5};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use super::checksum::{Algorithm, Hasher};
 use super::chunked::ChunkedDecoder;
@@ -199,7 +199,7 @@ impl CheckedBody {
         if c.len != c.declared {
             return Err(S3Error::IncompleteBody);
         }
-        let md5: [u8; 16] = c.md5.finalize().into();
+        let md5 = c.md5.finalize();
         if let Some((h, want)) = c.sha256 {
             if hex::encode(h.finalize()) != want {
                 return Err(S3Error::ContentSha256Mismatch);

@@ -7,6 +7,7 @@ pub mod chunked;
 pub mod copy;
 pub mod delete;
 pub mod list;
+pub mod md5;
 pub mod multipart;
 pub mod object;
 pub mod router;

@@ -6,10 +6,10 @@
 
 use std::fmt::Write;
 
+use super::md5::Md5;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use cairn_common::ids::ObjectId;
-use md5::{Digest, Md5};
 use serde::Deserialize;
 
 use super::body::{declared_length, CheckedBody, Digests};
@@ -307,7 +307,7 @@ pub async fn complete(ctx: &Ctx, bucket: &str, key: &str, body: Body) -> Result<
     for (_, part) in &chosen {
         let raw = hex::decode(&part.etag)
             .map_err(|_| S3Error::Internal("stored part ETag is not hex".into()))?;
-        md5.update(raw);
+        md5.update(&raw);
     }
     let etag = format!("{}-{}", hex::encode(md5.finalize()), chosen.len());
     let checksum = match upload_algorithm(&rec) {
