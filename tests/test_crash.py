@@ -22,7 +22,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from harness import sigv4
-from harness.cluster import Cluster
+from harness.cluster import Cluster, gateway_metric as metric, wait_for
 from harness.data import MiB, sha256
 from harness.s3util import quoted_md5, s3_error
 
@@ -206,16 +206,6 @@ def committed_shards(c: Cluster, bucket: str, key: str, size: int, timeout: floa
         for b in range(s.stripes):
             s.read_block(b)  # verifies the crc
     return k, m, shards
-
-
-def metric(c: Cluster, name: str) -> float:
-    total = 0.0
-    for line in c.gateway.metrics().splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            head, _, value = line.rpartition(" ")
-            if head.split("{")[0] == name:
-                total += float(value)
-    return total
 
 
 # ---------------------------------------------------------------------------------------
@@ -508,22 +498,6 @@ def test_gateway_and_node_killed_together_mid_upload(fresh_cluster):
 # what a crash leaves behind
 
 
-def _wait_dead(proc_owner, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while proc_owner.alive:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{proc_owner} still running: the failpoint was not reached")
-        time.sleep(0.05)
-
-
-def _gateway_metric(c: Cluster, name: str) -> float:
-    total = 0.0
-    for line in c.gateway.metrics().splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def test_orphans_of_a_gateway_crash_are_collected(cluster_factory):
     """The gateway dies (CAIRN_FAILPOINT) at the one point where a crash leaves durable data
     nobody refers to: every shard of a PUT / of a part is on disk, the catalog does not
@@ -551,7 +525,7 @@ def test_orphans_of_a_gateway_crash_are_collected(cluster_factory):
             attempt = InflightPut(c, "bkt", "mp", p2, query=f"partNumber=2&uploadId={up}")
         r = attempt.finish()
         assert r is None or not 200 <= r.status < 300, f"{what} acknowledged across a crash"
-        _wait_dead(c.gateway)
+        wait_for(f"the gateway to abort at the failpoint ({what})", lambda: not c.gateway.alive, timeout=30, every=0.05)
     del c.extra_env["CAIRN_FAILPOINT"]
 
     orphans = {s.path: s for s in c.shard_files(bucket="bkt") if s.path not in live}
@@ -567,15 +541,10 @@ def test_orphans_of_a_gateway_crash_are_collected(cluster_factory):
     assert_absent(s3, "bkt", "new")
     assert _parts(s3, "bkt", "mp", up) == [(1, e1, len(p1))], "a crashed part became visible"
     check_exact(s3, "bkt", acked, "after the crashes")
-    wait_for_orphans = time.monotonic() + 60
-    while any(p.exists() for p in orphans):
-        assert time.monotonic() < wait_for_orphans, (
-            f"orphans not collected: {[str(p) for p in orphans if p.exists()]}"
-        )
-        time.sleep(0.25)
+    wait_for("the crash's orphans collected", lambda: not any(p.exists() for p in orphans))
     # one unreferenced object directory per node for the PUT, k+m single shards for the part
-    assert _gateway_metric(c, "cairn_gc_objects_deleted_total") >= c.k + c.m
-    assert _gateway_metric(c, "cairn_gc_shards_deleted_total") >= c.k + c.m
+    assert metric(c, "cairn_gc_objects_deleted_total") >= c.k + c.m
+    assert metric(c, "cairn_gc_shards_deleted_total") >= c.k + c.m
     assert all(p.exists() for p in live), "GC deleted a live shard"
 
     # the clients' retries succeed

@@ -9,44 +9,17 @@ redundancy (4 nodes, EC 3+1: after losing one node, 3+1 objects are one loss fro
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import time
 
 import pytest
 
-from harness.cluster import binary, http_get
+from harness.cluster import binary, gateway_metric as metric, http_get, wait_for
 from harness.data import MiB, sha256
 from harness.shards import ShardFormatError, read_shard
 
 SIZES = [0, 1, 1000, 3 * MiB + 17, 7 * MiB + 5]
-
-
-def metric(cluster, name, **labels) -> float:
-    """Sum of a gateway metric's samples matching `labels` (0 when absent)."""
-    total = 0.0
-    for line in cluster.gateway.metrics().splitlines():
-        if line.startswith("#"):
-            continue
-        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-        if all(got.get(k) == v for k, v in labels.items()):
-            total += float(m.group(3))
-    return total
-
-
-def wait_for(what, cond, timeout=60, every=0.25):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
 
 
 def fill(s3, bucket, sizes=SIZES, prefix="obj"):

@@ -587,6 +587,17 @@ async fn put(client: Client, key: String, data: Vec<u8>) -> Outcome {
     }
 }
 
+/// Aborts an upload that will not be completed (best effort: GC collects what remains).
+async fn abort_upload(client: &Client, key: &str, id: &str) {
+    let _ = client
+        .abort_multipart_upload()
+        .bucket(BUCKET)
+        .key(key)
+        .upload_id(id)
+        .send()
+        .await;
+}
+
 /// Create, 5 MiB parts one after the other, Complete. A failure before Complete was sent
 /// cannot make anything visible (the upload is aborted, best effort).
 async fn put_multipart(client: Client, key: String, data: Vec<u8>) -> Outcome {
@@ -624,13 +635,7 @@ async fn put_multipart(client: Client, key: String, data: Vec<u8>) -> Outcome {
                     .build(),
             ),
             Err(_) => {
-                let _ = client
-                    .abort_multipart_upload()
-                    .bucket(BUCKET)
-                    .key(&key)
-                    .upload_id(&id)
-                    .send()
-                    .await;
+                abort_upload(&client, &key, &id).await;
                 return Outcome::Refused;
             }
         }
@@ -652,13 +657,7 @@ async fn put_multipart(client: Client, key: String, data: Vec<u8>) -> Outcome {
         Err(e) => {
             let o = outcome_of(&e);
             if o == Outcome::Refused {
-                let _ = client
-                    .abort_multipart_upload()
-                    .bucket(BUCKET)
-                    .key(&key)
-                    .upload_id(&id)
-                    .send()
-                    .await;
+                abort_upload(&client, &key, &id).await;
             }
             o
         }

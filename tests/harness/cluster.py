@@ -714,6 +714,33 @@ class Cluster:
         return f"<Cluster {self.endpoint if self.gateway else '-'} nodes={self.nodes}>"
 
 
+def gateway_metric(cluster: "Cluster", name: str, **labels) -> float:
+    """Sum of a gateway metric's samples matching `labels` (0 when absent)."""
+    total = 0.0
+    for line in cluster.gateway.metrics().splitlines():
+        if line.startswith("#"):
+            continue
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(m.group(3))
+    return total
+
+
+def wait_for(what: str, cond, timeout: float = 60, every: float = 0.25):
+    """Polls `cond` until it returns something true (returned), or fails after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
 _NODE_UP_NAME = re.compile(r"node[s]?_?(up|live|alive|healthy|online)|(up|live|alive|healthy|online)_?node", re.I)
 
 
