@@ -46,6 +46,8 @@ pub enum ShardError {
     BlockChecksum { block: u64 },
     #[error("invalid geometry: {0}")]
     Geometry(&'static str),
+    #[error("bytes past the last block expected")]
+    TooLong,
 }
 
 /// Where blocks sit for a segment of a given length and geometry.
@@ -307,6 +309,104 @@ pub fn verify_block(stored: &[u8], block: u64) -> Result<&[u8], ShardError> {
     }
 }
 
+/// What [`BlockVerifier::feed`] found in the bytes it was given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// These bytes of the input are data of the block being received.
+    Data(std::ops::Range<usize>),
+    /// Block `block` is complete and its crc32c matched.
+    Verified(u64),
+}
+
+/// Checks stored blocks (data then crc32c, one after another) as they arrive in pieces
+/// of any size, without gathering a block in one buffer.
+#[derive(Debug)]
+pub struct BlockVerifier {
+    layout: Layout,
+    /// Block being received.
+    block: u64,
+    /// One past the last block expected.
+    end: u64,
+    /// Data length of the current block.
+    block_len: usize,
+    /// Data bytes of the current block seen so far.
+    seen: usize,
+    crc: u32,
+    crc_buf: [u8; CRC_LEN],
+    crc_seen: usize,
+    total: u64,
+}
+
+impl BlockVerifier {
+    /// A verifier expecting exactly blocks `from..end` of `layout`.
+    pub fn new(layout: Layout, from: u64, end: u64) -> Self {
+        Self {
+            layout,
+            block: from,
+            end,
+            block_len: if from < end {
+                layout.block_len(from)
+            } else {
+                0
+            },
+            seen: 0,
+            crc: 0,
+            crc_buf: [0; CRC_LEN],
+            crc_seen: 0,
+            total: 0,
+        }
+    }
+
+    /// Consumes the next bytes, telling `found` which of them are block data and when a
+    /// block has checked out. Fails on the first bad block, or on bytes past the last.
+    pub fn feed(&mut self, data: &[u8], mut found: impl FnMut(Piece)) -> Result<(), ShardError> {
+        let mut at = 0;
+        while at < data.len() {
+            if self.block >= self.end {
+                return Err(ShardError::TooLong);
+            }
+            let rest = &data[at..];
+            if self.seen < self.block_len {
+                let n = (self.block_len - self.seen).min(rest.len());
+                self.crc = crc32c::crc32c_append(self.crc, &rest[..n]);
+                found(Piece::Data(at..at + n));
+                self.seen += n;
+                at += n;
+            } else {
+                let n = (CRC_LEN - self.crc_seen).min(rest.len());
+                self.crc_buf[self.crc_seen..self.crc_seen + n].copy_from_slice(&rest[..n]);
+                self.crc_seen += n;
+                at += n;
+                if self.crc_seen == CRC_LEN {
+                    if u32::from_le_bytes(self.crc_buf) != self.crc {
+                        return Err(ShardError::BlockChecksum { block: self.block });
+                    }
+                    found(Piece::Verified(self.block));
+                    self.block += 1;
+                    self.seen = 0;
+                    self.crc = 0;
+                    self.crc_seen = 0;
+                    if self.block < self.end {
+                        self.block_len = self.layout.block_len(self.block);
+                    }
+                }
+            }
+        }
+        self.total += data.len() as u64;
+        Ok(())
+    }
+
+    /// Whether every expected block has arrived and checked out.
+    pub fn is_done(&self) -> bool {
+        self.block >= self.end
+    }
+
+    /// Bytes consumed so far.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,5 +478,71 @@ mod tests {
         assert_eq!(verify_block(&stored, 0).expect("ok"), &data[..]);
         stored[50] ^= 1;
         assert!(verify_block(&stored, 0).is_err());
+    }
+
+    /// Stored blocks `from..end` of `layout`, each block's bytes distinct.
+    fn stored_blocks(layout: &Layout, from: u64, end: u64) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let (mut stored, mut data) = (Vec::new(), Vec::new());
+        for s in from..end {
+            let d: Vec<u8> = (0..layout.block_len(s))
+                .map(|i| (i as u64 * 7 + s) as u8)
+                .collect();
+            stored.extend_from_slice(&d);
+            stored.extend_from_slice(&block_crc(&d).to_le_bytes());
+            data.push(d);
+        }
+        (stored, data)
+    }
+
+    #[test]
+    fn verifier_hands_back_exactly_the_data_whatever_the_chunking() {
+        let layout = Layout::new(3, 1, 100, 1000).expect("layout");
+        let (from, end) = (1, layout.stripes());
+        let (stored, want) = stored_blocks(&layout, from, end);
+        for chunk in [1, 3, 4, 5, 99, 100, 104, 105, 1000] {
+            let mut v = BlockVerifier::new(layout, from, end);
+            let (mut got, mut cur, mut verified) = (Vec::new(), Vec::new(), Vec::new());
+            for c in stored.chunks(chunk) {
+                v.feed(c, |p| match p {
+                    Piece::Data(r) => cur.extend_from_slice(&c[r]),
+                    Piece::Verified(b) => {
+                        verified.push(b);
+                        got.push(std::mem::take(&mut cur));
+                    }
+                })
+                .expect("good blocks");
+            }
+            assert!(v.is_done());
+            assert_eq!(got, want, "chunk {chunk}");
+            assert_eq!(verified, (from..end).collect::<Vec<_>>());
+            assert_eq!(v.total(), stored.len() as u64);
+        }
+    }
+
+    #[test]
+    fn verifier_stops_at_a_bad_block_and_at_extra_bytes() {
+        let layout = Layout::new(2, 1, 64, 300).expect("layout");
+        let (stored, _) = stored_blocks(&layout, 0, layout.stripes());
+        for flip in [0, 63, 64, 67, 68, stored.len() - 1] {
+            let mut bad = stored.clone();
+            bad[flip] ^= 0x10;
+            let mut v = BlockVerifier::new(layout, 0, layout.stripes());
+            let block = (flip / 68) as u64;
+            let mut verified = Vec::new();
+            let r = v.feed(&bad, |p| {
+                if let Piece::Verified(b) = p {
+                    verified.push(b)
+                }
+            });
+            assert!(matches!(r, Err(ShardError::BlockChecksum { block: b }) if b == block));
+            assert_eq!(verified, (0..block).collect::<Vec<_>>(), "flip at {flip}");
+        }
+        let mut v = BlockVerifier::new(layout, 0, layout.stripes());
+        v.feed(&stored[..stored.len() - 1], |_| {}).expect("prefix");
+        assert!(!v.is_done());
+        v.feed(&stored[stored.len() - 1..], |_| {})
+            .expect("last byte");
+        assert!(v.is_done());
+        assert!(matches!(v.feed(&[0], |_| {}), Err(ShardError::TooLong)));
     }
 }

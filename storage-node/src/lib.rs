@@ -11,6 +11,7 @@
 
 pub mod announce;
 pub mod api;
+pub mod direct_io;
 pub mod error;
 pub mod metrics;
 pub mod read;

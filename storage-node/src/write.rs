@@ -18,18 +18,14 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
-use cairn_common::shard::{Layout, ShardHeader, CRC_LEN};
+use cairn_common::shard::{BlockVerifier, Layout, ShardError, ShardHeader};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use crate::direct_io::{open_direct, AlignedBuf, DIRECT_ALIGN, HUGE_PAGE};
 use crate::error::NodeError;
 use crate::store::{preallocate, ShardAddr, Store};
 
-/// Alignment of O_DIRECT buffers, file offsets and lengths (the page size, a multiple of
-/// every common logical block size).
-const DIRECT_ALIGN: usize = 4096;
-/// Size and alignment of a transparent huge page (x86-64, arm64 with 4 KiB pages).
-const HUGE_PAGE: usize = 2 * 1024 * 1024;
 /// Bytes gathered before each write: one huge page (a multiple of [`DIRECT_ALIGN`]).
 const WRITE_BUF: usize = HUGE_PAGE;
 /// Buffers per write: one filling while the other is written.
@@ -113,7 +109,7 @@ pub async fn write_shard(
         tokio::task::spawn_blocking(move || write_blocking(&store, addr, file_len, rx, free_tx));
     let pump = Pump {
         checker: BlockChecker::new(header.layout),
-        buf: AlignedBuf::new()?,
+        buf: AlignedBuf::new(WRITE_BUF)?,
         allocated: 1,
         tx,
         free_rx,
@@ -183,7 +179,7 @@ impl Pump {
             if self.buf.is_full() {
                 let next = if self.allocated < POOL {
                     self.allocated += 1;
-                    AlignedBuf::new()?
+                    AlignedBuf::new(WRITE_BUF)?
                 } else {
                     match self.free_rx.recv().await {
                         Some(b) => b,
@@ -245,113 +241,11 @@ fn write_blocking(
     ))
 }
 
-/// A [`WRITE_BUF`]-byte window of its own anonymous memory, filled front to back.
-///
-/// The window is aligned to [`HUGE_PAGE`] and marked for transparent huge pages: an
-/// `O_DIRECT` write pins the pages it writes from, and pinning one huge page instead of
-/// 512 small ones (and faulting it in once) took a tenth of a node's CPU time off.
-/// Anonymous memory comes zero-filled from the kernel, is never a recycled heap chunk
-/// that would need clearing, and goes back to the OS when the buffer is dropped.
-struct AlignedBuf {
-    /// The whole mapping (window plus alignment slack), unmapped on drop.
-    base: std::ptr::NonNull<u8>,
-    map_len: usize,
-    /// Start of the window in the mapping.
-    start: usize,
-    /// Bytes of the window filled.
-    fill: usize,
-}
-
-// SAFETY: the buffer owns its mapping exclusively; nothing else holds the pointer.
-unsafe impl Send for AlignedBuf {}
-
-impl AlignedBuf {
-    fn new() -> io::Result<Self> {
-        let map_len = WRITE_BUF + HUGE_PAGE;
-        // SAFETY: a fresh private anonymous mapping; the result is checked below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let base = std::ptr::NonNull::new(p.cast::<u8>())
-            .ok_or_else(|| io::Error::other("mmap returned null"))?;
-        let start = base.as_ptr().align_offset(HUGE_PAGE).min(HUGE_PAGE);
-        #[cfg(target_os = "linux")]
-        {
-            // SAFETY: advice on a range inside our own mapping; it never changes contents.
-            // Refusal (no THP support) is harmless: small pages still work.
-            let _ = unsafe {
-                libc::madvise(
-                    base.as_ptr().add(start).cast(),
-                    WRITE_BUF,
-                    libc::MADV_HUGEPAGE,
-                )
-            };
-        }
-        Ok(Self {
-            base,
-            map_len,
-            start,
-            fill: 0,
-        })
-    }
-
-    fn window(&self) -> &[u8] {
-        // SAFETY: `start + WRITE_BUF <= map_len`; the mapping is readable, initialized
-        // (zero-filled by the kernel) and lives as long as `self`.
-        unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(self.start), WRITE_BUF) }
-    }
-
-    fn window_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `window`, and `&mut self` makes this the only live reference.
-        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(self.start), WRITE_BUF) }
-    }
-
-    /// Bytes still free in the window.
-    fn room(&self) -> usize {
-        WRITE_BUF - self.fill
-    }
-
-    /// Appends `data`, at most [`AlignedBuf::room`] bytes.
-    fn push(&mut self, data: &[u8]) {
-        let at = self.fill;
-        self.window_mut()[at..at + data.len()].copy_from_slice(data);
-        self.fill += data.len();
-    }
-
-    fn is_full(&self) -> bool {
-        self.fill == WRITE_BUF
-    }
-
-    /// The filled part of the window.
-    fn filled(&self) -> &[u8] {
-        &self.window()[..self.fill]
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `new`; no references outlive `self`.
-        unsafe {
-            libc::munmap(self.base.as_ptr().cast(), self.map_len);
-        }
-    }
-}
-
 /// A temp shard file written front to back from aligned buffers with `O_DIRECT`, so the
 /// data goes from the buffer to the disk without passing through the page cache. Copying
 /// each byte into fresh page-cache pages (and having them written back and reclaimed
 /// later) was half of a node's CPU time on a PUT; the shard is not read back soon, and
-/// reads go through the page cache as before. Where `O_DIRECT` is refused (a file system
+/// reads bypass the page cache too (see `read.rs`). Where `O_DIRECT` is refused (a file system
 /// without it, unusual alignment rules) the same buffers are written with plain writes.
 struct ShardFile {
     file: File,
@@ -362,7 +256,7 @@ struct ShardFile {
 
 impl ShardFile {
     fn new(file: File, path: &std::path::Path) -> Self {
-        let direct = open_direct(path);
+        let direct = open_direct(path, true);
         Self {
             file,
             direct,
@@ -417,111 +311,43 @@ impl ShardFile {
     }
 }
 
-/// The temp file opened again for `O_DIRECT` writes, where the OS allows it.
-fn open_direct(path: &std::path::Path) -> Option<File> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-        {
-            Ok(f) => Some(f),
-            Err(e) => {
-                tracing::debug!(error = %e, "O_DIRECT not available; using buffered writes");
-                None
-            }
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = path;
-        None
-    }
-}
-
 /// Walks the block area of a shard as it arrives, checking each block's crc32c and the
 /// total length, whatever the chunk boundaries.
 #[derive(Debug)]
 pub struct BlockChecker {
     layout: Layout,
-    stripes: u64,
-    /// Stripe (block) being received.
-    block: u64,
-    /// Data length of the current block.
-    block_len: usize,
-    /// Data bytes of the current block seen so far.
-    seen: usize,
-    crc: u32,
-    crc_buf: [u8; CRC_LEN],
-    crc_seen: usize,
-    total: u64,
+    verifier: BlockVerifier,
 }
 
 impl BlockChecker {
     /// A checker expecting exactly the blocks of `layout`.
     pub fn new(layout: Layout) -> Self {
-        let stripes = layout.stripes();
         Self {
             layout,
-            stripes,
-            block: 0,
-            block_len: if stripes > 0 { layout.block_len(0) } else { 0 },
-            seen: 0,
-            crc: 0,
-            crc_buf: [0; CRC_LEN],
-            crc_seen: 0,
-            total: 0,
+            verifier: BlockVerifier::new(layout, 0, layout.stripes()),
         }
     }
 
     /// Consumes the next bytes of the block area.
-    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), NodeError> {
-        while !data.is_empty() {
-            if self.block >= self.stripes {
-                return Err(NodeError::BadLength {
-                    want: self.layout.shard_body_len(),
-                    got: self.total + data.len() as u64,
-                });
-            }
-            if self.seen < self.block_len {
-                let n = (self.block_len - self.seen).min(data.len());
-                self.crc = crc32c::crc32c_append(self.crc, &data[..n]);
-                self.seen += n;
-                self.total += n as u64;
-                data = &data[n..];
-            } else {
-                let n = (CRC_LEN - self.crc_seen).min(data.len());
-                self.crc_buf[self.crc_seen..self.crc_seen + n].copy_from_slice(&data[..n]);
-                self.crc_seen += n;
-                self.total += n as u64;
-                data = &data[n..];
-                if self.crc_seen == CRC_LEN {
-                    if u32::from_le_bytes(self.crc_buf) != self.crc {
-                        return Err(NodeError::CorruptUpload { block: self.block });
-                    }
-                    self.block += 1;
-                    self.seen = 0;
-                    self.crc = 0;
-                    self.crc_seen = 0;
-                    if self.block < self.stripes {
-                        self.block_len = self.layout.block_len(self.block);
-                    }
-                }
-            }
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), NodeError> {
+        match self.verifier.feed(data, |_| {}) {
+            Ok(()) => Ok(()),
+            Err(ShardError::BlockChecksum { block }) => Err(NodeError::CorruptUpload { block }),
+            Err(_) => Err(NodeError::BadLength {
+                want: self.layout.shard_body_len(),
+                got: self.verifier.total() + data.len() as u64,
+            }),
         }
-        Ok(())
     }
 
     /// Checks that every block arrived.
     pub fn finish(&self) -> Result<(), NodeError> {
-        if self.block == self.stripes {
+        if self.verifier.is_done() {
             Ok(())
         } else {
             Err(NodeError::BadLength {
                 want: self.layout.shard_body_len(),
-                got: self.total,
+                got: self.verifier.total(),
             })
         }
     }
@@ -588,7 +414,7 @@ mod tests {
             let path = dir.path().join(format!("f{i}"));
             let file = File::create(&path).expect("create");
             let mut out = ShardFile::new(file, &path);
-            let mut buf = AlignedBuf::new().expect("buffer");
+            let mut buf = AlignedBuf::new(WRITE_BUF).expect("buffer");
             for piece in want.chunks(1000 + 333 * i) {
                 let mut piece = piece;
                 while !piece.is_empty() {
@@ -606,7 +432,7 @@ mod tests {
         }
         let path = dir.path().join("short");
         let out = ShardFile::new(File::create(&path).expect("create"), &path);
-        let mut buf = AlignedBuf::new().expect("buffer");
+        let mut buf = AlignedBuf::new(WRITE_BUF).expect("buffer");
         buf.push(b"abc");
         assert!(
             out.finish(&mut buf, 4).is_err(),

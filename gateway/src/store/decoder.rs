@@ -7,12 +7,12 @@
 //! right bytes and no error. Only when fewer than k shards are readable does the read fail.
 //! Those warnings are rate-limited per node: with a node down, every read would log them.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use cairn_common::erasure::Codec;
 use cairn_common::ids::ObjectId;
 use cairn_common::log_limited;
 use cairn_common::protocol::{ShardRef, ERR_CORRUPT_BLOCK};
-use cairn_common::shard::{verify_block, Layout, CRC_LEN};
+use cairn_common::shard::{BlockVerifier, Layout, Piece, ShardError};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
@@ -24,7 +24,49 @@ use super::StoreError;
 /// Verified blocks read ahead per shard.
 const READ_AHEAD: usize = 2;
 
-type BlockRx = mpsc::Receiver<Result<Bytes, String>>;
+type BlockRx = mpsc::Receiver<Result<Block, String>>;
+
+/// A verified block, kept as the pieces it arrived in rather than copied into one buffer.
+#[derive(Default)]
+struct Block {
+    pieces: Vec<Bytes>,
+    len: usize,
+}
+
+impl Block {
+    fn push(&mut self, piece: Bytes) {
+        self.len += piece.len();
+        self.pieces.push(piece);
+    }
+
+    /// Bytes `lo..hi` of the block, as slices of its pieces.
+    fn range(&self, lo: usize, hi: usize) -> impl Iterator<Item = Bytes> + '_ {
+        let mut start = 0;
+        self.pieces.iter().filter_map(move |p| {
+            let (p_start, p_end) = (start, start + p.len());
+            start = p_end;
+            let (a, b) = (lo.max(p_start), hi.min(p_end));
+            (a < b).then(|| p.slice(a - p_start..b - p_start))
+        })
+    }
+
+    /// The block in one buffer (for the erasure decoder).
+    fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len);
+        for p in &self.pieces {
+            v.extend_from_slice(p);
+        }
+        v
+    }
+}
+
+impl From<Vec<u8>> for Block {
+    fn from(v: Vec<u8>) -> Self {
+        let mut b = Block::default();
+        b.push(Bytes::from(v));
+        b
+    }
+}
 
 /// Opens shard `index` for blocks `from..=last`, verifying each block in a background task.
 async fn open_shard(
@@ -73,37 +115,39 @@ async fn open_shard(
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
-        let mut acc = BytesMut::new();
-        let mut s = from;
-        while s <= last {
-            let want = layout.block_len(s) + CRC_LEN;
-            while acc.len() < want {
-                match stream.next().await {
-                    Some(Ok(chunk)) => acc.extend_from_slice(&chunk),
-                    Some(Err(e)) => {
-                        let _ = tx.send(Err(format!("shard stream broke: {e}"))).await;
-                        return;
-                    }
-                    None => {
-                        let _ = tx.send(Err("shard stream ended early".into())).await;
-                        return;
-                    }
+        let mut verifier = BlockVerifier::new(layout, from, last + 1);
+        let mut block = Block::default();
+        while !verifier.is_done() {
+            let chunk = match stream.next().await {
+                Some(Ok(chunk)) => chunk,
+                Some(Err(e)) => {
+                    let _ = tx.send(Err(format!("shard stream broke: {e}"))).await;
+                    return;
                 }
-            }
-            let stored = acc.split_to(want).freeze();
-            let block = match verify_block(&stored, s) {
-                Ok(_) => stored.slice(..want - CRC_LEN),
-                Err(e) => {
-                    metrics::counter!("cairn_checksum_failures_total").increment(1);
-                    cluster.report_corrupt(shard);
-                    let _ = tx.send(Err(e.to_string())).await;
+                None => {
+                    let _ = tx.send(Err("shard stream ended early".into())).await;
                     return;
                 }
             };
-            if tx.send(Ok(block)).await.is_err() {
+            // Verified blocks go out as slices of the received chunks: no copy.
+            let mut ready = Vec::new();
+            let fed = verifier.feed(&chunk, |p| match p {
+                Piece::Data(r) => block.push(chunk.slice(r)),
+                Piece::Verified(_) => ready.push(std::mem::take(&mut block)),
+            });
+            for b in ready {
+                if tx.send(Ok(b)).await.is_err() {
+                    return;
+                }
+            }
+            if let Err(e) = fed {
+                if matches!(e, ShardError::BlockChecksum { .. }) {
+                    metrics::counter!("cairn_checksum_failures_total").increment(1);
+                    cluster.report_corrupt(shard);
+                }
+                let _ = tx.send(Err(e.to_string())).await;
                 return;
             }
-            s += 1;
         }
     });
     Ok(rx)
@@ -142,7 +186,7 @@ pub async fn read_segment(
     }
     for s in s0..=s1 {
         let blen = layout.block_len(s);
-        let mut blocks: Vec<Option<Bytes>> = vec![None; n];
+        let mut blocks: Vec<Option<Block>> = (0..n).map(|_| None).collect();
         loop {
             // Take this stripe's block from every open reader.
             for i in 0..n {
@@ -151,7 +195,7 @@ pub async fn read_segment(
                 }
                 if let Some(rx) = readers[i].as_mut() {
                     match rx.recv().await {
-                        Some(Ok(b)) if b.len() == blen => blocks[i] = Some(b),
+                        Some(Ok(b)) if b.len == blen => blocks[i] = Some(b),
                         other => {
                             let why = match other {
                                 Some(Err(e)) => e,
@@ -200,7 +244,7 @@ pub async fn read_segment(
                 )));
             }
         }
-        let data: Vec<Bytes> = if blocks[..k].iter().all(|b| b.is_some()) {
+        let data: Vec<Block> = if blocks[..k].iter().all(|b| b.is_some()) {
             blocks.into_iter().take(k).flatten().collect()
         } else {
             if !degraded_counted {
@@ -215,7 +259,7 @@ pub async fn read_segment(
             shards
                 .into_iter()
                 .take(k)
-                .map(|b| Bytes::from(b.unwrap_or_default()))
+                .map(|b| Block::from(b.unwrap_or_default()))
                 .collect()
         };
         let off = layout.stripe_offset(s);
@@ -226,9 +270,10 @@ pub async fn read_segment(
             if lo >= hi {
                 continue;
             }
-            let piece = block.slice((lo - b_start) as usize..(hi - b_start) as usize);
-            if out.send(Ok(piece)).await.is_err() {
-                return Ok(()); // client went away
+            for piece in block.range((lo - b_start) as usize, (hi - b_start) as usize) {
+                if out.send(Ok(piece)).await.is_err() {
+                    return Ok(()); // client went away
+                }
             }
         }
     }
