@@ -295,6 +295,11 @@ pub fn block_crc(data: &[u8]) -> u32 {
     crc32c::crc32c(data)
 }
 
+/// Extends `crc` (a [`block_crc`] of the bytes before) over `data`.
+pub fn block_crc_append(crc: u32, data: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc, data)
+}
+
 /// Checks a stored block (data followed by its 4-byte crc) and returns the data part.
 pub fn verify_block(stored: &[u8], block: u64) -> Result<&[u8], ShardError> {
     if stored.len() < CRC_LEN {
@@ -368,7 +373,7 @@ impl BlockVerifier {
             let rest = &data[at..];
             if self.seen < self.block_len {
                 let n = (self.block_len - self.seen).min(rest.len());
-                self.crc = crc32c::crc32c_append(self.crc, &rest[..n]);
+                self.crc = block_crc_append(self.crc, &rest[..n]);
                 found(Piece::Data(at..at + n));
                 self.seen += n;
                 at += n;

@@ -1,25 +1,30 @@
 //! The stripe encoder: a request body in, k+m shard streams out to k+m nodes.
 //!
 //! The body is cut into stripes of `k` blocks; each stripe gets `m` parity blocks and a
-//! crc32c per block, then every block goes down a bounded channel to the task streaming
-//! that shard to its node. The channels are small, so a slow node (an SD card) slows the
-//! loop, which stops reading the body, which fills the client's TCP window.
-//! Each body byte is copied once (into its stripe buffer); blocks leave as slices of it.
+//! crc32c per block. Body bytes are never copied: each received piece is crc'd, folded into
+//! the stripe's parity (Reed-Solomon is byte-wise, so parity can be built piece by piece)
+//! and queued as it is to the task streaming its shard to a node; parity blocks follow
+//! once the stripe is complete. The queues are bounded in bytes, so a slow node (an SD
+//! card) slows the loop, which stops reading the body, which fills the client's TCP window.
+
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use cairn_common::erasure::Codec;
 use cairn_common::ids::{NodeId, ObjectId};
 use cairn_common::request_id;
-use cairn_common::shard::{block_crc, Layout, ShardHeader, CRC_LEN};
+use cairn_common::shard::{block_crc, block_crc_append, Layout, ShardHeader, CRC_LEN};
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::cluster::Cluster;
 use super::{BodyError, StoreError};
 
-/// Blocks buffered per shard stream.
-const SHARD_QUEUE: usize = 4;
+/// Bytes queued per shard stream, not yet taken by its request to the node.
+const SHARD_QUEUE_BYTES: usize = 4 << 20;
+/// Zeros that pad the last stripe's short blocks.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// Identity of the segment being written.
 pub struct SegmentSpec<'a> {
@@ -35,10 +40,28 @@ pub struct SegmentSpec<'a> {
     pub key: &'a str,
 }
 
+/// The queue into one shard's transfer.
 struct ShardSink {
     node: NodeId,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::UnboundedSender<(Bytes, OwnedSemaphorePermit)>,
+    /// Free bytes of the queue; a piece holds its share until the transfer takes it.
+    room: Arc<Semaphore>,
     task: JoinHandle<Result<(), String>>,
+}
+
+impl ShardSink {
+    /// Queues `piece`, waiting while the queue is full.
+    async fn send(&self, piece: Bytes) -> Result<(), StoreError> {
+        let gone = || {
+            StoreError::Unavailable(format!("storage node {} stopped taking data", self.node))
+        };
+        let share = piece.len().clamp(1, SHARD_QUEUE_BYTES) as u32;
+        let permit = Arc::clone(&self.room)
+            .acquire_many_owned(share)
+            .await
+            .map_err(|_| gone())?;
+        self.tx.send((piece, permit)).map_err(|_| gone())
+    }
 }
 
 /// Pulls the body, feeding leftovers of one stripe into the next.
@@ -107,11 +130,15 @@ where
             bucket: spec.bucket.to_string(),
             key: spec.key.to_string(),
         };
-        let (tx, mut rx) = mpsc::channel::<Bytes>(SHARD_QUEUE);
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Bytes, OwnedSemaphorePermit)>();
+        let room = Arc::new(Semaphore::new(SHARD_QUEUE_BYTES));
         let first = header.encode();
         let file_len = header.file_len();
+        // A piece gives its queue share back as the request takes it.
         let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(
-            futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Ok))),
+            futures::stream::poll_fn(move |cx| {
+                rx.poll_recv(cx).map(|o| o.map(|(piece, _share)| Ok(piece)))
+            }),
         );
         let client = cluster.client().clone();
         let addr = addr.clone();
@@ -125,6 +152,7 @@ where
         sinks.push(ShardSink {
             node: *node,
             tx,
+            room,
             task,
         });
     }
@@ -180,12 +208,6 @@ where
     }
 }
 
-/// Appends the crc32c of the block that makes up the last `blen` bytes of `buf`.
-fn seal_block(buf: &mut BytesMut, blen: usize) {
-    let crc = block_crc(&buf[buf.len() - blen..]);
-    buf.extend_from_slice(&crc.to_le_bytes());
-}
-
 async fn pump_stripes<S>(
     codec: &Codec,
     layout: &Layout,
@@ -204,64 +226,48 @@ where
     for s in 0..layout.stripes() {
         let blen = layout.block_len(s);
         let slot = blen + CRC_LEN;
-        let want = layout.stripe_len(s) as usize;
-        // Data blocks are laid out as they will be stored (block, crc, block, crc...),
-        // appended as the body arrives: no zero-fill, and each crc is taken while the
-        // block is still in cache.
-        let mut data = BytesMut::with_capacity(k * slot);
-        let mut in_block = 0usize;
-        let mut filled = 0usize;
-        while filled < want {
-            let Some(mut piece) = reader.next_piece().await? else {
-                return Err(StoreError::BodyTooShort);
-            };
-            let take = piece.len().min(want - filled);
-            let mut src = &piece[..take];
-            while !src.is_empty() {
-                let n = src.len().min(blen - in_block);
-                data.extend_from_slice(&src[..n]);
-                src = &src[n..];
-                filled += n;
-                in_block += n;
-                if in_block == blen {
-                    seal_block(&mut data, blen);
-                    in_block = 0;
-                }
-            }
-            if take < piece.len() {
-                reader.pending = piece.split_off(take);
-            }
-        }
-        // The last stripe's data runs out early: zero-pad it to k whole blocks.
-        while data.len() < k * slot {
-            data.resize(data.len() + blen - in_block, 0);
-            seal_block(&mut data, blen);
-            in_block = 0;
-        }
+        let stripe_len = layout.stripe_len(s) as usize;
+        // Parity blocks as they will be stored (block, crc, block, crc...).
         let mut parity = BytesMut::zeroed(m * slot);
-        {
-            let data_blocks: Vec<&[u8]> = data.chunks(slot).map(|c| &c[..blen]).collect();
-            let mut parity_blocks: Vec<&mut [u8]> =
-                parity.chunks_mut(slot).map(|c| &mut c[..blen]).collect();
-            codec.encode(&data_blocks, &mut parity_blocks)?;
+        for (i, sink) in sinks[..k].iter().enumerate() {
+            // Body bytes in this block; the last stripe's blocks are zero-padded.
+            let real = stripe_len.saturating_sub(i * blen).min(blen);
+            let mut crc = 0;
+            let mut off = 0;
+            while off < real {
+                let Some(mut piece) = reader.next_piece().await? else {
+                    return Err(StoreError::BodyTooShort);
+                };
+                if piece.len() > real - off {
+                    reader.pending = piece.split_off(real - off);
+                }
+                let end = off + piece.len();
+                crc = block_crc_append(crc, &piece);
+                {
+                    let mut out: Vec<&mut [u8]> =
+                        parity.chunks_mut(slot).map(|c| &mut c[off..end]).collect();
+                    codec.encode_piece(i, &piece, &mut out)?;
+                }
+                off = end;
+                sink.send(piece).await?;
+            }
+            // Zeros add nothing to parity, and block 0 is never padded: it holds
+            // ceil(stripe / k) <= stripe bytes.
+            while off < blen {
+                let n = (blen - off).min(ZEROS.len());
+                crc = block_crc_append(crc, &ZEROS[..n]);
+                sink.send(Bytes::from_static(&ZEROS[..n])).await?;
+                off += n;
+            }
+            sink.send(Bytes::copy_from_slice(&crc.to_le_bytes())).await?;
         }
         for c in parity.chunks_mut(slot) {
             let crc = block_crc(&c[..blen]);
             c[blen..].copy_from_slice(&crc.to_le_bytes());
         }
-        let (data, parity) = (data.freeze(), parity.freeze());
-        for (i, sink) in sinks.iter().enumerate() {
-            let block = if i < k {
-                data.slice(i * slot..(i + 1) * slot)
-            } else {
-                parity.slice((i - k) * slot..(i - k + 1) * slot)
-            };
-            if sink.tx.send(block).await.is_err() {
-                return Err(StoreError::Unavailable(format!(
-                    "storage node {} stopped taking data",
-                    sink.node
-                )));
-            }
+        let parity = parity.freeze();
+        for (j, sink) in sinks[k..].iter().enumerate() {
+            sink.send(parity.slice(j * slot..(j + 1) * slot)).await?;
         }
         metrics::counter!("cairn_stripes_encoded_total").increment(1);
     }
