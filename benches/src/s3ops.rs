@@ -94,6 +94,8 @@ impl Bench {
         };
         let conf = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
+            // Plain HTTP on loopback: the SDK's own hyper client, without TLS.
+            .http_client(aws_smithy_http_client::Builder::new().build_http())
             .region(Region::new("us-east-1"))
             .endpoint_url(endpoint)
             .credentials_provider(Credentials::new(access, secret, None, None, "cairn-bench"))

@@ -8,11 +8,19 @@
 use std::fmt;
 use std::time::Duration;
 
+use aws_config::environment::{
+    EnvironmentVariableCredentialsProvider, EnvironmentVariableRegionProvider,
+};
+use aws_config::meta::credentials::CredentialsProviderChain;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::profile::{ProfileFileCredentialsProvider, ProfileFileRegionProvider};
+use aws_config::provider_config::ProviderConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::provider::ProvideCredentials;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::Client;
+use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 
 use crate::error::{s3_error, Error, Result};
 
@@ -96,15 +104,42 @@ pub struct S3Opts {
     pub profile: Option<String>,
 }
 
-/// Builds a client from the AWS configuration chain plus `opts`, failing early and clearly
-/// when no credentials can be found.
+/// Builds a client from `opts`, the environment and the AWS config files, failing early
+/// and clearly when no credentials can be found.
+///
+/// Region and credentials come from explicit chains (flag, `AWS_*` environment, profile),
+/// not the SDK's default ones: those end by asking the EC2 instance metadata service, a
+/// link-local address that does not exist on a home lab and only adds timeouts.
 pub async fn connect(opts: &S3Opts) -> Result<Client> {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    // The SDK's hyper client, with TLS (for a gateway behind an HTTPS proxy) from rustls
+    // on ring.
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let provider_conf = ProviderConfig::default().with_http_client(http.clone());
+    let mut profile_region = ProfileFileRegionProvider::builder().configure(&provider_conf);
+    let mut profile_creds = ProfileFileCredentialsProvider::builder().configure(&provider_conf);
+    if let Some(p) = &opts.profile {
+        profile_region = profile_region.profile_name(p);
+        profile_creds = profile_creds.profile_name(p);
+    }
+    let mut region = RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
+        .or_else(profile_region.build())
+        .or_else(Region::new("us-east-1"));
+    if let Some(r) = &opts.region {
+        region = RegionProviderChain::first_try(Region::new(r.clone())).or_else(region);
+    }
+    let credentials = CredentialsProviderChain::first_try(
+        "environment",
+        EnvironmentVariableCredentialsProvider::new(),
+    )
+    .or_else("profile", profile_creds.build());
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .region(region)
+        .credentials_provider(credentials);
     if let Some(p) = &opts.profile {
         loader = loader.profile_name(p);
-    }
-    if let Some(r) = &opts.region {
-        loader = loader.region(Region::new(r.clone()));
     }
     if let Some(e) = &opts.endpoint_url {
         if !(e.starts_with("http://") || e.starts_with("https://")) {
@@ -123,7 +158,7 @@ pub async fn connect(opts: &S3Opts) -> Result<Client> {
             &DisplayErrorContext(&e).to_string(),
         )));
     }
-    let mut builder = aws_sdk_s3::config::Builder::from(&conf)
+    let builder = aws_sdk_s3::config::Builder::from(&conf)
         .force_path_style(true)
         .timeout_config(
             TimeoutConfig::builder()
@@ -131,9 +166,6 @@ pub async fn connect(opts: &S3Opts) -> Result<Client> {
                 .read_timeout(Duration::from_secs(120))
                 .build(),
         );
-    if conf.region().is_none() {
-        builder = builder.region(Region::new("us-east-1"));
-    }
     Ok(Client::from_conf(builder.build()))
 }
 

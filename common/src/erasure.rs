@@ -158,7 +158,9 @@ mod tests {
             while off < len {
                 let end = (off + step).min(len);
                 let mut p: Vec<&mut [u8]> = got.iter_mut().map(|v| &mut v[off..end]).collect();
-                codec.encode_piece(i, &block[off..end], &mut p).expect("piece");
+                codec
+                    .encode_piece(i, &block[off..end], &mut p)
+                    .expect("piece");
                 off = end;
                 step = step * 3 % 97 + 1;
             }

@@ -52,9 +52,8 @@ struct ShardSink {
 impl ShardSink {
     /// Queues `piece`, waiting while the queue is full.
     async fn send(&self, piece: Bytes) -> Result<(), StoreError> {
-        let gone = || {
-            StoreError::Unavailable(format!("storage node {} stopped taking data", self.node))
-        };
+        let gone =
+            || StoreError::Unavailable(format!("storage node {} stopped taking data", self.node));
         let share = piece.len().clamp(1, SHARD_QUEUE_BYTES) as u32;
         let permit = Arc::clone(&self.room)
             .acquire_many_owned(share)
@@ -259,7 +258,8 @@ where
                 sink.send(Bytes::from_static(&ZEROS[..n])).await?;
                 off += n;
             }
-            sink.send(Bytes::copy_from_slice(&crc.to_le_bytes())).await?;
+            sink.send(Bytes::copy_from_slice(&crc.to_le_bytes()))
+                .await?;
         }
         for c in parity.chunks_mut(slot) {
             let crc = block_crc(&c[..blen]);
