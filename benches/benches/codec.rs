@@ -2,7 +2,7 @@
 //! Reed-Solomon encode and data reconstruction for 3+1 and 2+1 with 1 MiB blocks, and the
 //! per-block crc32c. Throughput is logical (data) bytes per stripe, or block bytes for crc.
 //!
-//! `cargo bench -p cairn-benches --bench codec -- --measurement-time 3 --warm-up-time 1`
+//! `cargo bench -p cairn-benches --features codec-bench --bench codec -- --measurement-time 3 --warm-up-time 1`
 
 use std::hint::black_box;
 
