@@ -186,6 +186,11 @@ fn read_exact_or_corrupt(file: &mut File, buf: &mut [u8]) -> Result<(), ReadFail
 }
 
 /// Aligned buffers a reader keeps for reuse; more in use at once are made and dropped.
+///
+/// Each buffer is a 2 MiB huge page holding one block's span, so a read stream holds up to
+/// ~12 MiB. Exactly sized buffers of small pages would halve that, but measured on a 1 GiB
+/// GET they cost the nodes half again as much CPU (0.78 vs 0.54 CPU-s/GiB), in pinning 257
+/// pages per read instead of one.
 const POOL_KEEP: usize = READ_AHEAD + 2;
 
 /// Reads and verifies the blocks of one shard file.
