@@ -525,7 +525,7 @@ def test_orphans_of_a_gateway_crash_are_collected(cluster_factory):
             attempt = InflightPut(c, "bkt", "mp", p2, query=f"partNumber=2&uploadId={up}")
         r = attempt.finish()
         assert r is None or not 200 <= r.status < 300, f"{what} acknowledged across a crash"
-        wait_for(f"the gateway to abort at the failpoint ({what})", lambda: not c.gateway.alive, timeout=30, every=0.05)
+        wait_for(lambda: not c.gateway.alive, timeout=30, every=0.05, what=f"the gateway to abort at the failpoint ({what})")
     del c.extra_env["CAIRN_FAILPOINT"]
 
     orphans = {s.path: s for s in c.shard_files(bucket="bkt") if s.path not in live}
@@ -541,7 +541,7 @@ def test_orphans_of_a_gateway_crash_are_collected(cluster_factory):
     assert_absent(s3, "bkt", "new")
     assert _parts(s3, "bkt", "mp", up) == [(1, e1, len(p1))], "a crashed part became visible"
     check_exact(s3, "bkt", acked, "after the crashes")
-    wait_for("the crash's orphans collected", lambda: not any(p.exists() for p in orphans))
+    wait_for(lambda: not any(p.exists() for p in orphans), what="the crash's orphans collected")
     # one unreferenced object directory per node for the PUT, k+m single shards for the part
     assert metric(c, "cairn_gc_objects_deleted_total") >= c.k + c.m
     assert metric(c, "cairn_gc_shards_deleted_total") >= c.k + c.m

@@ -98,10 +98,10 @@ def wait_fully_redundant_on_disk(cluster, bucket, keys, timeout=30):
 
 def wait_repaired(cluster, segments, timeout=90):
     wait_for(
-        f"{segments} segments repaired",
         lambda: metric(cluster, "cairn_repair_segments_total", result="ok") >= segments
         and metric(cluster, "cairn_repair_queue_segments") == 0,
         timeout=timeout,
+        what=f"{segments} segments repaired",
     )
 
 
@@ -177,7 +177,7 @@ def test_flipped_byte_is_found_by_scrub_and_repaired(cluster_factory):
         read_shard(victim.path).read_block(0)  # the harness sees the damage too
     # No read touches the object: only the scrub can find it.
     wait_repaired(c, 1, timeout=60)
-    wait_for("the corrupt shard file deleted", lambda: not victim.path.exists(), timeout=30)
+    wait_for(lambda: not victim.path.exists(), timeout=30, what="the corrupt shard file deleted")
     wait_fully_redundant_on_disk(c, "bkt", set(objs))
     for s in c.shard_files(bucket="bkt"):
         for b in range(s.stripes):
@@ -211,10 +211,10 @@ def test_orphans_are_collected_and_nothing_live_is(cluster_factory):
     down.start()
     c.wait_gateway_sees_nodes(4)
     wait_for(
-        "orphans collected and counted",
         lambda: not any(s.path.exists() for s in stale)
         and metric(c, "cairn_gc_objects_deleted_total") >= 1,
         timeout=60,
+        what="orphans collected and counted",
     )
     # Live data untouched: every object reads back, and every live key still has all its shards.
     check_all(s3, "bkt", objs, why="after GC")
@@ -235,7 +235,7 @@ def test_stale_copies_are_reconciled_when_a_lost_node_returns(cluster_factory):
     assert stale
     lost.start()  # comes back with shards repair already replaced
     c.wait_gateway_sees_nodes(4)
-    wait_for("stale copies deleted", lambda: not any(s.path.exists() for s in stale), timeout=60)
+    wait_for(lambda: not any(s.path.exists() for s in stale), timeout=60, what="stale copies deleted")
     check_all(s3, "bkt", objs)
     wait_fully_redundant_on_disk(c, "bkt", set(objs))
 
@@ -375,7 +375,7 @@ def test_node_declared_gone_is_drained_at_once_and_stays_gone(cluster_factory):
     assert c.gateway_view()[victim.addr] == "gone"
     check_all(s3, "bkt", objs, why="after draining a node declared gone")
     # the old shards go once the reads above are done with them
-    wait_for("the drained node emptied", lambda: not c.shard_files(bucket="bkt", nodes=[victim]))
+    wait_for(lambda: not c.shard_files(bucket="bkt", nodes=[victim]), what="the drained node emptied")
     wait_fully_redundant_on_disk(c, "bkt", set(objs))
     assert {(s.k, s.m) for s in live_shards(c, "bkt")} == {(2, 1)}
 

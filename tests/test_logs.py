@@ -18,6 +18,7 @@ import urllib.request
 import pytest
 from botocore.exceptions import ClientError
 
+from harness.cluster import wait_for
 from harness.data import sha256
 
 JSON_LOGS = {"CAIRN_LOG_FORMAT": "json", "CAIRN_LOG": "info"}
@@ -39,18 +40,6 @@ def rid(rec: dict) -> str | None:
 
 def message(rec: dict) -> str:
     return rec.get("fields", {}).get("message", "")
-
-
-def wait_for(check, timeout=10.0, what="condition"):
-    """Polls `check()` until it returns a truthy value (log lines are written asynchronously)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def request_id_of(resp: dict) -> str:
@@ -91,7 +80,7 @@ def test_every_line_is_json_and_a_request_id_ties_gateway_and_node_logs(cluster_
                 by_id.setdefault(rid(r), []).append(r)
         return by_id if {put_id, get_id, del_id} <= by_id.keys() else None
 
-    by_id = wait_for(gateway_lines, what="gateway request lines")
+    by_id = wait_for(gateway_lines, timeout=10, what="gateway request lines")
     for want_id, op, status in [(put_id, "PutObject", "200"), (get_id, "GetObject", "200"), (del_id, "DeleteObject", "204")]:
         [line] = by_id[want_id]
         assert line["fields"]["operation"] == op and line["fields"]["status"] == status, line
@@ -114,7 +103,7 @@ def test_every_line_is_json_and_a_request_id_ties_gateway_and_node_logs(cluster_
         )
         return calls if done else None
 
-    calls = wait_for(node_calls, what="node call lines with the S3 request ids")
+    calls = wait_for(node_calls, timeout=10, what="node call lines with the S3 request ids")
     # The PUT wrote a shard to every node, then the object's manifest (at least m+1 copies).
     shard_puts = [x for x in calls[put_id] if x[3].startswith("/v1/shards/")]
     manifest_puts = [x for x in calls[put_id] if x[3].endswith("/manifest")]

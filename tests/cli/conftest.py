@@ -20,8 +20,9 @@ import secrets
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
+
+from harness.cluster import wait_for
 from pathlib import Path
 
 import pytest
@@ -53,18 +54,6 @@ def free_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
-
-
-def wait_for(pred, timeout: float, interval: float = 0.1, what: str = "condition"):
-    """Polls `pred` until it returns a truthy value; fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from ckptwriter import hf_files, sha256, torch_zip, tree_digests, write_checkpoint, write_slowly
-from conftest import free_port, wait_for
+from conftest import free_port
+from harness.cluster import wait_for
 from tcpproxy import TcpProxy
 
 MiB = 1 << 20

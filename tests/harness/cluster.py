@@ -714,22 +714,34 @@ class Cluster:
         return f"<Cluster {self.endpoint if self.gateway else '-'} nodes={self.nodes}>"
 
 
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+
+
+def metric_samples(text: str):
+    """(name, labels, value) of each sample in Prometheus text; comments skipped."""
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        if not m:
+            continue
+        try:
+            value = float(m.group(3))
+        except ValueError:
+            continue
+        yield m.group(1), dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or "")), value
+
+
 def gateway_metric(cluster: "Cluster", name: str, **labels) -> float:
     """Sum of a gateway metric's samples matching `labels` (0 when absent)."""
-    total = 0.0
-    for line in cluster.gateway.metrics().splitlines():
-        if line.startswith("#"):
-            continue
-        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-        if all(got.get(k) == v for k, v in labels.items()):
-            total += float(m.group(3))
-    return total
+    return sum(
+        v
+        for n, got, v in metric_samples(cluster.gateway.metrics())
+        if n == name and all(got.get(k) == want for k, want in labels.items())
+    )
 
 
-def wait_for(what: str, cond, timeout: float = 60, every: float = 0.25):
+def wait_for(cond, timeout: float = 60, every: float = 0.1, what: str = "condition"):
     """Polls `cond` until it returns something true (returned), or fails after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
@@ -752,22 +764,12 @@ def nodes_up_from_metrics(text: str) -> int | None:
     """
     labeled: dict[str, float] = {}
     unlabeled: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
+    for name, labels, v in metric_samples(text):
+        if not _NODE_UP_NAME.search(name) or name.endswith(("_total", "_count", "_sum", "_bucket")):
             continue
-        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", line)
-        if not m or not _NODE_UP_NAME.search(m.group(1)):
-            continue
-        name, labels, value = m.group(1), m.group(2), m.group(3)
-        if name.endswith(("_total", "_count", "_sum", "_bucket")):
-            continue
-        try:
-            v = float(value)
-        except ValueError:
-            continue
-        if labels and re.search(r'state="', labels):
+        if "state" in labels:
             # node_state{state="up"} 3 style
-            if re.search(r'state="(up|live|alive|healthy|online)"', labels):
+            if labels["state"] in ("up", "live", "alive", "healthy", "online"):
                 unlabeled[name] = unlabeled.get(name, 0) + v
             continue
         if labels:
