@@ -35,8 +35,6 @@ pub struct AlignedBuf {
 
 // SAFETY: the buffer owns its mapping exclusively; nothing else holds the pointer.
 unsafe impl Send for AlignedBuf {}
-// SAFETY: shared access only reads the window (`&self` methods never write).
-unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
     /// A buffer with a `len`-byte window.
