@@ -5,7 +5,7 @@
 //!
 //! | method | path | meaning |
 //! |---|---|---|
-//! | `PUT` | `/v1/shards/{object}/{segment}/{index}` | store a shard; body = the whole shard file (header + blocks). Answers 201 only once the file is fsynced and renamed into place. |
+//! | `PUT` | `/v1/shards/{object}/{segment}/{index}` | store a shard; body = the whole shard file (header + blocks). Answers 201 only once the file is fsynced and renamed into place. Or, as a raw upload, see below. |
 //! | `GET` | `/v1/shards/{object}/{segment}/{index}?from=B&count=N` | stream stored blocks `B..B+N` (data + crc each), each verified before it is sent |
 //! | `GET` | `/v1/shards/{object}/{segment}/{index}/header` | the shard's encoded header |
 //! | `DELETE` | `/v1/shards/{object}/{segment}/{index}` | remove one shard (a replaced multipart part); 204 even if absent |
@@ -21,6 +21,15 @@
 //! | `GET` | `/health` | unauthenticated liveness: `ok` |
 //! | `GET` | `/metrics` | unauthenticated Prometheus text |
 //!
+//! **Raw shard upload.** A shard `PUT` without a body but with `Upgrade:` [`SHARD_UPGRADE`]
+//! and [`SHARD_LENGTH_HEADER`] is answered `101 Switching Protocols` (after the credential
+//! check, like any call). The sender then writes exactly that many bytes of shard file on
+//! the connection, and the node answers with one [`UploadOutcome`] line (`201 stored` once
+//! the file is durable, else the status and `x-cairn-error` kind a plain `PUT` would have
+//! got) and closes it. The node reads the socket straight into its aligned disk buffers,
+//! which saves copying every byte once more; the gateway uses it for shards of at least
+//! [`RAW_UPLOAD_MIN`] bytes, where that saving outweighs a connection of its own.
+//!
 //! A block that fails its crc32c is never sent: before the first byte the node answers
 //! 409 with `x-cairn-error: corrupt-block`; later the response body is aborted, which a
 //! client sees as a transport error. Either way the gateway rebuilds from other shards.
@@ -29,8 +38,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{NodeId, ObjectId};
 
-/// Version of this internal protocol, announced by nodes.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of this internal protocol, announced by nodes (2: raw shard uploads).
+pub const PROTOCOL_VERSION: u32 = 2;
+/// `Upgrade` token of a raw shard upload.
+pub const SHARD_UPGRADE: &str = "cairn-shard";
+/// Request header giving a raw shard upload's length in bytes.
+pub const SHARD_LENGTH_HEADER: &str = "x-cairn-shard-length";
+/// Shard files from this size on are sent as raw uploads by the gateway.
+pub const RAW_UPLOAD_MIN: u64 = 1 << 20;
+/// Longest outcome line a node sends after a raw upload.
+pub const MAX_OUTCOME_LINE: usize = 256;
 /// Response header naming a node-side error kind.
 pub const ERROR_HEADER: &str = "x-cairn-error";
 /// `ERROR_HEADER` value for a block that failed its checksum.
@@ -85,6 +102,44 @@ pub fn shard_read_path(
     count: u64,
 ) -> String {
     format!("/v1/shards/{object}/{segment}/{index}?from={from}&count={count}")
+}
+
+/// How a raw shard upload ended, as the node's one-line answer: `"{status} {kind}\n"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadOutcome {
+    /// HTTP status a plain `PUT` would have got (201 when stored).
+    pub status: u16,
+    /// `x-cairn-error` kind, or `stored`.
+    pub kind: String,
+}
+
+impl UploadOutcome {
+    /// Kind of a stored shard.
+    pub const STORED: &'static str = "stored";
+
+    /// The line sent on the wire.
+    pub fn to_line(&self) -> String {
+        format!("{} {}\n", self.status, self.kind)
+    }
+
+    /// Parses a line sent by [`UploadOutcome::to_line`].
+    pub fn parse(line: &[u8]) -> Option<Self> {
+        let line = std::str::from_utf8(line).ok()?.strip_suffix('\n')?;
+        let (status, kind) = line.split_once(' ')?;
+        let kind_ok = !kind.is_empty()
+            && kind
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        Some(Self {
+            status: status.parse().ok().filter(|s| (100..600).contains(s))?,
+            kind: kind_ok.then(|| kind.to_string())?,
+        })
+    }
+
+    /// Whether the shard was stored.
+    pub fn is_stored(&self) -> bool {
+        self.status == 201 && self.kind == Self::STORED
+    }
 }
 
 /// Path of an object version's shards on a node.
@@ -198,4 +253,40 @@ pub const MAX_REPORTED_BAD: usize = 1000;
 pub struct ObjectList {
     /// Object ids with at least one shard on the node.
     pub objects: Vec<ObjectId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_outcome_round_trips_and_refuses_garbage() {
+        for (status, kind) in [(201, UploadOutcome::STORED), (400, ERR_CORRUPT_BLOCK)] {
+            let o = UploadOutcome {
+                status,
+                kind: kind.into(),
+            };
+            assert_eq!(
+                UploadOutcome::parse(o.to_line().as_bytes()),
+                Some(o.clone())
+            );
+            assert_eq!(o.is_stored(), status == 201);
+        }
+        assert!(!UploadOutcome::parse(b"201 corrupt-block\n")
+            .expect("parses")
+            .is_stored());
+        for bad in [
+            &b""[..],
+            b"201 stored",
+            b"201\n",
+            b"201 \n",
+            b"2x1 stored\n",
+            b"999 stored\n",
+            b"201 Stored\n",
+            b"201 stored extra\n",
+            b"\xff\xfe\n",
+        ] {
+            assert_eq!(UploadOutcome::parse(bad), None, "{bad:?}");
+        }
+    }
 }

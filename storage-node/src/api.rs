@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
@@ -15,18 +15,21 @@ use bytes::Bytes;
 use cairn_common::auth::{ClusterKey, AUTH_HEADER, DATE_HEADER};
 use cairn_common::ids::ObjectId;
 use cairn_common::protocol::{
-    self, Inventory, ManifestList, NodeInfo, ObjectList, MAX_MANIFEST_LEN, MAX_REPORTED_BAD,
-    PROTOCOL_VERSION,
+    self, Inventory, ManifestList, NodeInfo, ObjectList, UploadOutcome, MAX_MANIFEST_LEN,
+    MAX_REPORTED_BAD, PROTOCOL_VERSION, SHARD_LENGTH_HEADER, SHARD_UPGRADE,
 };
 use cairn_common::request_id::{self, RequestId};
+use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::io::AsyncWriteExt;
+use tokio_util::task::TaskTracker;
 
 use crate::error::NodeError;
 use crate::metrics as m;
 use crate::read::read_blocks;
 use crate::scrub::ScrubState;
 use crate::store::{ShardAddr, Store};
-use crate::write::write_shard;
+use crate::write::{write_shard, BodySource, ShardSource, StreamSource};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -39,6 +42,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Shards the background scrub found bad.
     pub scrub: Arc<ScrubState>,
+    /// Raw shard uploads in progress (they outlive their request), for a clean shutdown.
+    pub uploads: TaskTracker,
 }
 
 /// Builds the router: authenticated `/v1/...` plus open `/health` and `/metrics`.
@@ -189,21 +194,87 @@ fn query_u64(query: Option<&str>, name: &str) -> Result<Option<u64>, NodeError> 
 async fn put_shard(
     State(state): State<AppState>,
     Path((object, segment, index)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<StatusCode, NodeError> {
+    mut req: Request,
+) -> Result<Response, NodeError> {
     let addr = parse_addr(&object, &segment, &index)?;
-    let content_length = match headers.get(header::CONTENT_LENGTH) {
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| NodeError::BadRequest("bad content-length".into()))?,
-        ),
-        None => None,
+    let headers = req.headers();
+    let length = |name| -> Result<Option<u64>, NodeError> {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or_else(|| NodeError::BadRequest(format!("bad {name}")))
+            })
+            .transpose()
     };
+    let raw = headers
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(SHARD_UPGRADE.as_bytes()));
+    if !raw {
+        let declared = length(header::CONTENT_LENGTH.as_str())?;
+        let body = BodySource::new(req.into_body());
+        store_shard(&state, addr, declared, body)
+            .await
+            .map(|_| StatusCode::CREATED.into_response())
+    } else {
+        let declared = length(SHARD_LENGTH_HEADER)?
+            .ok_or_else(|| NodeError::BadRequest(format!("{SHARD_LENGTH_HEADER} missing")))?;
+        let upgrade = hyper::upgrade::on(&mut req);
+        // The upload runs once this 101 answer is out, on the call's span.
+        let span = tracing::Span::current();
+        let uploads = state.uploads.clone();
+        uploads.spawn(tracing::Instrument::instrument(
+            async move {
+                let mut io = match upgrade.await {
+                    Ok(io) => TokioIo::new(io),
+                    Err(e) => {
+                        tracing::info!(error = %e, "raw shard upload: upgrade failed");
+                        return;
+                    }
+                };
+                let result = store_shard(&state, addr, Some(declared), StreamSource(&mut io)).await;
+                let outcome = match &result {
+                    Ok(_) => UploadOutcome {
+                        status: StatusCode::CREATED.as_u16(),
+                        kind: UploadOutcome::STORED.into(),
+                    },
+                    Err(e) => {
+                        let (status, kind) = e.status_and_kind();
+                        UploadOutcome {
+                            status: status.as_u16(),
+                            kind: kind.into(),
+                        }
+                    }
+                };
+                let sent = async {
+                    io.write_all(outcome.to_line().as_bytes()).await?;
+                    io.shutdown().await
+                };
+                if let Err(e) = sent.await {
+                    tracing::info!(error = %e, "raw shard upload: could not send the outcome");
+                }
+            },
+            span,
+        ));
+        let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
+        let h = resp.headers_mut();
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static(SHARD_UPGRADE));
+        Ok(resp)
+    }
+}
+
+/// Stores one shard from `src`, with metrics and a log line for the outcome.
+async fn store_shard<S: ShardSource>(
+    state: &AppState,
+    addr: ShardAddr,
+    declared_len: Option<u64>,
+    src: S,
+) -> Result<u64, NodeError> {
     let start = Instant::now();
-    let result = write_shard(state.store.clone(), addr, content_length, body).await;
+    let result = write_shard(state.store.clone(), addr, declared_len, src).await;
     match &result {
         Ok(bytes) => {
             m::write_done("ok", *bytes, start.elapsed());
@@ -216,7 +287,7 @@ async fn put_shard(
             tracing::info!(object = %addr.object, segment = addr.segment, index = addr.index, error = %e, "shard write refused");
         }
     }
-    result.map(|_| StatusCode::CREATED)
+    result
 }
 
 async fn get_shard(

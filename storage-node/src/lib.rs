@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
 
 use anyhow::Context;
 use cairn_common::auth::ClusterKey;
@@ -115,6 +116,7 @@ impl Node {
                 key: cfg.key,
                 metrics: handle,
                 scrub: Arc::new(ScrubState::default()),
+                uploads: TaskTracker::new(),
             },
             scrub: cfg.scrub,
         })
@@ -141,7 +143,7 @@ impl Node {
 }
 
 /// Serves `node` on `listener` until `shutdown` resolves, then gives requests in flight
-/// [`SHUTDOWN_GRACE`] to finish.
+/// (raw uploads included) [`SHUTDOWN_GRACE`] to finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     node: Node,
@@ -163,8 +165,15 @@ pub async fn serve(
         shutdown.await;
         notify.notify_one();
     });
+    // Raw uploads run on their own once their connection is upgraded: wait for them too.
+    let uploads = node.state.uploads.clone();
     let result = tokio::select! {
-        r = async move { server.await } => r.context("serving"),
+        r = async move {
+            let r = server.await;
+            uploads.close();
+            uploads.wait().await;
+            r
+        } => r.context("serving"),
         _ = async {
             signalled.notified().await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;

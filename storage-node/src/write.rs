@@ -1,14 +1,14 @@
 //! Streaming shard write: header check, per-block crc32c check as bytes arrive, temp
 //! file, fsync, atomic rename.
 //!
-//! The request body is only buffered until the shard header is complete. After that,
-//! each body chunk is checked (crc32c per block) and copied into an aligned buffer while
-//! it is still in cache, and dropped at once, so the HTTP server reuses its read buffer
-//! instead of allocating (and page-faulting) fresh memory for every read. Full buffers go
-//! over a small bounded channel to a blocking writer thread, which writes them with
-//! `O_DIRECT` (see [`ShardFile`]) and hands them back. Memory per write is two aligned
-//! buffers ([`POOL`] × [`WRITE_BUF`]), whatever the shard size; a slow disk stops us
-//! reading the socket, which slows the sender (TCP backpressure).
+//! Bytes arrive from a [`ShardSource`] straight into an aligned buffer: a raw upgraded
+//! connection ([`StreamSource`]) has the kernel copy them from the socket into it, an HTTP
+//! body ([`BodySource`]) is copied in chunk by chunk. Each step's new bytes are
+//! crc-checked while they are still in cache. Full buffers go over a small bounded
+//! channel to a blocking writer thread, which writes them with `O_DIRECT` (see
+//! [`ShardFile`]) and hands them back. Memory per write is two aligned buffers ([`POOL`] ×
+//! [`WRITE_BUF`]), whatever the shard size; a slow disk stops us reading the socket,
+//! which slows the sender (TCP backpressure).
 
 use std::fs::File;
 use std::io;
@@ -16,10 +16,11 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::body::Body;
-use bytes::{Bytes, BytesMut};
+use axum::body::{Body, BodyDataStream};
+use bytes::{Buf, Bytes};
 use cairn_common::shard::{BlockVerifier, Layout, ShardError, ShardHeader};
 use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 use crate::direct_io::{open_direct, AlignedBuf, DIRECT_ALIGN, HUGE_PAGE};
@@ -30,8 +31,71 @@ use crate::store::{preallocate, ShardAddr, Store};
 const WRITE_BUF: usize = HUGE_PAGE;
 /// Buffers per write: one filling while the other is written.
 const POOL: usize = 2;
-/// Bytes checked and copied at a time, so the copy reads what the crc just pulled into L1.
-const STEP: usize = 16 * 1024;
+/// Bytes read at a time, so the crc check reads what the copy just put in cache (L2).
+const STEP: usize = 256 * 1024;
+
+/// Where a shard file's bytes come from.
+pub(crate) trait ShardSource {
+    /// Reads the next bytes into `dst`; `Ok(0)` at the end.
+    async fn read_into(&mut self, dst: &mut [u8]) -> Result<usize, NodeError>;
+
+    /// Called once the whole file has been read: whether more bytes follow it.
+    async fn has_more(&mut self) -> Result<bool, NodeError>;
+}
+
+/// An HTTP request body, copied chunk by chunk.
+pub(crate) struct BodySource {
+    stream: BodyDataStream,
+    pending: Bytes,
+}
+
+impl BodySource {
+    /// Reads `body`.
+    pub(crate) fn new(body: Body) -> Self {
+        Self {
+            stream: body.into_data_stream(),
+            pending: Bytes::new(),
+        }
+    }
+}
+
+impl ShardSource for BodySource {
+    async fn read_into(&mut self, dst: &mut [u8]) -> Result<usize, NodeError> {
+        while self.pending.is_empty() {
+            match self.stream.next().await {
+                Some(Ok(chunk)) => self.pending = chunk,
+                Some(Err(e)) => return Err(NodeError::Body(e.to_string())),
+                None => return Ok(0),
+            }
+        }
+        let n = dst.len().min(self.pending.len());
+        dst[..n].copy_from_slice(&self.pending[..n]);
+        self.pending.advance(n);
+        Ok(n)
+    }
+
+    async fn has_more(&mut self) -> Result<bool, NodeError> {
+        Ok(self.read_into(&mut [0u8; 1]).await? > 0)
+    }
+}
+
+/// A raw byte stream (an upgraded connection) that carries exactly one shard file; the
+/// kernel copies it straight into the aligned buffers. Nothing past the file is read:
+/// the peer waits for the outcome on the same connection.
+pub(crate) struct StreamSource<R>(pub R);
+
+impl<R: AsyncRead + Unpin> ShardSource for StreamSource<R> {
+    async fn read_into(&mut self, dst: &mut [u8]) -> Result<usize, NodeError> {
+        self.0
+            .read(dst)
+            .await
+            .map_err(|e| NodeError::Body(e.to_string()))
+    }
+
+    async fn has_more(&mut self) -> Result<bool, NodeError> {
+        Ok(false)
+    }
+}
 
 enum Msg {
     /// A full buffer ([`WRITE_BUF`] bytes) to append.
@@ -40,44 +104,25 @@ enum Msg {
     End(AlignedBuf),
 }
 
-/// Receives a shard file from `body` and stores it as `addr`. Returns the bytes stored.
+/// Receives a shard file from `src` and stores it as `addr`. Returns the bytes stored.
 ///
 /// Nothing becomes visible unless the header names `addr`, every block's crc32c matches
-/// and the body is exactly as long as the header says; otherwise the temp file is removed.
-pub async fn write_shard(
+/// and the file is exactly as long as the header says (and as `declared_len`, when the
+/// sender declared one); otherwise the temp file is removed.
+pub(crate) async fn write_shard<S: ShardSource>(
     store: Arc<Store>,
     addr: ShardAddr,
-    content_length: Option<u64>,
-    body: Body,
+    declared_len: Option<u64>,
+    mut src: S,
 ) -> Result<u64, NodeError> {
-    let mut stream = body.into_data_stream();
-
-    // 1. Buffer just the header.
-    let mut buf = BytesMut::new();
-    let mut need = 8;
-    let header_len = loop {
-        while buf.len() < need {
-            match stream.next().await {
-                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                Some(Err(e)) => return Err(NodeError::Body(e.to_string())),
-                None => {
-                    return Err(NodeError::BadLength {
-                        want: need as u64,
-                        got: buf.len() as u64,
-                    })
-                }
-            }
-        }
-        if need == 8 {
-            need = ShardHeader::peek_len(&buf).map_err(|e| NodeError::BadHeader(e.to_string()))?;
-        } else {
-            break need;
-        }
-    };
-    let rest = buf.split_off(header_len).freeze();
-    let header_bytes = buf.freeze();
-    let header =
-        ShardHeader::decode(&header_bytes).map_err(|e| NodeError::BadHeader(e.to_string()))?;
+    // 1. The header, read into the first buffer (it is the start of the file).
+    let mut buf = AlignedBuf::new(WRITE_BUF)?;
+    fill_to(&mut src, &mut buf, 8).await?;
+    let header_len =
+        ShardHeader::peek_len(buf.filled()).map_err(|e| NodeError::BadHeader(e.to_string()))?;
+    fill_to(&mut src, &mut buf, header_len).await?;
+    let header = ShardHeader::decode(&buf.filled()[..header_len])
+        .map_err(|e| NodeError::BadHeader(e.to_string()))?;
     if header.object_id != addr.object
         || header.segment != addr.segment
         || header.shard_index != addr.index
@@ -93,29 +138,31 @@ pub async fn write_shard(
         )));
     }
     let file_len = header.file_len();
-    if let Some(cl) = content_length {
-        if cl != file_len {
+    if let Some(declared) = declared_len {
+        if declared != file_len {
             return Err(NodeError::BadLength {
                 want: file_len,
-                got: cl,
+                got: declared,
             });
         }
     }
+    let mut checker = BlockChecker::new(header.layout);
+    checker.feed(&buf.filled()[header_len..])?;
 
-    // 2. Check and copy the blocks into aligned buffers for a blocking writer.
+    // 2. The blocks, checked as they arrive, for a blocking writer.
     let (tx, rx) = mpsc::channel(1);
     let (free_tx, free_rx) = mpsc::channel(POOL);
     let writer =
         tokio::task::spawn_blocking(move || write_blocking(&store, addr, file_len, rx, free_tx));
     let pump = Pump {
-        checker: BlockChecker::new(header.layout),
-        buf: AlignedBuf::new(WRITE_BUF)?,
+        checker,
+        buf,
         allocated: 1,
         tx,
         free_rx,
     };
     // The pump is gone when `run` returns, so a writer waiting for more learns it ended.
-    let pumped = pump.run(&mut stream, header_bytes, rest).await;
+    let pumped = pump.run(&mut src, file_len).await;
     let written = writer
         .await
         .map_err(|e| NodeError::Internal(format!("writer task: {e}")))?;
@@ -128,8 +175,28 @@ pub async fn write_shard(
     }
 }
 
-/// The receiving side of a shard write: checks and copies body chunks into aligned
-/// buffers and hands full ones to the writer.
+/// Reads from `src` until `buf` holds at least `want` bytes.
+async fn fill_to<S: ShardSource>(
+    src: &mut S,
+    buf: &mut AlignedBuf,
+    want: usize,
+) -> Result<(), NodeError> {
+    while buf.fill < want {
+        let fill = buf.fill;
+        let n = src.read_into(&mut buf.window_mut()[fill..want]).await?;
+        if n == 0 {
+            return Err(NodeError::BadLength {
+                want: want as u64,
+                got: fill as u64,
+            });
+        }
+        buf.fill += n;
+    }
+    Ok(())
+}
+
+/// The receiving side of a shard write: reads into aligned buffers, checks the blocks
+/// and hands full buffers to the writer.
 struct Pump {
     checker: BlockChecker,
     buf: AlignedBuf,
@@ -140,59 +207,58 @@ struct Pump {
 }
 
 impl Pump {
-    /// Feeds the whole body through; `Ok(true)` once the writer has the last bytes,
-    /// `Ok(false)` if the writer went away first (it reports why). An `Err` is a bad
-    /// or broken body; the writer then sees its channel close without an end.
-    async fn run<S>(
-        mut self,
-        stream: &mut S,
-        header: Bytes,
-        first: Bytes,
-    ) -> Result<bool, NodeError>
-    where
-        S: futures::Stream<Item = Result<Bytes, axum::Error>> + Unpin,
-    {
-        if !self.take(&header, false).await? || !self.take(&first, true).await? {
-            return Ok(false);
-        }
-        drop(first);
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| NodeError::Body(e.to_string()))?;
-            if !self.take(&chunk, true).await? {
-                return Ok(false);
-            }
-        }
-        self.checker.finish()?;
-        Ok(self.tx.send(Msg::End(self.buf)).await.is_ok())
-    }
-
-    /// Buffers one chunk (block-area bytes are crc-checked first, `check`); `Ok(false)`
-    /// if the writer is gone.
-    async fn take(&mut self, mut data: &[u8], check: bool) -> Result<bool, NodeError> {
-        while !data.is_empty() {
-            let piece = &data[..data.len().min(STEP).min(self.buf.room())];
-            if check {
-                self.checker.feed(piece)?;
-            }
-            self.buf.push(piece);
-            data = &data[piece.len()..];
+    /// Reads the rest of the `file_len`-byte file; `Ok(true)` once the writer has the
+    /// last bytes, `Ok(false)` if the writer went away first (it reports why). An `Err` is
+    /// a bad or broken upload; the writer then sees its channel close without an end.
+    async fn run<S: ShardSource>(mut self, src: &mut S, file_len: u64) -> Result<bool, NodeError> {
+        // Bytes of the file already in earlier (handed over) buffers.
+        let mut handed = 0u64;
+        loop {
             if self.buf.is_full() {
-                let next = if self.allocated < POOL {
-                    self.allocated += 1;
-                    AlignedBuf::new(WRITE_BUF)?
-                } else {
-                    match self.free_rx.recv().await {
-                        Some(b) => b,
-                        None => return Ok(false),
-                    }
-                };
-                let full = std::mem::replace(&mut self.buf, next);
-                if self.tx.send(Msg::Data(full)).await.is_err() {
+                handed += self.buf.fill as u64;
+                if !self.hand_over().await? {
                     return Ok(false);
                 }
             }
+            let left = file_len.saturating_sub(handed + self.buf.fill as u64);
+            let want = (left.min(STEP as u64) as usize).min(self.buf.room());
+            if want == 0 {
+                break;
+            }
+            let fill = self.buf.fill;
+            let n = src
+                .read_into(&mut self.buf.window_mut()[fill..fill + want])
+                .await?;
+            if n == 0 {
+                break;
+            }
+            self.checker.feed(&self.buf.window()[fill..fill + n])?;
+            self.buf.fill += n;
         }
-        Ok(true)
+        self.checker.finish()?;
+        if src.has_more().await? {
+            return Err(NodeError::BadLength {
+                want: file_len,
+                got: file_len + 1,
+            });
+        }
+        Ok(self.tx.send(Msg::End(self.buf)).await.is_ok())
+    }
+
+    /// Sends the full buffer to the writer and takes an empty one; `Ok(false)` if the
+    /// writer is gone.
+    async fn hand_over(&mut self) -> Result<bool, NodeError> {
+        let next = if self.allocated < POOL {
+            self.allocated += 1;
+            AlignedBuf::new(WRITE_BUF)?
+        } else {
+            match self.free_rx.recv().await {
+                Some(b) => b,
+                None => return Ok(false),
+            }
+        };
+        let full = std::mem::replace(&mut self.buf, next);
+        Ok(self.tx.send(Msg::Data(full)).await.is_ok())
     }
 }
 

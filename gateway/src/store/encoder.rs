@@ -7,6 +7,7 @@
 //! once the stripe is complete. The queues are bounded in bytes, so a slow node (an SD
 //! card) slows the loop, which stops reading the body, which fills the client's TCP window.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -207,6 +208,41 @@ where
     }
 }
 
+/// Parity buffers of earlier stripes, taken again once their transfers have let go of
+/// them. They need no clearing: data block 0 covers its whole block and sets every
+/// parity byte ([`Codec::encode_piece`]); the rest only add to it.
+#[derive(Default)]
+struct ParityBuffers(VecDeque<Bytes>);
+
+impl ParityBuffers {
+    /// Buffers kept: about as many as the parity queues hold, so one is free by the time
+    /// it is needed.
+    const KEEP: usize = 6;
+
+    /// A `len`-byte buffer: a released one, else a fresh one.
+    fn take(&mut self, len: usize) -> BytesMut {
+        for _ in 0..self.0.len() {
+            let Some(b) = self.0.pop_front() else { break };
+            match b.try_into_mut() {
+                Ok(mut free) if free.len() >= len => {
+                    free.truncate(len);
+                    return free;
+                }
+                Ok(_) => {}
+                Err(busy) => self.0.push_back(busy),
+            }
+        }
+        BytesMut::zeroed(len)
+    }
+
+    /// Keeps `b` for reuse once every slice of it is gone.
+    fn keep(&mut self, b: Bytes) {
+        if self.0.len() < Self::KEEP {
+            self.0.push_back(b);
+        }
+    }
+}
+
 async fn pump_stripes<S>(
     codec: &Codec,
     layout: &Layout,
@@ -222,12 +258,13 @@ where
         body,
         pending: Bytes::new(),
     };
+    let mut spare_parity = ParityBuffers::default();
     for s in 0..layout.stripes() {
         let blen = layout.block_len(s);
         let slot = blen + CRC_LEN;
         let stripe_len = layout.stripe_len(s) as usize;
         // Parity blocks as they will be stored (block, crc, block, crc...).
-        let mut parity = BytesMut::zeroed(m * slot);
+        let mut parity = spare_parity.take(m * slot);
         for (i, sink) in sinks[..k].iter().enumerate() {
             // Body bytes in this block; the last stripe's blocks are zero-padded.
             let real = stripe_len.saturating_sub(i * blen).min(blen);
@@ -269,6 +306,7 @@ where
         for (j, sink) in sinks[k..].iter().enumerate() {
             sink.send(parity.slice(j * slot..(j + 1) * slot)).await?;
         }
+        spare_parity.keep(parity);
         metrics::counter!("cairn_stripes_encoded_total").increment(1);
     }
     if last_segment {
@@ -277,4 +315,35 @@ where
         return Err(StoreError::BodyTooLong);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parity_buffers_come_back_only_once_released() {
+        let mut pool = ParityBuffers::default();
+        let first = pool.take(1000);
+        assert_eq!(first.len(), 1000);
+        let first_ptr = first.as_ptr();
+        let frozen = first.freeze();
+        let in_flight = frozen.slice(0..500);
+        pool.keep(frozen);
+        // Still being sent: a new buffer.
+        let second = pool.take(1000);
+        assert_ne!(second.as_ptr(), first_ptr);
+        drop(in_flight);
+        // Released: the same memory, cut to the (shorter) length asked for.
+        let again = pool.take(800);
+        assert_eq!(again.as_ptr(), first_ptr);
+        assert_eq!(again.len(), 800);
+        // Too short for a request: not used (a fresh, zeroed buffer instead).
+        let mut again = again;
+        again.fill(0xaa);
+        pool.keep(again.freeze());
+        let fresh = pool.take(1000);
+        assert_eq!(fresh.len(), 1000);
+        assert!(fresh.iter().all(|&b| b == 0));
+    }
 }

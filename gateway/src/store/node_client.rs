@@ -5,9 +5,153 @@ use std::time::Duration;
 use bytes::Bytes;
 use cairn_common::auth::{ClusterKey, AUTH_HEADER, DATE_HEADER};
 use cairn_common::ids::ObjectId;
-use cairn_common::protocol::{self, Inventory, ManifestList, NodeInfo, ERROR_HEADER};
+use cairn_common::protocol::{
+    self, Inventory, ManifestList, NodeInfo, UploadOutcome, ERROR_HEADER,
+};
 use cairn_common::request_id;
 use futures::Stream;
+use tokio::io::AsyncReadExt;
+
+mod raw {
+    //! Writing a stream of pieces to a raw connection, several pieces per `writev`.
+
+    use std::collections::VecDeque;
+    use std::io::{self, IoSlice};
+
+    use bytes::{Buf, Bytes};
+    use futures::{FutureExt, Stream, StreamExt};
+    use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+    /// Pieces gathered into one `writev` at most.
+    const MAX_PIECES: usize = 32;
+    /// Bytes gathered into one `writev` at most (pieces already waiting are taken, up to
+    /// this; we never wait for more).
+    const MAX_BATCH: usize = 1 << 20;
+
+    /// Writes every piece of `body` to `io`, then flushes; the pieces must add up to
+    /// exactly `len` bytes.
+    pub async fn write_stream<W, S>(io: &mut W, body: S, len: u64) -> io::Result<()>
+    where
+        W: AsyncWrite + Unpin,
+        S: Stream<Item = io::Result<Bytes>>,
+    {
+        let mut body = std::pin::pin!(body);
+        let mut batch: VecDeque<Bytes> = VecDeque::with_capacity(MAX_PIECES);
+        let (mut batched, mut sent, mut ended) = (0usize, 0u64, false);
+        loop {
+            if batch.is_empty() {
+                match body.next().await {
+                    Some(piece) => {
+                        let piece = piece?;
+                        batched = piece.len();
+                        batch.push_back(piece);
+                    }
+                    None => break,
+                }
+            }
+            // Take what is already waiting, without waiting for more.
+            while !ended && batch.len() < MAX_PIECES && batched < MAX_BATCH {
+                match body.next().now_or_never() {
+                    Some(Some(piece)) => {
+                        let piece = piece?;
+                        batched += piece.len();
+                        batch.push_back(piece);
+                    }
+                    Some(None) => ended = true,
+                    None => break,
+                }
+            }
+            let slices: Vec<IoSlice<'_>> = batch.iter().map(|b| IoSlice::new(b)).collect();
+            let mut n = io.write_vectored(&slices).await?;
+            if n == 0 && batched > 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            sent += n as u64;
+            batched -= n;
+            while n > 0 {
+                let front = &mut batch[0];
+                if n >= front.len() {
+                    n -= front.len();
+                    batch.pop_front();
+                } else {
+                    front.advance(n);
+                    n = 0;
+                }
+            }
+            batch.retain(|b| !b.is_empty());
+            if ended && batch.is_empty() {
+                break;
+            }
+        }
+        if sent != len {
+            return Err(io::Error::other(format!(
+                "shard stream gave {sent} bytes, not {len}"
+            )));
+        }
+        io.flush().await
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use tokio::io::AsyncReadExt;
+
+        fn pieces(sizes: &[usize]) -> (Vec<io::Result<Bytes>>, Vec<u8>) {
+            let mut all = Vec::new();
+            let pieces = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| {
+                    let p: Vec<u8> = (0..n).map(|j| (i * 131 + j * 7) as u8).collect();
+                    all.extend_from_slice(&p);
+                    Ok(Bytes::from(p))
+                })
+                .collect();
+            (pieces, all)
+        }
+
+        #[tokio::test]
+        async fn writes_every_piece_in_order_through_a_small_pipe() {
+            // 100 pieces, some empty, some larger than a batch; a 4 KiB pipe makes most
+            // writes partial.
+            let sizes: Vec<usize> = (0..100)
+                .map(|i| (i * 7919) % 70_000)
+                .chain([0, 3 << 20, 1])
+                .collect();
+            let (pieces, want) = pieces(&sizes);
+            let (mut tx, mut rx) = tokio::io::duplex(4096);
+            let reader = tokio::spawn(async move {
+                let mut got = Vec::new();
+                rx.read_to_end(&mut got).await.expect("read");
+                got
+            });
+            let len = want.len() as u64;
+            write_stream(&mut tx, futures::stream::iter(pieces), len)
+                .await
+                .expect("write");
+            drop(tx);
+            assert_eq!(reader.await.expect("reader"), want);
+        }
+
+        #[tokio::test]
+        async fn a_wrong_total_or_a_failing_stream_is_an_error() {
+            let (pieces, want) = pieces(&[10, 20]);
+            let mut sink = Vec::new();
+            let r = write_stream(
+                &mut sink,
+                futures::stream::iter(pieces),
+                want.len() as u64 + 1,
+            )
+            .await;
+            assert!(r.is_err(), "short stream passed");
+            let failing = futures::stream::iter(vec![
+                Ok(Bytes::from_static(b"abc")),
+                Err(io::Error::other("encoder stopped")),
+            ]);
+            assert!(write_stream(&mut Vec::new(), failing, 3).await.is_err());
+        }
+    }
+}
 
 /// Talks to storage nodes, signing every request with the cluster key.
 #[derive(Clone)]
@@ -118,7 +262,8 @@ impl NodeClient {
         Ok(info)
     }
 
-    /// Streams a whole shard file to a node; returns once the node has it durably.
+    /// Streams a whole `len`-byte shard file to a node; returns once the node has it
+    /// durably. Large shards go as a raw upload (see [`protocol`]).
     pub async fn put_shard<S>(
         &self,
         addr: &str,
@@ -132,6 +277,9 @@ impl NodeClient {
         S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     {
         let path = protocol::shard_path(object, segment, index);
+        if len >= protocol::RAW_UPLOAD_MIN {
+            return self.put_shard_raw(addr, &path, len, body).await;
+        }
         let resp = self
             .request(reqwest::Method::PUT, addr, &path)
             .header("content-length", len)
@@ -139,6 +287,62 @@ impl NodeClient {
             .send()
             .await;
         Self::check(resp).await.map(|_| ())
+    }
+
+    /// A raw shard upload: upgrade the connection, write the file, read the outcome.
+    async fn put_shard_raw<S>(
+        &self,
+        addr: &str,
+        path: &str,
+        len: u64,
+        body: S,
+    ) -> Result<(), NodeCallError>
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>>,
+    {
+        let transport = |what: &str, e: &dyn std::fmt::Display| {
+            NodeCallError::Transport(format!("raw shard upload, {what}: {e}"))
+        };
+        let resp = self
+            .request(reqwest::Method::PUT, addr, path)
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, protocol::SHARD_UPGRADE)
+            .header(protocol::SHARD_LENGTH_HEADER, len)
+            .send()
+            .await;
+        let resp = resp.map_err(|e| NodeCallError::Transport(e.to_string()))?;
+        if resp.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            // A refusal (credential, path) carries its kind; anything else is a node
+            // that does not speak raw uploads.
+            let status = resp.status().as_u16();
+            Self::check(Ok(resp)).await?;
+            return Err(NodeCallError::Refused {
+                status,
+                kind: "no-upgrade".into(),
+            });
+        }
+        let mut io = resp.upgrade().await.map_err(|e| transport("upgrade", &e))?;
+        let sent = raw::write_stream(&mut io, body, len).await;
+        // The node answers even when it refused the file part way (then our writes may
+        // have failed first): its outcome says more than a broken pipe.
+        let mut line = Vec::with_capacity(32);
+        let read = (&mut io)
+            .take(protocol::MAX_OUTCOME_LINE as u64)
+            .read_to_end(&mut line)
+            .await;
+        match (UploadOutcome::parse(&line), sent, read) {
+            (Some(o), _, _) if o.is_stored() => Ok(()),
+            (Some(o), _, _) => Err(NodeCallError::Refused {
+                status: o.status,
+                kind: o.kind,
+            }),
+            (None, Err(e), _) => Err(transport("sending", &e)),
+            (None, Ok(()), Err(e)) => Err(transport("reading the outcome", &e)),
+            (None, Ok(()), Ok(_)) => Err(transport(
+                "outcome",
+                &format!("unreadable answer {:?}", String::from_utf8_lossy(&line)),
+            )),
+        }
     }
 
     /// Opens a stream of stored blocks `from..from+count` (data + crc each) of a shard.

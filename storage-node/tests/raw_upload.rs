@@ -1,0 +1,209 @@
+//! Raw shard uploads (`Upgrade: cairn-shard`), driven by hand over a socket against an
+//! in-process node on 127.0.0.1:0: the wire protocol itself, not the gateway's client.
+
+mod common;
+
+use std::time::Duration;
+
+use cairn_common::auth::{ClusterKey, AUTH_HEADER, DATE_HEADER};
+use cairn_common::ids::ObjectId;
+use cairn_common::protocol::{self, UploadOutcome, SHARD_LENGTH_HEADER, SHARD_UPGRADE};
+use cairn_common::shard::Layout;
+use common::{TestNode, TestShard, SECRET};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// 3+1, 64 KiB blocks, 70 stripes and a short last one: each shard file is ~4.5 MiB, more
+/// than two of the node's 2 MiB write buffers.
+fn layout() -> Layout {
+    Layout::new(3, 1, 64 * 1024, 3 * 64 * 1024 * 70 + 5).expect("layout")
+}
+
+/// Sends the upgrade request for `path` (signed with `key`, declaring `len` bytes when
+/// given) and reads the answer's head: the socket once the node switched protocols, else
+/// the head of its refusal.
+async fn open(
+    node: &TestNode,
+    key: &ClusterKey,
+    path: &str,
+    len: Option<u64>,
+) -> Result<TcpStream, String> {
+    let (date, tag) = key.sign("PUT", path);
+    let mut sock = TcpStream::connect(node.addr).await.expect("connect");
+    let length = len
+        .map(|l| format!("{SHARD_LENGTH_HEADER}: {l}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: {SHARD_UPGRADE}\r\n\
+         {length}{DATE_HEADER}: {date}\r\n{AUTH_HEADER}: {tag}\r\n\r\n"
+    );
+    sock.write_all(head.as_bytes()).await.expect("request head");
+    // Byte by byte, so nothing past the head is consumed.
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"\r\n\r\n") {
+        let b = sock.read_u8().await.expect("answer head");
+        answer.push(b);
+    }
+    let answer = String::from_utf8(answer).expect("utf-8 head");
+    if answer.starts_with("HTTP/1.1 101 ") {
+        let lower = answer.to_ascii_lowercase();
+        assert!(
+            lower.contains(&format!("upgrade: {SHARD_UPGRADE}")),
+            "101 without our upgrade token: {answer}"
+        );
+        Ok(sock)
+    } else {
+        Err(answer)
+    }
+}
+
+/// Reads the node's one-line outcome (it closes the connection after it).
+async fn outcome(sock: &mut TcpStream) -> UploadOutcome {
+    let mut line = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut line))
+        .await
+        .expect("outcome in time")
+        .expect("read outcome");
+    UploadOutcome::parse(&line).unwrap_or_else(|| panic!("bad outcome {line:?}"))
+}
+
+fn nothing_stored(node: &TestNode, oid: &ObjectId, index: u8) {
+    assert!(
+        !node.shard_file(oid, 0, index).exists(),
+        "shard became visible"
+    );
+    assert!(
+        node.tmp_entries().is_empty(),
+        "temp leftovers: {:?}",
+        node.tmp_entries()
+    );
+}
+
+#[tokio::test]
+async fn raw_upload_stores_exactly_the_file_and_reads_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path()).await;
+    let key = ClusterKey::new(SECRET);
+    let oid = ObjectId::random();
+    let shard = TestShard::new(oid, 0, 1, layout());
+    let file = shard.file();
+    assert!(file.len() as u64 >= protocol::RAW_UPLOAD_MIN);
+
+    let mut sock = open(&node, &key, &shard.path(), Some(file.len() as u64))
+        .await
+        .expect("upgrade");
+    // Odd pieces with pauses, so the node sees reads of every size.
+    for (i, piece) in file.chunks(300_001).enumerate() {
+        sock.write_all(piece).await.expect("write");
+        if i % 4 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let o = outcome(&mut sock).await;
+    assert!(o.is_stored(), "{o:?}");
+    assert_eq!(
+        std::fs::read(node.shard_file(&oid, 0, 1)).expect("shard file"),
+        file
+    );
+    assert!(node.tmp_entries().is_empty());
+
+    let http = reqwest::Client::new();
+    let r = node
+        .signed(&http, reqwest::Method::GET, &shard.path())
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    let n = shard.blocks.len();
+    assert_eq!(r.bytes().await.expect("body"), shard.blocks_range(0, n));
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn bad_raw_uploads_store_nothing_and_say_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path()).await;
+    let key = ClusterKey::new(SECRET);
+    let oid = ObjectId::random();
+    let shard = TestShard::new(oid, 0, 2, layout());
+    let file = shard.file();
+    let len = file.len() as u64;
+    let hlen = shard.header_bytes.len();
+
+    // A flipped byte in block 40 (past the first write buffer).
+    let mut bad = file.clone();
+    bad[hlen + 40 * (64 * 1024 + 4) + 9] ^= 0x04;
+    let mut sock = open(&node, &key, &shard.path(), Some(len))
+        .await
+        .expect("upgrade");
+    // The node stops reading at the bad block; the rest of our write may fail.
+    let _ = sock.write_all(&bad).await;
+    let o = outcome(&mut sock).await;
+    assert_eq!(
+        (o.status, o.kind.as_str()),
+        (400, protocol::ERR_CORRUPT_BLOCK)
+    );
+    nothing_stored(&node, &oid, 2);
+
+    // A declared length that is not the header's.
+    let mut sock = open(&node, &key, &shard.path(), Some(len + 1))
+        .await
+        .expect("upgrade");
+    let _ = sock.write_all(&file[..hlen]).await;
+    let o = outcome(&mut sock).await;
+    assert_eq!((o.status, o.kind.as_str()), (400, "bad-length"));
+    nothing_stored(&node, &oid, 2);
+
+    // The sender stops half way (closes its side): refused, nothing visible.
+    let mut sock = open(&node, &key, &shard.path(), Some(len))
+        .await
+        .expect("upgrade");
+    sock.write_all(&file[..file.len() / 2]).await.expect("half");
+    sock.shutdown().await.expect("half-close");
+    let o = outcome(&mut sock).await;
+    assert_eq!((o.status, o.kind.as_str()), (400, "bad-length"));
+    nothing_stored(&node, &oid, 2);
+
+    // The sender vanishes mid-file: the temp file goes too.
+    let mut sock = open(&node, &key, &shard.path(), Some(len))
+        .await
+        .expect("upgrade");
+    sock.write_all(&file[..file.len() / 3])
+        .await
+        .expect("third");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(sock);
+    let mut clean = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if node.tmp_entries().is_empty() {
+            clean = true;
+            break;
+        }
+    }
+    assert!(clean, "temp file of an aborted raw upload survived");
+    nothing_stored(&node, &oid, 2);
+
+    // No upgrade without the cluster secret, or without a length.
+    let refused = open(&node, &ClusterKey::new("wrong"), &shard.path(), Some(len))
+        .await
+        .expect_err("upgraded without the secret");
+    assert!(refused.starts_with("HTTP/1.1 403 "), "{refused}");
+    let refused = open(&node, &key, &shard.path(), None)
+        .await
+        .expect_err("upgraded without a length");
+    assert!(refused.starts_with("HTTP/1.1 400 "), "{refused}");
+    nothing_stored(&node, &oid, 2);
+
+    // After all that, a good raw upload still works.
+    let mut sock = open(&node, &key, &shard.path(), Some(len))
+        .await
+        .expect("upgrade");
+    sock.write_all(&file).await.expect("write");
+    assert!(outcome(&mut sock).await.is_stored());
+    assert_eq!(
+        std::fs::read(node.shard_file(&oid, 0, 2)).expect("file"),
+        file
+    );
+    node.stop().await;
+}
