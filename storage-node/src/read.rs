@@ -12,13 +12,13 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use cairn_common::shard::{verify_block, Layout, ShardError, ShardHeader, CRC_LEN};
 use tokio::sync::mpsc;
 
-use crate::direct_io::{open_direct, AlignedBuf, DIRECT_ALIGN, HUGE_PAGE};
+use crate::direct_io::{open_direct, AlignedBuf, BufferPool, DIRECT_ALIGN};
 use crate::error::NodeError;
 use crate::metrics as m;
 use crate::store::{ShardAddr, Store};
@@ -185,13 +185,11 @@ fn read_exact_or_corrupt(file: &mut File, buf: &mut [u8]) -> Result<(), ReadFail
     })
 }
 
-/// Aligned buffers a reader keeps for reuse; more in use at once are made and dropped.
-///
-/// Each buffer is a 2 MiB huge page holding one block's span, so a read stream holds up to
-/// ~12 MiB. Exactly sized buffers of small pages would halve that, but measured on a 1 GiB
-/// GET they cost the nodes half again as much CPU (0.78 vs 0.54 CPU-s/GiB), in pinning 257
-/// pages per read instead of one.
-const POOL_KEEP: usize = READ_AHEAD + 2;
+// Each block's span is read into a 2 MiB huge-page buffer from the store's pool, so a read
+// stream holds up to ~12 MiB (READ_AHEAD blocks and the ones being sent). Exactly sized
+// buffers of small pages would halve that, but measured on a 1 GiB GET they cost the nodes
+// half again as much CPU (0.78 vs 0.54 CPU-s/GiB), in pinning 257 pages per read instead
+// of one.
 
 /// Reads and verifies the blocks of one shard file.
 struct BlockReader {
@@ -202,8 +200,8 @@ struct BlockReader {
     layout: Layout,
     /// File offset of block 0 (the header's length).
     data_start: u64,
-    /// Buffers handed back by dropped blocks, ready for the next reads.
-    pool: Arc<Mutex<Vec<AlignedBuf>>>,
+    /// Where read buffers come from, and go back to once their block has been sent.
+    pool: BufferPool,
 }
 
 impl BlockReader {
@@ -216,7 +214,7 @@ impl BlockReader {
             direct: open_direct(&store.shard_path(&addr), false),
             layout: header.layout,
             data_start: header.encoded_len() as u64,
-            pool: Arc::new(Mutex::new(Vec::new())),
+            pool: store.buffers().clone(),
         })
     }
 
@@ -256,11 +254,7 @@ impl BlockReader {
         let span_start = offset / align * align;
         let span_len = (offset + len as u64).next_multiple_of(align) - span_start;
         let span_len = usize::try_from(span_len).map_err(io::Error::other)?;
-        let pooled = self.pool.lock().map(|mut p| p.pop()).unwrap_or(None);
-        let mut buf = match pooled {
-            Some(b) if b.capacity() >= span_len => b,
-            _ => AlignedBuf::new(span_len.next_multiple_of(HUGE_PAGE))?,
-        };
+        let mut buf = self.pool.take(span_len)?;
         let mut got = 0;
         let mut refused = false;
         while got < span_len {
@@ -296,7 +290,7 @@ impl BlockReader {
         Ok(Some(Bytes::from_owner(PooledBlock {
             buf: Some(buf),
             range: lead..end,
-            pool: Arc::clone(&self.pool),
+            pool: self.pool.clone(),
         })))
     }
 
@@ -328,11 +322,11 @@ impl Read for PositionedReader<'_> {
 }
 
 /// A block in a pooled aligned buffer; dropping it (once the response has sent it)
-/// hands the buffer back to its reader's pool.
+/// hands the buffer back to the pool.
 struct PooledBlock {
     buf: Option<AlignedBuf>,
     range: std::ops::Range<usize>,
-    pool: Arc<Mutex<Vec<AlignedBuf>>>,
+    pool: BufferPool,
 }
 
 impl AsRef<[u8]> for PooledBlock {
@@ -346,10 +340,8 @@ impl AsRef<[u8]> for PooledBlock {
 
 impl Drop for PooledBlock {
     fn drop(&mut self) {
-        if let (Some(buf), Ok(mut pool)) = (self.buf.take(), self.pool.lock()) {
-            if pool.len() < POOL_KEEP {
-                pool.push(buf);
-            }
+        if let Some(buf) = self.buf.take() {
+            self.pool.give(buf);
         }
     }
 }

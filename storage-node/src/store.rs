@@ -22,11 +22,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use cairn_common::ids::{NodeId, ObjectId};
 use cairn_common::protocol::{Inventory, InventoryEntry, StoredManifest};
 
+use crate::direct_io::BufferPool;
+
 const NODE_ID_FILE: &str = "node_id";
 const TMP_DIR: &str = "tmp";
 const SHARDS_DIR: &str = "shards";
 const MANIFEST_FILE: &str = "manifest";
 const BUCKETS_DIR: &str = "buckets";
+/// Idle 2 MiB I/O buffers kept for reuse (32 MiB at most): eight uploads' worth, or
+/// three read streams'.
+const IDLE_BUFFERS: usize = 16;
 
 /// Identity of one shard: which object version, segment and index.
 pub use cairn_common::protocol::ShardRef as ShardAddr;
@@ -46,6 +51,7 @@ pub struct Store {
     root: PathBuf,
     node_id: NodeId,
     shards: AtomicU64,
+    buffers: BufferPool,
 }
 
 impl Store {
@@ -64,9 +70,15 @@ impl Store {
             root: root.to_path_buf(),
             node_id,
             shards: AtomicU64::new(0),
+            buffers: BufferPool::new(IDLE_BUFFERS),
         };
         store.shards.store(store.count_shards()?, Ordering::Relaxed);
         Ok(store)
+    }
+
+    /// The aligned buffers shard reads and writes go through.
+    pub fn buffers(&self) -> &BufferPool {
+        &self.buffers
     }
 
     /// This node's persistent id.

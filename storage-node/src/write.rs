@@ -7,8 +7,9 @@
 //! crc-checked while they are still in cache. Full buffers go over a small bounded
 //! channel to a blocking writer thread, which writes them with `O_DIRECT` (see
 //! [`ShardFile`]) and hands them back. Memory per write is two aligned buffers ([`POOL`] ×
-//! [`WRITE_BUF`]), whatever the shard size; a slow disk stops us reading the socket,
-//! which slows the sender (TCP backpressure).
+//! [`WRITE_BUF`], taken from and given back to the store's [`BufferPool`]), whatever the
+//! shard size; a slow disk stops us reading the socket, which slows the sender (TCP
+//! backpressure).
 
 use std::fs::File;
 use std::io;
@@ -23,7 +24,7 @@ use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
-use crate::direct_io::{open_direct, AlignedBuf, DIRECT_ALIGN, HUGE_PAGE};
+use crate::direct_io::{open_direct, AlignedBuf, BufferPool, DIRECT_ALIGN, HUGE_PAGE};
 use crate::error::NodeError;
 use crate::store::{preallocate, ShardAddr, Store};
 
@@ -116,7 +117,8 @@ pub(crate) async fn write_shard<S: ShardSource>(
     mut src: S,
 ) -> Result<u64, NodeError> {
     // 1. The header, read into the first buffer (it is the start of the file).
-    let mut buf = AlignedBuf::new(WRITE_BUF)?;
+    let buffers = store.buffers().clone();
+    let mut buf = buffers.take(WRITE_BUF)?;
     fill_to(&mut src, &mut buf, 8).await?;
     let header_len =
         ShardHeader::peek_len(buf.filled()).map_err(|e| NodeError::BadHeader(e.to_string()))?;
@@ -154,18 +156,21 @@ pub(crate) async fn write_shard<S: ShardSource>(
     let (free_tx, free_rx) = mpsc::channel(POOL);
     let writer =
         tokio::task::spawn_blocking(move || write_blocking(&store, addr, file_len, rx, free_tx));
-    let pump = Pump {
+    let mut pump = Pump {
         checker,
-        buf,
+        buf: Some(buf),
+        buffers,
         allocated: 1,
-        tx,
+        tx: Some(tx),
         free_rx,
     };
-    // The pump is gone when `run` returns, so a writer waiting for more learns it ended.
     let pumped = pump.run(&mut src, file_len).await;
+    // Closing the channel tells a writer still waiting for more that there is none.
+    pump.tx = None;
     let written = writer
         .await
         .map_err(|e| NodeError::Internal(format!("writer task: {e}")))?;
+    pump.release();
     match (pumped, written) {
         // The writer stopped taking buffers: its own error (disk) says why.
         (Ok(false), Err(e)) => Err(e),
@@ -199,41 +204,48 @@ async fn fill_to<S: ShardSource>(
 /// and hands full buffers to the writer.
 struct Pump {
     checker: BlockChecker,
-    buf: AlignedBuf,
-    /// Buffers created so far (at most [`POOL`]).
+    /// The buffer being filled (`None` once handed to the writer at the end).
+    buf: Option<AlignedBuf>,
+    buffers: BufferPool,
+    /// Buffers taken from `buffers` so far (at most [`POOL`]).
     allocated: usize,
-    tx: mpsc::Sender<Msg>,
+    tx: Option<mpsc::Sender<Msg>>,
+    /// Buffers the writer is done with.
     free_rx: mpsc::Receiver<AlignedBuf>,
 }
 
 impl Pump {
     /// Reads the rest of the `file_len`-byte file; `Ok(true)` once the writer has the
     /// last bytes, `Ok(false)` if the writer went away first (it reports why). An `Err` is
-    /// a bad or broken upload; the writer then sees its channel close without an end.
-    async fn run<S: ShardSource>(mut self, src: &mut S, file_len: u64) -> Result<bool, NodeError> {
+    /// a bad or broken upload.
+    async fn run<S: ShardSource>(&mut self, src: &mut S, file_len: u64) -> Result<bool, NodeError> {
         // Bytes of the file already in earlier (handed over) buffers.
         let mut handed = 0u64;
         loop {
-            if self.buf.is_full() {
-                handed += self.buf.fill as u64;
+            let Some(buf) = self.buf.as_mut() else {
+                return Ok(false);
+            };
+            if buf.is_full() {
+                handed += buf.fill as u64;
                 if !self.hand_over().await? {
                     return Ok(false);
                 }
+                continue;
             }
-            let left = file_len.saturating_sub(handed + self.buf.fill as u64);
-            let want = (left.min(STEP as u64) as usize).min(self.buf.room());
+            let left = file_len.saturating_sub(handed + buf.fill as u64);
+            let want = (left.min(STEP as u64) as usize).min(buf.room());
             if want == 0 {
                 break;
             }
-            let fill = self.buf.fill;
+            let fill = buf.fill;
             let n = src
-                .read_into(&mut self.buf.window_mut()[fill..fill + want])
+                .read_into(&mut buf.window_mut()[fill..fill + want])
                 .await?;
             if n == 0 {
                 break;
             }
-            self.checker.feed(&self.buf.window()[fill..fill + n])?;
-            self.buf.fill += n;
+            self.checker.feed(&buf.window()[fill..fill + n])?;
+            buf.fill += n;
         }
         self.checker.finish()?;
         if src.has_more().await? {
@@ -242,7 +254,10 @@ impl Pump {
                 got: file_len + 1,
             });
         }
-        Ok(self.tx.send(Msg::End(self.buf)).await.is_ok())
+        match (self.buf.take(), &self.tx) {
+            (Some(last), Some(tx)) => Ok(tx.send(Msg::End(last)).await.is_ok()),
+            _ => Ok(false),
+        }
     }
 
     /// Sends the full buffer to the writer and takes an empty one; `Ok(false)` if the
@@ -250,15 +265,27 @@ impl Pump {
     async fn hand_over(&mut self) -> Result<bool, NodeError> {
         let next = if self.allocated < POOL {
             self.allocated += 1;
-            AlignedBuf::new(WRITE_BUF)?
+            self.buffers.take(WRITE_BUF)?
         } else {
             match self.free_rx.recv().await {
                 Some(b) => b,
                 None => return Ok(false),
             }
         };
-        let full = std::mem::replace(&mut self.buf, next);
-        Ok(self.tx.send(Msg::Data(full)).await.is_ok())
+        let (Some(full), Some(tx)) = (self.buf.replace(next), &self.tx) else {
+            return Ok(false);
+        };
+        Ok(tx.send(Msg::Data(full)).await.is_ok())
+    }
+
+    /// Gives this write's buffers back to the pool (once the writer is done with them).
+    fn release(mut self) {
+        if let Some(buf) = self.buf.take() {
+            self.buffers.give(buf);
+        }
+        while let Ok(buf) = self.free_rx.try_recv() {
+            self.buffers.give(buf);
+        }
     }
 }
 
@@ -291,11 +318,15 @@ fn write_blocking(
             Msg::Data(mut buf) => {
                 out.write_full(&buf)?;
                 buf.fill = 0;
-                // The pump may be done with buffers already; that is fine.
-                let _ = free_tx.try_send(buf);
+                // The pump may be done with buffers already: then the pool takes it.
+                if let Err(e) = free_tx.try_send(buf) {
+                    store.buffers().give(e.into_inner());
+                }
             }
             Msg::End(mut buf) => {
-                out.finish(&mut buf, file_len)?;
+                let finished = out.finish(&mut buf, file_len);
+                store.buffers().give(buf);
+                finished?;
                 store.commit(&tmp, &addr)?;
                 guard.0 = None;
                 return Ok(file_len);
