@@ -3,6 +3,7 @@
 import os
 import re
 
+from harness.cluster import metric_samples
 from harness.data import MiB
 from harness.sigv4 import request
 
@@ -94,3 +95,28 @@ def test_degraded_reads_and_node_down_show_in_metrics(fresh_cluster):
 def test_node_metrics(cairn_cluster):
     for n in cairn_cluster.nodes:
         parse(n.metrics())
+
+
+def test_big_shards_go_as_raw_uploads_and_small_ones_as_http(cairn_cluster, s3, bucket):
+    """Shards of 1 MiB and more reach the nodes over upgraded connections (read straight
+    into the nodes' disk buffers); smaller ones as plain request bodies. Both store."""
+
+    def stored(transport):
+        return sum(
+            v
+            for n in cairn_cluster.nodes
+            if n.alive
+            for name, labels, v in metric_samples(n.metrics())
+            if name == "cairn_node_shard_writes_total"
+            and labels == {"result": "ok", "transport": transport}
+        )
+
+    before = {t: stored(t) for t in ("raw", "http")}
+    small = os.urandom(100 * 1024)
+    big = os.urandom(8 * MiB + 5)  # 3+1: shards of ~2.7 MiB
+    s3.put_object(Bucket=bucket, Key="small", Body=small)
+    assert stored("http") - before["http"] >= 4, "small object's shards not sent as bodies"
+    s3.put_object(Bucket=bucket, Key="big", Body=big)
+    assert stored("raw") - before["raw"] >= 4, "big object's shards not sent as raw uploads"
+    assert s3.get_object(Bucket=bucket, Key="big")["Body"].read() == big
+    assert s3.get_object(Bucket=bucket, Key="small")["Body"].read() == small

@@ -215,7 +215,7 @@ async fn put_shard(
     if !raw {
         let declared = length(header::CONTENT_LENGTH.as_str())?;
         let body = BodySource::new(req.into_body());
-        store_shard(&state, addr, declared, body)
+        store_shard(&state, addr, declared, "http", body)
             .await
             .map(|_| StatusCode::CREATED.into_response())
     } else {
@@ -234,7 +234,8 @@ async fn put_shard(
                         return;
                     }
                 };
-                let result = store_shard(&state, addr, Some(declared), StreamSource(&mut io)).await;
+                let result =
+                    store_shard(&state, addr, Some(declared), "raw", StreamSource(&mut io)).await;
                 let outcome = match &result {
                     Ok(_) => UploadOutcome {
                         status: StatusCode::CREATED.as_u16(),
@@ -266,24 +267,26 @@ async fn put_shard(
     }
 }
 
-/// Stores one shard from `src`, with metrics and a log line for the outcome.
+/// Stores one shard from `src` (come over `transport`), with metrics and a log line for
+/// the outcome.
 async fn store_shard<S: ShardSource>(
     state: &AppState,
     addr: ShardAddr,
     declared_len: Option<u64>,
+    transport: &'static str,
     src: S,
 ) -> Result<u64, NodeError> {
     let start = Instant::now();
     let result = write_shard(state.store.clone(), addr, declared_len, src).await;
     match &result {
         Ok(bytes) => {
-            m::write_done("ok", *bytes, start.elapsed());
+            m::write_done(transport, "ok", *bytes, start.elapsed());
             m::shards(state.store.shard_count());
             state.scrub.forget(&addr);
             tracing::debug!(object = %addr.object, segment = addr.segment, index = addr.index, bytes, "stored shard");
         }
         Err(e) => {
-            m::write_done(e.metric_label(), 0, start.elapsed());
+            m::write_done(transport, e.metric_label(), 0, start.elapsed());
             tracing::info!(object = %addr.object, segment = addr.segment, index = addr.index, error = %e, "shard write refused");
         }
     }

@@ -69,7 +69,10 @@ pub fn init() -> PrometheusHandle {
 }
 
 fn describe() {
-    metrics::describe_counter!(WRITES, "Shard PUTs by result");
+    metrics::describe_counter!(
+        WRITES,
+        "Shard PUTs by result and transport (raw upload or HTTP body)"
+    );
     metrics::describe_counter!(READS, "Shard range reads by result");
     metrics::describe_counter!(BYTES_WRITTEN, "Shard file bytes stored");
     metrics::describe_counter!(BYTES_READ, "Verified block bytes sent");
@@ -116,9 +119,9 @@ pub async fn upkeep(handle: PrometheusHandle) {
     }
 }
 
-/// Records a finished PUT.
-pub fn write_done(result: &'static str, bytes: u64, elapsed: Duration) {
-    metrics::counter!(WRITES, "result" => result).increment(1);
+/// Records a finished PUT that came over `transport` (`raw` upload or `http` body).
+pub fn write_done(transport: &'static str, result: &'static str, bytes: u64, elapsed: Duration) {
+    metrics::counter!(WRITES, "result" => result, "transport" => transport).increment(1);
     if result == "ok" {
         metrics::counter!(BYTES_WRITTEN).increment(bytes);
     }
