@@ -384,15 +384,10 @@ async fn bad_uploads_store_nothing() {
     sock.flush().await.expect("flush");
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(sock);
-    let mut clean = false;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if node.tmp_entries().is_empty() {
-            clean = true;
-            break;
-        }
-    }
-    assert!(clean, "temp file of an aborted upload survived");
+    assert!(
+        node.tmp_emptied().await,
+        "temp file of an aborted upload survived"
+    );
     nothing_stored(&node);
 
     // After all that, a good upload still works.

@@ -67,6 +67,18 @@ async fn outcome(sock: &mut TcpStream) -> UploadOutcome {
     UploadOutcome::parse(&line).unwrap_or_else(|| panic!("bad outcome {line:?}"))
 }
 
+/// A node on `dir`, the cluster key, and shard `index` of a fresh object with its file.
+async fn setup(
+    dir: &std::path::Path,
+    index: u8,
+) -> (TestNode, ClusterKey, ObjectId, TestShard, Vec<u8>) {
+    let node = TestNode::start(dir).await;
+    let oid = ObjectId::random();
+    let shard = TestShard::new(oid, 0, index, layout());
+    let file = shard.file();
+    (node, ClusterKey::new(SECRET), oid, shard, file)
+}
+
 fn nothing_stored(node: &TestNode, oid: &ObjectId, index: u8) {
     assert!(
         !node.shard_file(oid, 0, index).exists(),
@@ -82,11 +94,7 @@ fn nothing_stored(node: &TestNode, oid: &ObjectId, index: u8) {
 #[tokio::test]
 async fn raw_upload_stores_exactly_the_file_and_reads_back() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let node = TestNode::start(dir.path()).await;
-    let key = ClusterKey::new(SECRET);
-    let oid = ObjectId::random();
-    let shard = TestShard::new(oid, 0, 1, layout());
-    let file = shard.file();
+    let (node, key, oid, shard, file) = setup(dir.path(), 1).await;
     assert!(file.len() as u64 >= protocol::RAW_UPLOAD_MIN);
 
     let mut sock = open(&node, &key, &shard.path(), Some(file.len() as u64))
@@ -122,11 +130,7 @@ async fn raw_upload_stores_exactly_the_file_and_reads_back() {
 #[tokio::test]
 async fn bad_raw_uploads_store_nothing_and_say_why() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let node = TestNode::start(dir.path()).await;
-    let key = ClusterKey::new(SECRET);
-    let oid = ObjectId::random();
-    let shard = TestShard::new(oid, 0, 2, layout());
-    let file = shard.file();
+    let (node, key, oid, shard, file) = setup(dir.path(), 2).await;
     let len = file.len() as u64;
     let hlen = shard.header_bytes.len();
 
@@ -173,15 +177,10 @@ async fn bad_raw_uploads_store_nothing_and_say_why() {
         .expect("third");
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(sock);
-    let mut clean = false;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if node.tmp_entries().is_empty() {
-            clean = true;
-            break;
-        }
-    }
-    assert!(clean, "temp file of an aborted raw upload survived");
+    assert!(
+        node.tmp_emptied().await,
+        "temp file of an aborted raw upload survived"
+    );
     nothing_stored(&node, &oid, 2);
 
     // No upgrade without the cluster secret, or without a length.

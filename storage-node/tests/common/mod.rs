@@ -84,6 +84,18 @@ impl TestNode {
             .header(AUTH_HEADER, tag)
     }
 
+    /// Waits (up to 2.5 s) for the temp dir to empty, as it must once an aborted
+    /// upload has been cleaned up; whether it did.
+    pub async fn tmp_emptied(&self) -> bool {
+        for _ in 0..50 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            if self.tmp_entries().is_empty() {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Files left in the temp dir.
     pub fn tmp_entries(&self) -> Vec<PathBuf> {
         std::fs::read_dir(self.data.join("tmp"))
