@@ -26,7 +26,7 @@ mod raw {
     const MAX_PIECES: usize = 32;
     /// Bytes gathered into one `writev` at most (pieces already waiting are taken, up to
     /// this; we never wait for more).
-    const MAX_BATCH: usize = 1 << 20;
+    const MAX_BATCH: usize = 256 << 10;
 
     /// Writes every piece of `body` to `io`, then flushes; the pieces must add up to
     /// exactly `len` bytes.
