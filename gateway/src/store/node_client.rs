@@ -10,7 +10,7 @@ use cairn_common::protocol::{
 };
 use cairn_common::request_id;
 use futures::Stream;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod raw {
     //! Writing a stream of pieces to a raw connection, several pieces per `writev`.
@@ -323,6 +323,11 @@ impl NodeClient {
         }
         let mut io = resp.upgrade().await.map_err(|e| transport("upgrade", &e))?;
         let sent = raw::write_stream(&mut io, body, len).await;
+        if sent.is_err() {
+            // The node may still be waiting for the rest: closing our side ends its read
+            // (it then refuses the short file), so the outcome below cannot hang.
+            let _ = io.shutdown().await;
+        }
         // The node answers even when it refused the file part way (then our writes may
         // have failed first): its outcome says more than a broken pipe.
         let mut line = Vec::with_capacity(32);
