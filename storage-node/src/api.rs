@@ -19,6 +19,7 @@ use cairn_common::protocol::{
     MAX_REPORTED_BAD, PROTOCOL_VERSION, SHARD_LENGTH_HEADER, SHARD_UPGRADE,
 };
 use cairn_common::request_id::{self, RequestId};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::io::AsyncWriteExt;
@@ -223,47 +224,44 @@ async fn put_shard(
             .ok_or_else(|| NodeError::BadRequest(format!("{SHARD_LENGTH_HEADER} missing")))?;
         let upgrade = hyper::upgrade::on(&mut req);
         // The upload runs once this 101 answer is out, on the call's span.
-        let span = tracing::Span::current();
         let uploads = state.uploads.clone();
         uploads.spawn(tracing::Instrument::instrument(
-            async move {
-                let mut io = match upgrade.await {
-                    Ok(io) => TokioIo::new(io),
-                    Err(e) => {
-                        tracing::info!(error = %e, "raw shard upload: upgrade failed");
-                        return;
-                    }
-                };
-                let result =
-                    store_shard(&state, addr, Some(declared), "raw", StreamSource(&mut io)).await;
-                let outcome = match &result {
-                    Ok(_) => UploadOutcome {
-                        status: StatusCode::CREATED.as_u16(),
-                        kind: UploadOutcome::STORED.into(),
-                    },
-                    Err(e) => {
-                        let (status, kind) = e.status_and_kind();
-                        UploadOutcome {
-                            status: status.as_u16(),
-                            kind: kind.into(),
-                        }
-                    }
-                };
-                let sent = async {
-                    io.write_all(outcome.to_line().as_bytes()).await?;
-                    io.shutdown().await
-                };
-                if let Err(e) = sent.await {
-                    tracing::info!(error = %e, "raw shard upload: could not send the outcome");
-                }
-            },
-            span,
+            raw_upload(state, addr, declared, upgrade),
+            tracing::Span::current(),
         ));
         let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
         let h = resp.headers_mut();
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static(SHARD_UPGRADE));
         Ok(resp)
+    }
+}
+
+/// The rest of a raw upload, on the upgraded connection: store the shard, answer its
+/// outcome line, close.
+async fn raw_upload(state: AppState, addr: ShardAddr, declared: u64, upgrade: OnUpgrade) {
+    let mut io = match upgrade.await {
+        Ok(io) => TokioIo::new(io),
+        Err(e) => {
+            tracing::info!(error = %e, "raw shard upload: upgrade failed");
+            return;
+        }
+    };
+    let result = store_shard(&state, addr, Some(declared), "raw", StreamSource(&mut io)).await;
+    let (status, kind) = match &result {
+        Ok(_) => (StatusCode::CREATED, UploadOutcome::STORED),
+        Err(e) => e.status_and_kind(),
+    };
+    let outcome = UploadOutcome {
+        status: status.as_u16(),
+        kind: kind.into(),
+    };
+    let sent = async {
+        io.write_all(outcome.to_line().as_bytes()).await?;
+        io.shutdown().await
+    };
+    if let Err(e) = sent.await {
+        tracing::info!(error = %e, "raw shard upload: could not send the outcome");
     }
 }
 

@@ -156,21 +156,19 @@ pub(crate) async fn write_shard<S: ShardSource>(
     let (free_tx, free_rx) = mpsc::channel(POOL);
     let writer =
         tokio::task::spawn_blocking(move || write_blocking(&store, addr, file_len, rx, free_tx));
-    let mut pump = Pump {
+    let pump = Pump {
         checker,
-        buf: Some(buf),
+        buf,
         buffers,
         allocated: 1,
-        tx: Some(tx),
+        tx,
         free_rx,
     };
+    // The pump is gone when `run` returns, so a writer waiting for more learns it ended.
     let pumped = pump.run(&mut src, file_len).await;
-    // Closing the channel tells a writer still waiting for more that there is none.
-    pump.tx = None;
     let written = writer
         .await
         .map_err(|e| NodeError::Internal(format!("writer task: {e}")))?;
-    pump.release();
     match (pumped, written) {
         // The writer stopped taking buffers: its own error (disk) says why.
         (Ok(false), Err(e)) => Err(e),
@@ -204,12 +202,11 @@ async fn fill_to<S: ShardSource>(
 /// and hands full buffers to the writer.
 struct Pump {
     checker: BlockChecker,
-    /// The buffer being filled (`None` once handed to the writer at the end).
-    buf: Option<AlignedBuf>,
+    buf: AlignedBuf,
     buffers: BufferPool,
     /// Buffers taken from `buffers` so far (at most [`POOL`]).
     allocated: usize,
-    tx: Option<mpsc::Sender<Msg>>,
+    tx: mpsc::Sender<Msg>,
     /// Buffers the writer is done with.
     free_rx: mpsc::Receiver<AlignedBuf>,
 }
@@ -217,35 +214,52 @@ struct Pump {
 impl Pump {
     /// Reads the rest of the `file_len`-byte file; `Ok(true)` once the writer has the
     /// last bytes, `Ok(false)` if the writer went away first (it reports why). An `Err` is
-    /// a bad or broken upload.
-    async fn run<S: ShardSource>(&mut self, src: &mut S, file_len: u64) -> Result<bool, NodeError> {
+    /// a bad or broken upload; the writer then sees its channel close without an end.
+    async fn run<S: ShardSource>(mut self, src: &mut S, file_len: u64) -> Result<bool, NodeError> {
+        let read = self.read_all(src, file_len).await;
+        // From here on the writer gives what it is done with to the pool; so do we.
+        self.free_rx.close();
+        while let Ok(buf) = self.free_rx.try_recv() {
+            self.buffers.give(buf);
+        }
+        match read {
+            Ok(true) => Ok(self.tx.send(Msg::End(self.buf)).await.is_ok()),
+            other => {
+                self.buffers.give(self.buf);
+                other
+            }
+        }
+    }
+
+    /// Reads and checks the file up to its end; `Ok(false)` if the writer went away.
+    async fn read_all<S: ShardSource>(
+        &mut self,
+        src: &mut S,
+        file_len: u64,
+    ) -> Result<bool, NodeError> {
         // Bytes of the file already in earlier (handed over) buffers.
         let mut handed = 0u64;
         loop {
-            let Some(buf) = self.buf.as_mut() else {
-                return Ok(false);
-            };
-            if buf.is_full() {
-                handed += buf.fill as u64;
+            if self.buf.is_full() {
+                handed += self.buf.fill as u64;
                 if !self.hand_over().await? {
                     return Ok(false);
                 }
-                continue;
             }
-            let left = file_len.saturating_sub(handed + buf.fill as u64);
-            let want = (left.min(STEP as u64) as usize).min(buf.room());
+            let left = file_len.saturating_sub(handed + self.buf.fill as u64);
+            let want = (left.min(STEP as u64) as usize).min(self.buf.room());
             if want == 0 {
                 break;
             }
-            let fill = buf.fill;
+            let fill = self.buf.fill;
             let n = src
-                .read_into(&mut buf.window_mut()[fill..fill + want])
+                .read_into(&mut self.buf.window_mut()[fill..fill + want])
                 .await?;
             if n == 0 {
                 break;
             }
-            self.checker.feed(&buf.window()[fill..fill + n])?;
-            buf.fill += n;
+            self.checker.feed(&self.buf.window()[fill..fill + n])?;
+            self.buf.fill += n;
         }
         self.checker.finish()?;
         if src.has_more().await? {
@@ -254,10 +268,7 @@ impl Pump {
                 got: file_len + 1,
             });
         }
-        match (self.buf.take(), &self.tx) {
-            (Some(last), Some(tx)) => Ok(tx.send(Msg::End(last)).await.is_ok()),
-            _ => Ok(false),
-        }
+        Ok(true)
     }
 
     /// Sends the full buffer to the writer and takes an empty one; `Ok(false)` if the
@@ -272,20 +283,8 @@ impl Pump {
                 None => return Ok(false),
             }
         };
-        let (Some(full), Some(tx)) = (self.buf.replace(next), &self.tx) else {
-            return Ok(false);
-        };
-        Ok(tx.send(Msg::Data(full)).await.is_ok())
-    }
-
-    /// Gives this write's buffers back to the pool (once the writer is done with them).
-    fn release(mut self) {
-        if let Some(buf) = self.buf.take() {
-            self.buffers.give(buf);
-        }
-        while let Ok(buf) = self.free_rx.try_recv() {
-            self.buffers.give(buf);
-        }
+        let full = std::mem::replace(&mut self.buf, next);
+        Ok(self.tx.send(Msg::Data(full)).await.is_ok())
     }
 }
 
