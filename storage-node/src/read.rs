@@ -185,12 +185,6 @@ fn read_exact_or_corrupt(file: &mut File, buf: &mut [u8]) -> Result<(), ReadFail
     })
 }
 
-// Each block's span is read into a 2 MiB huge-page buffer from the store's pool, so a read
-// stream holds up to ~12 MiB (READ_AHEAD blocks and the ones being sent). Exactly sized
-// buffers of small pages would halve that, but measured on a 1 GiB GET they cost the nodes
-// half again as much CPU (0.78 vs 0.54 CPU-s/GiB), in pinning 257 pages per read instead
-// of one.
-
 /// Reads and verifies the blocks of one shard file.
 struct BlockReader {
     addr: ShardAddr,
@@ -201,6 +195,11 @@ struct BlockReader {
     /// File offset of block 0 (the header's length).
     data_start: u64,
     /// Where read buffers come from, and go back to once their block has been sent.
+    ///
+    /// Each block's span is read into a 2 MiB huge-page buffer, so a read stream holds up
+    /// to ~12 MiB (`READ_AHEAD` blocks and the ones being sent). Exactly sized buffers of
+    /// small pages would halve that, but measured on a 1 GiB GET they cost the nodes half
+    /// again as much CPU (0.78 vs 0.54 CPU-s/GiB), in pinning 257 pages per read, not one.
     pool: BufferPool,
 }
 
