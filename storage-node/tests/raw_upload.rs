@@ -134,39 +134,34 @@ async fn bad_raw_uploads_store_nothing_and_say_why() {
     let len = file.len() as u64;
     let hlen = shard.header_bytes.len();
 
-    // A flipped byte in block 40 (past the first write buffer).
+    // Refused with the right kind, nothing visible after:
+    // - a flipped byte in block 40 (past the first write buffer); the node stops reading
+    //   at the bad block, so the rest of our write may fail;
+    // - a declared length that is not the header's;
+    // - a sender that stops half way (closes its side).
     let mut bad = file.clone();
     bad[hlen + 40 * (64 * 1024 + 4) + 9] ^= 0x04;
-    let mut sock = open(&node, &key, &shard.path(), Some(len))
-        .await
-        .expect("upgrade");
-    // The node stops reading at the bad block; the rest of our write may fail.
-    let _ = sock.write_all(&bad).await;
-    let o = outcome(&mut sock).await;
-    assert_eq!(
-        (o.status, o.kind.as_str()),
-        (400, protocol::ERR_CORRUPT_BLOCK)
-    );
-    nothing_stored(&node, &oid, 2);
-
-    // A declared length that is not the header's.
-    let mut sock = open(&node, &key, &shard.path(), Some(len + 1))
-        .await
-        .expect("upgrade");
-    let _ = sock.write_all(&file[..hlen]).await;
-    let o = outcome(&mut sock).await;
-    assert_eq!((o.status, o.kind.as_str()), (400, "bad-length"));
-    nothing_stored(&node, &oid, 2);
-
-    // The sender stops half way (closes its side): refused, nothing visible.
-    let mut sock = open(&node, &key, &shard.path(), Some(len))
-        .await
-        .expect("upgrade");
-    sock.write_all(&file[..file.len() / 2]).await.expect("half");
-    sock.shutdown().await.expect("half-close");
-    let o = outcome(&mut sock).await;
-    assert_eq!((o.status, o.kind.as_str()), (400, "bad-length"));
-    nothing_stored(&node, &oid, 2);
+    for (declared, bytes, half_close, kind) in [
+        (len, &bad[..], false, protocol::ERR_CORRUPT_BLOCK),
+        (len + 1, &file[..hlen], false, "bad-length"),
+        (len, &file[..file.len() / 2], true, "bad-length"),
+    ] {
+        let mut sock = open(&node, &key, &shard.path(), Some(declared))
+            .await
+            .expect("upgrade");
+        let wrote = sock.write_all(bytes).await;
+        if half_close {
+            wrote.expect("half");
+            sock.shutdown().await.expect("half-close");
+        }
+        let o = outcome(&mut sock).await;
+        assert_eq!(
+            (o.status, o.kind.as_str()),
+            (400, kind),
+            "declared {declared}"
+        );
+        nothing_stored(&node, &oid, 2);
+    }
 
     // The sender vanishes mid-file: the temp file goes too.
     let mut sock = open(&node, &key, &shard.path(), Some(len))
