@@ -30,9 +30,6 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     for pair in curl:curl rclone:rclone promtool:prometheus openssl:openssl; do
         command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
     done
-    # the gateway links the system's libcrypto (MD5 for ETags)
-    compgen -G "/usr/lib/*/libcrypto.so" >/dev/null || compgen -G "/usr/lib/libcrypto.so" >/dev/null \
-        || missing+=(libssl-dev)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing: ${missing[*]}"
         SUDO=""

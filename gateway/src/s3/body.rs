@@ -1,14 +1,13 @@
 //! The request body as the object service sees it: decoded (aws-chunked framing removed),
 //! length-checked, and hashed once on the way through — MD5 for the ETag, SHA-256 when the
-//! signature covers the payload, and any flexible checksum the client sent. The checks run
+//! signature covers the payload (whole, or each aws-chunked chunk, whose signature is
+//! checked as the chunk ends), and any flexible checksum the client sent. The checks run
 //! when the body ends, and a failed check ends the stream with an error, so a body that
 //! fails is never committed.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use super::md5::Md5;
 use axum::body::Body;
 use base64::Engine;
 use bytes::Bytes;
@@ -17,8 +16,9 @@ use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
 use super::checksum::{Algorithm, Hasher};
-use super::chunked::ChunkedDecoder;
-use super::sigv4::Payload;
+use super::chunked::{ChunkedDecoder, Frame};
+use super::digest::PayloadDigest;
+use super::sigv4::{signatures_match, ChunkSigner, Payload};
 use crate::error::S3Error;
 use crate::store::BodyError;
 
@@ -40,9 +40,19 @@ enum Expected {
     Trailer,
 }
 
+/// What the SHA-256 of the payload is checked against.
+enum Signed {
+    /// Nothing: the signature does not cover the payload.
+    No,
+    /// The hex digest the signature covers (`x-amz-content-sha256`).
+    Whole(String),
+    /// Each chunk's signature, chained from the request's.
+    Chunks(ChunkSigner),
+}
+
 struct Checks {
-    md5: Md5,
-    sha256: Option<(Sha256, String)>,
+    digest: PayloadDigest,
+    signed: Signed,
     content_md5: Option<[u8; 16]>,
     checksum: Option<(Algorithm, Hasher, Expected)>,
     len: u64,
@@ -51,9 +61,9 @@ struct Checks {
 
 /// A decoded, checked request body.
 pub struct CheckedBody {
-    inner: Pin<Box<dyn Stream<Item = Result<Bytes, S3Error>> + Send>>,
+    inner: Pin<Box<dyn Stream<Item = Result<Frame, S3Error>> + Send>>,
     checks: Option<Checks>,
-    trailers: Arc<Mutex<Vec<(String, String)>>>,
+    trailers: Vec<(String, String)>,
     digests: Option<Digests>,
     done: bool,
 }
@@ -84,18 +94,14 @@ impl CheckedBody {
         declared: u64,
     ) -> Result<Self, S3Error> {
         let raw = body.into_data_stream();
-        let trailers = Arc::new(Mutex::new(Vec::new()));
-        let inner: Pin<Box<dyn Stream<Item = Result<Bytes, S3Error>> + Send>> = match payload {
+        let inner: Pin<Box<dyn Stream<Item = Result<Frame, S3Error>> + Send>> = match payload {
             Payload::Streaming { signer, trailer } => {
-                let dec = ChunkedDecoder::new(raw, signer.clone(), *trailer);
-                Box::pin(TrailerTap {
-                    dec,
-                    out: trailers.clone(),
-                })
+                Box::pin(ChunkedDecoder::new(raw, signer.is_some(), *trailer))
             }
-            _ => Box::pin(
-                raw.map(|r| r.map_err(|e| S3Error::InvalidRequest(format!("reading body: {e}")))),
-            ),
+            _ => Box::pin(raw.map(|r| {
+                r.map(Frame::Data)
+                    .map_err(|e| S3Error::InvalidRequest(format!("reading body: {e}")))
+            })),
         };
         let content_md5 = match header(headers, "content-md5") {
             Some(v) => {
@@ -106,21 +112,24 @@ impl CheckedBody {
             }
             None => None,
         };
-        let sha256 = match payload {
-            Payload::Sha256(hex) => Some((Sha256::new(), hex.clone())),
-            _ => None,
+        let signed = match payload {
+            Payload::Sha256(hex) => Signed::Whole(hex.clone()),
+            Payload::Streaming {
+                signer: Some(s), ..
+            } => Signed::Chunks(s.clone()),
+            _ => Signed::No,
         };
         Ok(Self {
             inner,
             checks: Some(Checks {
-                md5: Md5::new(),
-                sha256,
+                digest: PayloadDigest::new(!matches!(signed, Signed::No)),
+                signed,
                 content_md5,
                 checksum: requested_checksum(headers)?,
                 len: 0,
                 declared,
             }),
-            trailers,
+            trailers: Vec::new(),
             digests: None,
             done: false,
         })
@@ -186,6 +195,12 @@ impl CheckedBody {
         Ok(out.freeze())
     }
 
+    /// The trailing headers of an aws-chunked body (lower-case name, value), once it has
+    /// ended.
+    pub fn trailers(&self) -> &[(String, String)] {
+        &self.trailers
+    }
+
     /// Digests of the whole body; `None` until the stream has ended successfully.
     pub fn digests(&self) -> Option<&Digests> {
         self.digests.as_ref()
@@ -199,9 +214,9 @@ impl CheckedBody {
         if c.len != c.declared {
             return Err(S3Error::IncompleteBody);
         }
-        let md5 = c.md5.finalize();
-        if let Some((h, want)) = c.sha256 {
-            if hex::encode(h.finalize()) != want {
+        let (md5, sha256) = c.digest.finalize();
+        if let (Signed::Whole(want), Some(got)) = (&c.signed, sha256) {
+            if hex::encode(got) != *want {
                 return Err(S3Error::ContentSha256Mismatch);
             }
         }
@@ -218,8 +233,8 @@ impl CheckedBody {
                     Expected::None => None,
                     Expected::Header(v) => Some(v),
                     Expected::Trailer => {
-                        let t = self.trailers.lock().unwrap_or_else(|p| p.into_inner());
-                        let v = t
+                        let v = self
+                            .trailers
                             .iter()
                             .find(|(n, _)| n == alg.header())
                             .map(|(_, v)| v.clone());
@@ -270,73 +285,107 @@ fn requested_checksum(
     Ok(None)
 }
 
+impl Checks {
+    /// Takes in the next bytes of the body.
+    fn data(&mut self, b: &[u8]) -> Result<(), S3Error> {
+        self.len += b.len() as u64;
+        if self.len > self.declared {
+            return Err(S3Error::InvalidRequest(
+                "body is longer than its declared length".into(),
+            ));
+        }
+        self.digest.update(b);
+        if let Some((_, h, _)) = self.checksum.as_mut() {
+            h.update(b);
+        }
+        Ok(())
+    }
+
+    /// Checks the signature of the aws-chunked chunk that just ended.
+    fn chunk_end(&mut self, signature: Option<String>) -> Result<(), S3Error> {
+        let (Signed::Chunks(signer), Some(sha)) = (&mut self.signed, self.digest.take_sha256())
+        else {
+            return Ok(());
+        };
+        let want = signer.chunk_signature(&hex::encode(sha));
+        if !signature.is_some_and(|s| signatures_match(&want, &s)) {
+            return Err(S3Error::SignatureDoesNotMatch);
+        }
+        signer.prev = want;
+        Ok(())
+    }
+
+    /// Checks the trailer signature of a signed aws-chunked body that has trailers.
+    fn trailers(
+        &self,
+        headers: &[(String, String)],
+        signature: Option<String>,
+    ) -> Result<(), S3Error> {
+        let Signed::Chunks(signer) = &self.signed else {
+            return Ok(());
+        };
+        if headers.is_empty() && signature.is_none() {
+            return Ok(()); // a signed body without trailers
+        }
+        let text: String = headers.iter().map(|(n, v)| format!("{n}:{v}\n")).collect();
+        let want = signer.trailer_signature(&hex::encode(Sha256::digest(text.as_bytes())));
+        if signature.is_some_and(|s| signatures_match(&want, &s)) {
+            Ok(())
+        } else {
+            Err(S3Error::SignatureDoesNotMatch)
+        }
+    }
+}
+
+impl CheckedBody {
+    /// Handles one frame; `Some(bytes)` is data for the caller.
+    fn frame(&mut self, frame: Frame) -> Result<Option<Bytes>, S3Error> {
+        let Some(c) = self.checks.as_mut() else {
+            return Ok(None);
+        };
+        match frame {
+            Frame::Data(b) => {
+                c.data(&b)?;
+                return Ok(Some(b));
+            }
+            Frame::ChunkEnd { signature } => c.chunk_end(signature)?,
+            Frame::Trailers { headers, signature } => {
+                c.trailers(&headers, signature)?;
+                self.trailers = headers;
+            }
+        }
+        Ok(None)
+    }
+}
+
 impl Stream for CheckedBody {
     type Item = Result<Bytes, BodyError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if this.done {
-            return Poll::Ready(None);
-        }
-        match this.inner.as_mut().poll_next(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(b))) => {
-                if let Some(c) = this.checks.as_mut() {
-                    c.len += b.len() as u64;
-                    if c.len > c.declared {
-                        this.done = true;
-                        return Poll::Ready(Some(Err(Box::new(S3Error::InvalidRequest(
-                            "body is longer than its declared length".into(),
-                        )))));
-                    }
-                    c.md5.update(&b);
-                    if let Some((h, _)) = c.sha256.as_mut() {
-                        h.update(&b);
-                    }
-                    if let Some((_, h, _)) = c.checksum.as_mut() {
-                        h.update(&b);
-                    }
-                }
-                Poll::Ready(Some(Ok(b)))
+        loop {
+            if this.done {
+                return Poll::Ready(None);
             }
-            Poll::Ready(Some(Err(e))) => {
-                this.done = true;
-                Poll::Ready(Some(Err(Box::new(e))))
-            }
-            Poll::Ready(None) => {
-                this.done = true;
-                match this.finish() {
-                    Ok(d) => {
+            let frame = match this.inner.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(r)) => r.and_then(|f| this.frame(f)),
+                Poll::Ready(None) => {
+                    this.done = true;
+                    this.finish().map(|d| {
                         this.digests = Some(d);
-                        Poll::Ready(None)
-                    }
-                    Err(e) => Poll::Ready(Some(Err(Box::new(e)))),
+                        None
+                    })
+                }
+            };
+            match frame {
+                Ok(Some(b)) => return Poll::Ready(Some(Ok(b))),
+                Ok(None) => {}
+                Err(e) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(Box::new(e))));
                 }
             }
         }
-    }
-}
-
-/// Copies the decoder's trailers out when it finishes.
-struct TrailerTap<S> {
-    dec: ChunkedDecoder<S>,
-    out: Arc<Mutex<Vec<(String, String)>>>,
-}
-
-impl<S, E> Stream for TrailerTap<S>
-where
-    S: Stream<Item = Result<Bytes, E>> + Unpin,
-    E: std::fmt::Display,
-{
-    type Item = Result<Bytes, S3Error>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        let r = Pin::new(&mut this.dec).poll_next(cx);
-        if let Poll::Ready(None) = r {
-            let mut out = this.out.lock().unwrap_or_else(|p| p.into_inner());
-            *out = std::mem::take(&mut this.dec.trailers);
-        }
-        r
     }
 }

@@ -4,10 +4,11 @@
 //! <hex size>[;chunk-signature=<sig>]\r\n <data> \r\n ... 0[;chunk-signature=<sig>]\r\n
 //! [<trailer-name>:<value>\r\n ... [x-amz-trailer-signature:<sig>\r\n]] \r\n
 //! ```
-//! Chunk signatures are chained from the request's seed signature. A chunk's bytes are
-//! released as they arrive and its signature is checked when the chunk ends; a mismatch
-//! fails the body, and the object service never commits a body that failed. Lines and sizes are bounded, so a
-//! malformed body is a 400, never a hang or a large allocation.
+//! The decoder only takes the framing apart: it yields the object's bytes, each chunk's end
+//! with the signature its header carried, and the trailers. The signatures are checked
+//! where the bytes are hashed ([`super::body`]), so every byte is hashed in one place.
+//! Lines and sizes are bounded, so a malformed body is a 400, never a hang or a large
+//! allocation.
 //!
 //! Chunk data leaves as slices of the received buffers, never copied: only a header or
 //! trailer line split between two reads is gathered in a small buffer.
@@ -17,9 +18,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::Stream;
-use sha2::{Digest, Sha256};
 
-use super::sigv4::{signatures_match, ChunkSigner};
 use crate::error::S3Error;
 
 /// Longest chunk-header or trailer line accepted.
@@ -28,6 +27,22 @@ const MAX_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
 /// Largest chunk size accepted (clients use 64 KiB to a few MiB).
 const MAX_CHUNK: u64 = 64 * 1024 * 1024;
+
+/// What an aws-chunked body holds, in order.
+#[derive(Debug, PartialEq)]
+pub enum Frame {
+    /// Object bytes.
+    Data(Bytes),
+    /// The end of a chunk (the final, empty one too), with the `chunk-signature` of its
+    /// header in a signed body.
+    ChunkEnd { signature: Option<String> },
+    /// The trailing headers (lower-case name, value) and, in a signed body, the
+    /// `x-amz-trailer-signature`; always the last frame.
+    Trailers {
+        headers: Vec<(String, String)>,
+        signature: Option<String>,
+    },
+}
 
 enum State {
     Header,
@@ -39,12 +54,12 @@ enum State {
         seen: u8,
     },
     Trailers,
-    /// After a verified trailer signature: only the final empty line may follow.
+    /// After the trailer signature: only the final empty line may follow.
     TrailersEnd,
     Done,
 }
 
-/// Decodes an aws-chunked stream into the object's bytes.
+/// Decodes an aws-chunked stream into [`Frame`]s.
 pub struct ChunkedDecoder<S> {
     inner: S,
     /// Received bytes not parsed yet.
@@ -52,13 +67,13 @@ pub struct ChunkedDecoder<S> {
     /// The start of a line whose end has not arrived yet.
     partial: BytesMut,
     state: State,
-    signer: Option<ChunkSigner>,
-    chunk_sig: String,
-    chunk_hash: Option<Sha256>,
+    /// Whether chunk headers must carry signatures (a trailer signature may follow).
+    signed: bool,
+    chunk_sig: Option<String>,
     expect_trailer: bool,
-    trailer_text: Vec<u8>,
-    /// Trailing headers received (lower-case name, value).
-    pub trailers: Vec<(String, String)>,
+    trailers: Vec<(String, String)>,
+    trailer_bytes: usize,
+    trailer_sig: Option<String>,
     failed: bool,
 }
 
@@ -67,19 +82,19 @@ fn bad(msg: &str) -> S3Error {
 }
 
 impl<S> ChunkedDecoder<S> {
-    /// Wraps the raw body.
-    pub fn new(inner: S, signer: Option<ChunkSigner>, expect_trailer: bool) -> Self {
+    /// Wraps the raw body of a `signed` (or unsigned) streaming upload.
+    pub fn new(inner: S, signed: bool, expect_trailer: bool) -> Self {
         Self {
             inner,
             input: Bytes::new(),
             partial: BytesMut::new(),
             state: State::Header,
-            signer,
-            chunk_sig: String::new(),
-            chunk_hash: None,
+            signed,
+            chunk_sig: None,
             expect_trailer,
-            trailer_text: Vec::new(),
             trailers: Vec::new(),
+            trailer_bytes: 0,
+            trailer_sig: None,
             failed: false,
         }
     }
@@ -113,36 +128,23 @@ impl<S> ChunkedDecoder<S> {
         line.map(Some)
     }
 
-    fn check_chunk_signature(&mut self) -> Result<(), S3Error> {
-        if let Some(signer) = self.signer.as_mut() {
-            let hash = hex::encode(self.chunk_hash.take().unwrap_or_default().finalize());
-            let want = signer.chunk_signature(&hash);
-            if !signatures_match(&want, &self.chunk_sig) {
-                return Err(S3Error::SignatureDoesNotMatch);
-            }
-            signer.prev = want;
+    fn chunk_end(&mut self) -> Frame {
+        Frame::ChunkEnd {
+            signature: self.chunk_sig.take(),
         }
-        Ok(())
     }
 
-    /// Accounts for `data`, the next bytes of a chunk that had `remaining` bytes to come.
-    fn consumed(&mut self, data: &[u8], remaining: u64) {
-        if let Some(h) = self.chunk_hash.as_mut() {
-            h.update(data);
+    fn trailers_end(&mut self) -> Frame {
+        self.state = State::Done;
+        Frame::Trailers {
+            headers: std::mem::take(&mut self.trailers),
+            signature: self.trailer_sig.take(),
         }
-        let n = data.len() as u64;
-        self.state = if remaining == n {
-            State::DataEnd { seen: 0 }
-        } else {
-            State::Data {
-                remaining: remaining - n,
-            }
-        };
     }
 
-    /// Advances the parser; `Ok(Some(bytes))` is object data, `Ok(None)` needs more input
-    /// (everything received so far is consumed) or the body is done.
-    fn step(&mut self) -> Result<Option<Bytes>, S3Error> {
+    /// Advances the parser; `Ok(Some(frame))` is the next frame, `Ok(None)` needs more
+    /// input (everything received so far is consumed) or the body is done.
+    fn step(&mut self) -> Result<Option<Frame>, S3Error> {
         loop {
             match self.state {
                 State::Header => {
@@ -155,19 +157,17 @@ impl<S> ChunkedDecoder<S> {
                     if size > MAX_CHUNK {
                         return Err(bad("chunk too large"));
                     }
-                    if self.signer.is_some() {
+                    if self.signed {
                         let sig = ext
                             .strip_prefix("chunk-signature=")
                             .ok_or(S3Error::SignatureDoesNotMatch)?;
-                        self.chunk_sig = sig.trim().to_string();
-                        self.chunk_hash = Some(Sha256::new());
+                        self.chunk_sig = Some(sig.trim().to_string());
                     }
                     if size == 0 {
-                        self.check_chunk_signature()?;
                         self.state = State::Trailers;
-                    } else {
-                        self.state = State::Data { remaining: size };
+                        return Ok(Some(self.chunk_end()));
                     }
+                    self.state = State::Data { remaining: size };
                 }
                 State::Data { remaining } => {
                     if self.input.is_empty() {
@@ -175,8 +175,14 @@ impl<S> ChunkedDecoder<S> {
                     }
                     let n = (self.input.len() as u64).min(remaining) as usize;
                     let data = self.input.split_to(n);
-                    self.consumed(&data, remaining);
-                    return Ok(Some(data));
+                    self.state = if remaining == n as u64 {
+                        State::DataEnd { seen: 0 }
+                    } else {
+                        State::Data {
+                            remaining: remaining - n as u64,
+                        }
+                    };
+                    return Ok(Some(Frame::Data(data)));
                 }
                 State::DataEnd { seen } => {
                     let Some(&b) = self.input.first() else {
@@ -189,8 +195,8 @@ impl<S> ChunkedDecoder<S> {
                     if seen == 0 {
                         self.state = State::DataEnd { seen: 1 };
                     } else {
-                        self.check_chunk_signature()?;
                         self.state = State::Header;
+                        return Ok(Some(self.chunk_end()));
                     }
                 }
                 State::Trailers => {
@@ -198,8 +204,7 @@ impl<S> ChunkedDecoder<S> {
                         return Ok(None);
                     };
                     if line.is_empty() {
-                        self.state = State::Done;
-                        continue;
+                        return Ok(Some(self.trailers_end()));
                     }
                     if !self.expect_trailer {
                         return Err(bad("trailer in a body declared without trailers"));
@@ -210,21 +215,14 @@ impl<S> ChunkedDecoder<S> {
                     let (name, value) =
                         (name.trim().to_ascii_lowercase(), value.trim().to_string());
                     if name == "x-amz-trailer-signature" {
-                        let signer = self
-                            .signer
-                            .as_mut()
-                            .ok_or_else(|| bad("unexpected trailer signature"))?;
-                        let want = signer
-                            .trailer_signature(&hex::encode(Sha256::digest(&self.trailer_text)));
-                        if !signatures_match(&want, &value) {
-                            return Err(S3Error::SignatureDoesNotMatch);
+                        if !self.signed {
+                            return Err(bad("unexpected trailer signature"));
                         }
-                        self.signer = None; // verified
+                        self.trailer_sig = Some(value);
                         self.state = State::TrailersEnd;
                     } else {
-                        self.trailer_text
-                            .extend_from_slice(format!("{name}:{value}\n").as_bytes());
-                        if self.trailer_text.len() > MAX_TRAILERS {
+                        self.trailer_bytes += name.len() + value.len() + 2;
+                        if self.trailer_bytes > MAX_TRAILERS {
                             return Err(bad("trailers too large"));
                         }
                         self.trailers.push((name, value));
@@ -237,14 +235,9 @@ impl<S> ChunkedDecoder<S> {
                     if !line.is_empty() {
                         return Err(bad("data after the trailer signature"));
                     }
-                    self.state = State::Done;
+                    return Ok(Some(self.trailers_end()));
                 }
-                State::Done => {
-                    if self.expect_trailer && self.signer.is_some() {
-                        return Err(S3Error::SignatureDoesNotMatch); // signed trailer without signature
-                    }
-                    return Ok(None);
-                }
+                State::Done => return Ok(None),
             }
         }
     }
@@ -255,7 +248,7 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    type Item = Result<Bytes, S3Error>;
+    type Item = Result<Frame, S3Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -298,22 +291,70 @@ mod tests {
     use super::*;
     use futures::StreamExt;
 
-    type Decoded = (Vec<u8>, Vec<(String, String)>);
-
-    fn decode(input: &[u8], split: usize) -> Result<Decoded, S3Error> {
+    fn frames(input: &[u8], split: usize, signed: bool) -> Result<Vec<Frame>, S3Error> {
         let pieces: Vec<Result<Bytes, std::io::Error>> = input
             .chunks(split.max(1))
             .map(|c| Ok(Bytes::copy_from_slice(c)))
             .collect();
-        let mut dec = ChunkedDecoder::new(futures::stream::iter(pieces), None, true);
-        let mut out = Vec::new();
-        futures::executor::block_on(async {
-            while let Some(b) = dec.next().await {
-                out.extend_from_slice(&b?);
+        let dec = ChunkedDecoder::new(futures::stream::iter(pieces), signed, true);
+        futures::executor::block_on(dec.collect::<Vec<_>>())
+            .into_iter()
+            .collect()
+    }
+
+    type Decoded = (Vec<u8>, Vec<(String, String)>);
+
+    fn decode(input: &[u8], split: usize) -> Result<Decoded, S3Error> {
+        let (mut data, mut trailers) = (Vec::new(), Vec::new());
+        for f in frames(input, split, false)? {
+            match f {
+                Frame::Data(b) => data.extend_from_slice(&b),
+                Frame::ChunkEnd { signature } => assert_eq!(signature, None),
+                Frame::Trailers { headers, signature } => {
+                    assert_eq!(signature, None);
+                    trailers = headers;
+                }
             }
-            Ok::<_, S3Error>(())
-        })?;
-        Ok((out, dec.trailers))
+        }
+        Ok((data, trailers))
+    }
+
+    #[test]
+    fn signed_body_yields_each_chunk_end_with_its_signature() {
+        let body = b"3;chunk-signature=aa\r\nabc\r\n0;chunk-signature=bb\r\n\
+            x-amz-checksum-crc32:xyz=\r\nx-amz-trailer-signature:cc\r\n\r\n";
+        let end = |s: &str| Frame::ChunkEnd {
+            signature: Some(s.to_string()),
+        };
+        for split in 1..body.len() {
+            let mut got = frames(body, split, true).expect("decode");
+            // data may arrive in several pieces; join them for the comparison
+            let data: Vec<u8> = got
+                .iter()
+                .filter_map(|f| match f {
+                    Frame::Data(b) => Some(b.to_vec()),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            got.retain(|f| !matches!(f, Frame::Data(_)));
+            assert_eq!(data, b"abc");
+            assert_eq!(
+                got,
+                vec![
+                    end("aa"),
+                    end("bb"),
+                    Frame::Trailers {
+                        headers: vec![("x-amz-checksum-crc32".into(), "xyz=".into())],
+                        signature: Some("cc".into()),
+                    },
+                ],
+                "split {split}"
+            );
+        }
+        // a signed body must sign every chunk; an unsigned one cannot sign its trailers
+        assert!(frames(b"3\r\nabc\r\n0\r\n\r\n", 4, true).is_err());
+        assert!(frames(b"0\r\nx-amz-trailer-signature:cc\r\n\r\n", 4, false).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::fmt::Write;
 
-use super::md5::Md5;
+use super::digest::Md5;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use cairn_common::ids::ObjectId;

@@ -1,14 +1,20 @@
-//! The aws-chunked decoder: round trips of every variant under any chunking and any
-//! network split, tampering with signed framing, truncation, and arbitrary bytes.
+//! aws-chunked bodies as the gateway reads them (the framing decoder and the checked
+//! body that verifies chunk and trailer signatures): round trips of every variant under
+//! any chunking and any network split, tampering with signed framing, truncation, and
+//! arbitrary bytes.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
+use axum::body::Body;
 use bytes::Bytes;
-use cairn_gateway::s3::chunked::ChunkedDecoder;
+use cairn_gateway::error::S3Error;
+use cairn_gateway::s3::body::CheckedBody;
+use cairn_gateway::s3::chunked::{ChunkedDecoder, Frame};
 use cairn_gateway::s3::sigv4::{authenticate, ChunkSigner, Payload};
-use futures::Stream;
+use futures::{Stream, StreamExt};
+use http::HeaderMap;
 use proptest::collection::vec;
 use proptest::prelude::*;
 
@@ -136,10 +142,8 @@ fn encode(
 
 type Outcome = Result<(Vec<u8>, Vec<(String, String)>), &'static str>;
 
-/// Decodes `input` delivered in pieces whose sizes cycle through `splits`. Fails the
-/// test on a hang (more polls than the input can justify) or on a stream that goes on
-/// after an error; returns the data and trailers, or the S3 error code.
-fn decode(input: &[u8], splits: &[usize], signer: Option<ChunkSigner>, trailer: bool) -> Outcome {
+/// `input` as a request body delivered in pieces whose sizes cycle through `splits`.
+fn body(input: &[u8], splits: &[usize]) -> Body {
     let mut pieces = Vec::new();
     let mut rest = input;
     for &size in splits.iter().cycle() {
@@ -150,7 +154,32 @@ fn decode(input: &[u8], splits: &[usize], signer: Option<ChunkSigner>, trailer: 
         rest = r;
         pieces.push(Ok::<_, std::io::Error>(Bytes::copy_from_slice(piece)));
     }
-    let mut dec = ChunkedDecoder::new(futures::stream::iter(pieces), signer, trailer);
+    Body::from_stream(futures::stream::iter(pieces))
+}
+
+/// The data length the framing of `input` carries (0 where the framing is broken): the
+/// declared length a client would send, so that only framing and signatures decide.
+fn framed_length(input: &[u8]) -> u64 {
+    let dec = ChunkedDecoder::new(body(input, &[usize::MAX]).into_data_stream(), false, true);
+    let frames = futures::executor::block_on(dec.collect::<Vec<_>>());
+    frames
+        .iter()
+        .map(|f| match f {
+            Ok(Frame::Data(b)) => b.len() as u64,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Decodes `input` as the gateway does (framing, chunk and trailer signatures), delivered
+/// in pieces whose sizes cycle through `splits`. Fails the test on a hang (more polls
+/// than the input can justify) or on a stream that goes on after an error; returns the
+/// data and trailers, or the S3 error code.
+fn decode(input: &[u8], splits: &[usize], signer: Option<ChunkSigner>, trailer: bool) -> Outcome {
+    let payload = Payload::Streaming { signer, trailer };
+    let declared = framed_length(input);
+    let mut dec = CheckedBody::new(body(input, splits), &HeaderMap::new(), &payload, declared)
+        .expect("streaming body accepted");
     let waker = futures::task::noop_waker();
     let mut cx = Context::from_waker(&waker);
     let mut out = Vec::new();
@@ -167,11 +196,12 @@ fn decode(input: &[u8], splits: &[usize], signer: Option<ChunkSigner>, trailer: 
                     matches!(after, Poll::Ready(None)),
                     "stream went on after an error"
                 );
+                let e = e.downcast::<S3Error>().expect("an S3 error");
                 return Err(e.code_and_status().0);
             }
             Poll::Ready(None) => {
                 assert!(out.len() <= input.len());
-                return Ok((out, std::mem::take(&mut dec.trailers)));
+                return Ok((out, dec.trailers().to_vec()));
             }
             Poll::Pending => panic!("decoder pending although its input is ready"),
         }
