@@ -49,6 +49,8 @@ pub enum S3Error {
         "You did not provide the number of bytes specified by the Content-Length HTTP header."
     )]
     IncompleteBody,
+    #[error("Your socket connection to the server was not read from or written to within the timeout period.")]
+    RequestTimeout,
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
@@ -107,6 +109,7 @@ impl S3Error {
             EntityTooLarge => ("EntityTooLarge", StatusCode::BAD_REQUEST),
             MissingContentLength => ("MissingContentLength", StatusCode::LENGTH_REQUIRED),
             IncompleteBody => ("IncompleteBody", StatusCode::BAD_REQUEST),
+            RequestTimeout => ("RequestTimeout", StatusCode::BAD_REQUEST),
             InvalidArgument(_) => ("InvalidArgument", StatusCode::BAD_REQUEST),
             InvalidRequest(_) => ("InvalidRequest", StatusCode::BAD_REQUEST),
             MalformedXml => ("MalformedXML", StatusCode::BAD_REQUEST),

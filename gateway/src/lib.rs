@@ -82,7 +82,21 @@ pub struct Args {
     /// longest single shard write).
     #[arg(long, default_value = "1h", value_parser = cairn_common::daemon::parse_duration)]
     pub gc_grace: Duration,
+    /// A client that sends no byte of a request body for this long, while the gateway
+    /// waits for one, gets `400 RequestTimeout` and its upload is dropped (S3 allows
+    /// about 20 s).
+    #[arg(long, default_value = "20s", value_parser = cairn_common::daemon::parse_duration)]
+    pub client_timeout: Duration,
+    /// A storage node that takes no byte it is sent, sends no byte it owes, or leaves a
+    /// whole request unanswered for this long has failed (a powered-off node sends no
+    /// reset): an upload to it fails with a 503 that clients retry onto the nodes still
+    /// up, and a read rebuilds its shard from parity.
+    #[arg(long, default_value = "30s", value_parser = cairn_common::daemon::parse_duration)]
+    pub node_timeout: Duration,
 }
+
+/// How long `rebuild-catalog` waits on a node that stopped answering.
+const REBUILD_NODE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Arguments of `cairn-gateway rebuild-catalog`.
 #[derive(Parser, Debug, Clone)]
@@ -125,7 +139,7 @@ pub fn rebuild_catalog(args: RebuildArgs) -> anyhow::Result<()> {
                 args.meta.display()
             );
         }
-        let client = NodeClient::new(ClusterKey::new(&args.cluster_secret));
+        let client = NodeClient::new(ClusterKey::new(&args.cluster_secret), REBUILD_NODE_TIMEOUT);
         let cluster = Cluster::new(client, args.nodes.clone());
         let _mdns = store::discovery::start(args.mdns, cluster.clone())
             .context("starting mDNS discovery")?;
@@ -227,7 +241,7 @@ pub async fn serve(
         .with_context(|| format!("creating {}", args.meta.display()))?;
     let catalog = Catalog::open(&args.meta)
         .with_context(|| format!("opening catalog in {}", args.meta.display()))?;
-    let client = NodeClient::new(ClusterKey::new(&args.cluster_secret));
+    let client = NodeClient::new(ClusterKey::new(&args.cluster_secret), args.node_timeout);
     let cluster = Cluster::new(client, args.nodes.clone());
     for id in catalog.gone_nodes()? {
         cluster.declare_gone(id);
@@ -263,6 +277,7 @@ pub async fn serve(
         service.clone(),
         Duration::from_secs(10),
     ));
+    let client_timeout = args.client_timeout;
     let state = AppState {
         service,
         keys: Arc::new(Keys {
@@ -286,6 +301,9 @@ pub async fn serve(
         )
         .fallback(s3::handle)
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::map_request(move |req| {
+            std::future::ready(s3::idle::limit_idle(req, client_timeout))
+        }))
         .with_state(state);
     let addr = listener.local_addr()?;
     tracing::info!(%addr, nodes = cluster.live_nodes().len(), ec = ?args.ec, "gateway listening");

@@ -2,7 +2,7 @@
 //! and thin handlers over [`crate::write`], [`crate::read`] and [`crate::store`].
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
@@ -30,7 +30,7 @@ use crate::metrics as m;
 use crate::read::read_blocks;
 use crate::scrub::ScrubState;
 use crate::store::{ShardAddr, Store};
-use crate::write::{write_shard, BodySource, ShardSource, StreamSource};
+use crate::write::{write_shard, BodySource, Idle, ShardSource, StreamSource};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -45,6 +45,8 @@ pub struct AppState {
     pub scrub: Arc<ScrubState>,
     /// Raw shard uploads in progress (they outlive their request), for a clean shutdown.
     pub uploads: TaskTracker,
+    /// How long an upload may go without a byte before it is dropped.
+    pub idle_timeout: Duration,
 }
 
 /// Builds the router: authenticated `/v1/...` plus open `/health` and `/metrics`.
@@ -275,6 +277,7 @@ async fn store_shard<S: ShardSource>(
     src: S,
 ) -> Result<u64, NodeError> {
     let start = Instant::now();
+    let src = Idle::new(src, state.idle_timeout);
     let result = write_shard(state.store.clone(), addr, declared_len, src).await;
     match &result {
         Ok(bytes) => {

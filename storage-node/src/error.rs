@@ -23,6 +23,8 @@ pub const ERR_BAD_REQUEST: &str = "bad-request";
 pub const ERR_BAD_RANGE: &str = "bad-range";
 /// `x-cairn-error` for a PUT body that broke off (client went away) (400).
 pub const ERR_BODY: &str = "body";
+/// `x-cairn-error` for an upload whose sender went silent (408).
+pub const ERR_TIMEOUT: &str = "timeout";
 /// `x-cairn-error` when the data filesystem is full (507).
 pub const ERR_DISK_FULL: &str = "disk-full";
 /// `x-cairn-error` for any other local failure (500).
@@ -68,6 +70,9 @@ pub enum NodeError {
         /// Blocks in the shard.
         blocks: u64,
     },
+    /// The sender of an upload sent nothing for this long; nothing was stored.
+    #[error("no upload byte for {0:?}")]
+    Timeout(std::time::Duration),
     /// Reading the request body failed (client disconnected or sent garbage framing).
     #[error("reading request body: {0}")]
     Body(String),
@@ -92,6 +97,7 @@ impl NodeError {
             NodeError::BadLength { .. } => (StatusCode::BAD_REQUEST, ERR_BAD_LENGTH),
             NodeError::BadRange { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, ERR_BAD_RANGE),
             NodeError::Body(_) => (StatusCode::BAD_REQUEST, ERR_BODY),
+            NodeError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, ERR_TIMEOUT),
             NodeError::Io(e) if is_disk_full(e) => {
                 (StatusCode::INSUFFICIENT_STORAGE, ERR_DISK_FULL)
             }

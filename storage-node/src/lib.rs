@@ -62,6 +62,12 @@ pub struct Args {
     /// IP address to announce (default: the --listen address).
     #[arg(long)]
     pub advertise: Option<std::net::IpAddr>,
+    /// A shard upload that receives no byte for this long is dropped and its temp file
+    /// removed: its sender died without closing the connection (power cut, cable pulled).
+    /// Keep it above the gateway's `--client-timeout`, the longest the gateway itself
+    /// waits for its client (e.g. `60s`).
+    #[arg(long, default_value = "60s", value_parser = cairn_common::daemon::parse_duration)]
+    pub idle_timeout: Duration,
 }
 
 /// What a node needs to run.
@@ -73,6 +79,8 @@ pub struct NodeConfig {
     pub key: ClusterKey,
     /// Background scrub settings.
     pub scrub: ScrubConfig,
+    /// How long an upload may go without a byte before it is dropped.
+    pub idle_timeout: Duration,
 }
 
 impl NodeConfig {
@@ -85,6 +93,7 @@ impl NodeConfig {
                 rate: 0,
                 every: Duration::from_secs(86400),
             },
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -117,6 +126,7 @@ impl Node {
                 metrics: handle,
                 scrub: Arc::new(ScrubState::default()),
                 uploads: TaskTracker::new(),
+                idle_timeout: cfg.idle_timeout,
             },
             scrub: cfg.scrub,
         })
@@ -223,6 +233,7 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
                 rate: args.scrub_rate,
                 every: args.scrub_every,
             },
+            idle_timeout: args.idle_timeout,
         })
         .await?;
         let listener = tokio::net::TcpListener::bind(args.listen)

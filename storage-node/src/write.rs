@@ -16,6 +16,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, BodyDataStream};
 use bytes::{Buf, Bytes};
@@ -95,6 +96,35 @@ impl<R: AsyncRead + Unpin> ShardSource for StreamSource<R> {
 
     async fn has_more(&mut self) -> Result<bool, NodeError> {
         Ok(false)
+    }
+}
+
+/// A source whose every read must bring a byte within `limit`: a sender that died
+/// without closing its connection (a pulled cable, a power cut) sends neither bytes nor an
+/// end, and its upload must not hold a temp file and buffers forever.
+pub(crate) struct Idle<S> {
+    src: S,
+    limit: Duration,
+}
+
+impl<S> Idle<S> {
+    /// `src`, failing with [`NodeError::Timeout`] on a read that waits longer than `limit`.
+    pub(crate) fn new(src: S, limit: Duration) -> Self {
+        Self { src, limit }
+    }
+}
+
+impl<S: ShardSource> ShardSource for Idle<S> {
+    async fn read_into(&mut self, dst: &mut [u8]) -> Result<usize, NodeError> {
+        tokio::time::timeout(self.limit, self.src.read_into(dst))
+            .await
+            .map_err(|_| NodeError::Timeout(self.limit))?
+    }
+
+    async fn has_more(&mut self) -> Result<bool, NodeError> {
+        tokio::time::timeout(self.limit, self.src.has_more())
+            .await
+            .map_err(|_| NodeError::Timeout(self.limit))?
     }
 }
 

@@ -9,6 +9,7 @@ use cairn_common::auth::{ClusterKey, AUTH_HEADER, DATE_HEADER};
 use cairn_common::ids::ObjectId;
 use cairn_common::protocol::{self, UploadOutcome, SHARD_LENGTH_HEADER, SHARD_UPGRADE};
 use cairn_common::shard::Layout;
+use cairn_node::NodeConfig;
 use common::{TestNode, TestShard, SECRET};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -199,5 +200,56 @@ async fn bad_raw_uploads_store_nothing_and_say_why() {
         std::fs::read(node.shard_file(&oid, 0, 2)).expect("file"),
         file
     );
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_sender_gone_silent_is_dropped_after_the_idle_timeout() {
+    // A sender that neither sends nor closes (a pulled cable, a power cut): without a
+    // timeout the upload would hold its temp file and buffers forever.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = NodeConfig::new(dir.path(), ClusterKey::new(SECRET));
+    cfg.idle_timeout = Duration::from_millis(500);
+    let node = TestNode::start_with(cfg).await;
+    let key = ClusterKey::new(SECRET);
+    let oid = ObjectId::random();
+    let shard = TestShard::new(oid, 0, 1, layout());
+    let file = shard.file();
+
+    // Raw upload: a third of the file, then silence with the connection open.
+    let mut sock = open(&node, &key, &shard.path(), Some(file.len() as u64))
+        .await
+        .expect("upgrade");
+    sock.write_all(&file[..file.len() / 3])
+        .await
+        .expect("third");
+    let o = outcome(&mut sock).await;
+    assert_eq!((o.status, o.kind.as_str()), (408, "timeout"));
+    assert!(node.tmp_emptied().await, "temp file of a timed-out upload");
+    nothing_stored(&node, &oid, 1);
+
+    // The same over a plain HTTP body.
+    let (date, tag) = key.sign("PUT", &shard.path());
+    let mut sock = TcpStream::connect(node.addr).await.expect("connect");
+    let head = format!(
+        "PUT {} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n{DATE_HEADER}: {date}\r\n\
+         {AUTH_HEADER}: {tag}\r\n\r\n",
+        shard.path(),
+        file.len()
+    );
+    sock.write_all(head.as_bytes()).await.expect("head");
+    sock.write_all(&file[..file.len() / 3])
+        .await
+        .expect("third");
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut answer))
+        .await
+        .expect("an answer in time")
+        .expect("read answer");
+    let answer = String::from_utf8_lossy(&answer[..n]).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 408 "), "{answer}");
+    assert!(answer.contains("x-cairn-error: timeout"), "{answer}");
+    assert!(node.tmp_emptied().await, "temp file of a timed-out upload");
+    nothing_stored(&node, &oid, 1);
     node.stop().await;
 }

@@ -93,15 +93,12 @@ impl CheckedBody {
         payload: &Payload,
         declared: u64,
     ) -> Result<Self, S3Error> {
-        let raw = body.into_data_stream();
+        let raw = body.into_data_stream().map(|r| r.map_err(read_error));
         let inner: Pin<Box<dyn Stream<Item = Result<Frame, S3Error>> + Send>> = match payload {
             Payload::Streaming { signer, trailer } => {
                 Box::pin(ChunkedDecoder::new(raw, signer.is_some(), *trailer))
             }
-            _ => Box::pin(raw.map(|r| {
-                r.map(Frame::Data)
-                    .map_err(|e| S3Error::InvalidRequest(format!("reading body: {e}")))
-            })),
+            _ => Box::pin(raw.map(|r| r.map(Frame::Data))),
         };
         let content_md5 = match header(headers, "content-md5") {
             Some(v) => {
@@ -255,6 +252,15 @@ impl CheckedBody {
             }
         };
         Ok(Digests { md5, checksum })
+    }
+}
+
+/// What a failed read of the request body means for the client.
+fn read_error(e: axum::Error) -> S3Error {
+    if super::idle::is_stall(&e) {
+        S3Error::RequestTimeout
+    } else {
+        S3Error::InvalidRequest(format!("reading body: {e}"))
     }
 }
 

@@ -243,10 +243,9 @@ impl<S> ChunkedDecoder<S> {
     }
 }
 
-impl<S, E> Stream for ChunkedDecoder<S>
+impl<S> Stream for ChunkedDecoder<S>
 where
-    S: Stream<Item = Result<Bytes, E>> + Unpin,
-    E: std::fmt::Display,
+    S: Stream<Item = Result<Bytes, S3Error>> + Unpin,
 {
     type Item = Result<Frame, S3Error>;
 
@@ -273,9 +272,7 @@ where
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.failed = true;
-                    return Poll::Ready(Some(Err(S3Error::InvalidRequest(format!(
-                        "reading body: {e}"
-                    )))));
+                    return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(None) => {
                     this.failed = true;
@@ -292,7 +289,7 @@ mod tests {
     use futures::StreamExt;
 
     fn frames(input: &[u8], split: usize, signed: bool) -> Result<Vec<Frame>, S3Error> {
-        let pieces: Vec<Result<Bytes, std::io::Error>> = input
+        let pieces: Vec<Result<Bytes, S3Error>> = input
             .chunks(split.max(1))
             .map(|c| Ok(Bytes::copy_from_slice(c)))
             .collect();

@@ -7,6 +7,7 @@ pub mod chunked;
 pub mod copy;
 pub mod delete;
 pub mod digest;
+pub mod idle;
 pub mod list;
 pub mod multipart;
 pub mod object;

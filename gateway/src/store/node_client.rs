@@ -9,7 +9,7 @@ use cairn_common::protocol::{
     self, Inventory, ManifestList, NodeInfo, UploadOutcome, ERROR_HEADER,
 };
 use cairn_common::request_id;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod raw {
@@ -17,6 +17,7 @@ mod raw {
 
     use std::collections::VecDeque;
     use std::io::{self, IoSlice};
+    use std::time::Duration;
 
     use bytes::{Buf, Bytes};
     use futures::{FutureExt, Stream, StreamExt};
@@ -29,8 +30,14 @@ mod raw {
     const MAX_BATCH: usize = 256 << 10;
 
     /// Writes every piece of `body` to `io`, then flushes; the pieces must add up to
-    /// exactly `len` bytes.
-    pub async fn write_stream<W, S>(io: &mut W, body: S, len: u64) -> io::Result<()>
+    /// exactly `len` bytes. A write that takes nothing for `stall` fails (`TimedOut`);
+    /// waiting for `body` has no limit (it moves at the S3 client's pace).
+    pub async fn write_stream<W, S>(
+        io: &mut W,
+        body: S,
+        len: u64,
+        stall: Duration,
+    ) -> io::Result<()>
     where
         W: AsyncWrite + Unpin,
         S: Stream<Item = io::Result<Bytes>>,
@@ -62,7 +69,7 @@ mod raw {
                 }
             }
             let slices: Vec<IoSlice<'_>> = batch.iter().map(|b| IoSlice::new(b)).collect();
-            let mut n = io.write_vectored(&slices).await?;
+            let mut n = within(stall, io.write_vectored(&slices)).await?;
             if n == 0 && batched > 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
@@ -88,13 +95,28 @@ mod raw {
                 "shard stream gave {sent} bytes, not {len}"
             )));
         }
-        io.flush().await
+        within(stall, io.flush()).await
+    }
+
+    /// `op`, failing with `TimedOut` if it takes longer than `limit`.
+    async fn within<T>(
+        limit: Duration,
+        op: impl std::future::Future<Output = io::Result<T>>,
+    ) -> io::Result<T> {
+        tokio::time::timeout(limit, op).await.map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the node took no byte for {limit:?}"),
+            )
+        })?
     }
 
     #[cfg(test)]
     mod tests {
         use super::*;
         use tokio::io::AsyncReadExt;
+
+        const STALL: Duration = Duration::from_secs(5);
 
         fn pieces(sizes: &[usize]) -> (Vec<io::Result<Bytes>>, Vec<u8>) {
             let mut all = Vec::new();
@@ -126,7 +148,7 @@ mod raw {
                 got
             });
             let len = want.len() as u64;
-            write_stream(&mut tx, futures::stream::iter(pieces), len)
+            write_stream(&mut tx, futures::stream::iter(pieces), len, STALL)
                 .await
                 .expect("write");
             drop(tx);
@@ -141,6 +163,7 @@ mod raw {
                 &mut sink,
                 futures::stream::iter(pieces),
                 want.len() as u64 + 1,
+                STALL,
             )
             .await;
             assert!(r.is_err(), "short stream passed");
@@ -148,7 +171,28 @@ mod raw {
                 Ok(Bytes::from_static(b"abc")),
                 Err(io::Error::other("encoder stopped")),
             ]);
-            assert!(write_stream(&mut Vec::new(), failing, 3).await.is_err());
+            assert!(write_stream(&mut Vec::new(), failing, 3, STALL)
+                .await
+                .is_err());
+        }
+
+        #[tokio::test]
+        async fn a_peer_that_stops_reading_times_the_write_out() {
+            let (pieces, want) = pieces(&[64 << 10; 4]);
+            // the reader end is kept but never read: the 4 KiB pipe fills and stays full
+            let (mut tx, _rx) = tokio::io::duplex(4096);
+            let stall = Duration::from_millis(200);
+            let started = std::time::Instant::now();
+            let r = write_stream(
+                &mut tx,
+                futures::stream::iter(pieces),
+                want.len() as u64,
+                stall,
+            )
+            .await;
+            let e = r.expect_err("a write to a silent peer went through");
+            assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+            assert!(started.elapsed() >= stall);
         }
     }
 }
@@ -158,6 +202,7 @@ mod raw {
 pub struct NodeClient {
     http: reqwest::Client,
     key: ClusterKey,
+    stall: Duration,
 }
 
 /// What a failed node call means for the caller.
@@ -172,15 +217,33 @@ pub enum NodeCallError {
 }
 
 impl NodeClient {
-    /// A client using `key` for the cluster credential.
-    pub fn new(key: ClusterKey) -> Self {
+    /// A client using `key` for the cluster credential. A node that goes `stall` without
+    /// taking a byte it is sent, sending a byte it owes, or answering once it has a whole
+    /// request fails the call: a powered-off node sends no reset, and a wait on it would
+    /// never end.
+    pub fn new(key: ClusterKey, stall: Duration) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
+            // Sent bytes unacknowledged (or a zero window) this long: the kernel drops
+            // the connection, whatever the call is waiting for.
+            .tcp_user_timeout(stall)
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        Self { http, key }
+        Self { http, key, stall }
+    }
+
+    fn silent(&self, what: &str) -> NodeCallError {
+        NodeCallError::Transport(format!("{what}: the node was silent for {:?}", self.stall))
+    }
+
+    /// `req`'s response, waiting at most `stall` once the request is sent in full.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, NodeCallError> {
+        match tokio::time::timeout(self.stall, req.send()).await {
+            Ok(r) => Self::check(r).await,
+            Err(_) => Err(self.silent("request")),
+        }
     }
 
     fn request(
@@ -233,7 +296,7 @@ impl NodeClient {
         if let Some(body) = body {
             req = req.body(body);
         }
-        Self::check(req.send().await).await.map(|_| ())
+        self.send(req).await.map(|_| ())
     }
 
     /// Asks a node who it is, with a fresh challenge, and checks its proof of the secret.
@@ -280,13 +343,24 @@ impl NodeClient {
         if len >= protocol::RAW_UPLOAD_MIN {
             return self.put_shard_raw(addr, &path, len, body).await;
         }
-        let resp = self
+        // The body moves at the S3 client's pace, so the wait for the answer starts once
+        // all of it is sent.
+        let (sent_tx, sent_rx) = tokio::sync::oneshot::channel::<()>();
+        let body = body.chain(futures::stream::once(async move {
+            let _ = sent_tx.send(());
+            Ok(Bytes::new())
+        }));
+        let req = self
             .request(reqwest::Method::PUT, addr, &path)
             .header("content-length", len)
-            .body(reqwest::Body::wrap_stream(body))
-            .send()
-            .await;
-        Self::check(resp).await.map(|_| ())
+            .body(reqwest::Body::wrap_stream(body));
+        tokio::select! {
+            r = req.send() => Self::check(r).await.map(|_| ()),
+            _ = async {
+                let _ = sent_rx.await;
+                tokio::time::sleep(self.stall).await;
+            } => Err(self.silent("shard upload")),
+        }
     }
 
     /// A raw shard upload: upgrade the connection, write the file, read the outcome.
@@ -303,14 +377,15 @@ impl NodeClient {
         let transport = |what: &str, e: &dyn std::fmt::Display| {
             NodeCallError::Transport(format!("raw shard upload, {what}: {e}"))
         };
-        let resp = self
+        let req = self
             .request(reqwest::Method::PUT, addr, path)
             .header(reqwest::header::CONNECTION, "upgrade")
             .header(reqwest::header::UPGRADE, protocol::SHARD_UPGRADE)
-            .header(protocol::SHARD_LENGTH_HEADER, len)
-            .send()
-            .await;
-        let resp = resp.map_err(|e| NodeCallError::Transport(e.to_string()))?;
+            .header(protocol::SHARD_LENGTH_HEADER, len);
+        let resp = tokio::time::timeout(self.stall, req.send())
+            .await
+            .map_err(|_| self.silent("raw shard upload"))?
+            .map_err(|e| NodeCallError::Transport(e.to_string()))?;
         if resp.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
             // A refusal (credential, path) carries its kind; anything else is a node
             // that does not speak raw uploads.
@@ -322,7 +397,7 @@ impl NodeClient {
             });
         }
         let mut io = resp.upgrade().await.map_err(|e| transport("upgrade", &e))?;
-        let sent = raw::write_stream(&mut io, body, len).await;
+        let sent = raw::write_stream(&mut io, body, len, self.stall).await;
         if sent.is_err() {
             // The node may still be waiting for the rest: closing our side ends its read
             // (it then refuses the short file), so the outcome below cannot hang.
@@ -331,10 +406,14 @@ impl NodeClient {
         // The node answers even when it refused the file part way (then our writes may
         // have failed first): its outcome says more than a broken pipe.
         let mut line = Vec::with_capacity(32);
-        let read = (&mut io)
-            .take(protocol::MAX_OUTCOME_LINE as u64)
-            .read_to_end(&mut line)
-            .await;
+        let mut outcome = (&mut io).take(protocol::MAX_OUTCOME_LINE as u64);
+        let read = match tokio::time::timeout(self.stall, outcome.read_to_end(&mut line)).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no outcome for {:?}", self.stall),
+            )),
+        };
         match (UploadOutcome::parse(&line), sent, read) {
             (Some(o), _, _) if o.is_stored() => Ok(()),
             (Some(o), _, _) => Err(NodeCallError::Refused {
@@ -359,11 +438,32 @@ impl NodeClient {
         index: u8,
         from: u64,
         count: u64,
-    ) -> Result<impl Stream<Item = Result<Bytes, reqwest::Error>> + use<>, NodeCallError> {
+    ) -> Result<impl Stream<Item = Result<Bytes, NodeCallError>> + use<>, NodeCallError> {
         let path = protocol::shard_read_path(object, segment, index, from, count);
-        let resp =
-            Self::check(self.request(reqwest::Method::GET, addr, &path).send().await).await?;
-        Ok(resp.bytes_stream())
+        let resp = self
+            .send(self.request(reqwest::Method::GET, addr, &path))
+            .await?;
+        // Each piece must come within `stall` of being asked for (the reader's own pauses,
+        // waiting on the S3 client, do not count).
+        let stall = self.stall;
+        let body = Box::pin(resp.bytes_stream());
+        Ok(futures::stream::unfold(
+            Some(body),
+            move |body| async move {
+                let mut body = body?;
+                match tokio::time::timeout(stall, body.next()).await {
+                    Ok(Some(Ok(b))) => Some((Ok(b), Some(body))),
+                    Ok(Some(Err(e))) => Some((Err(NodeCallError::Transport(e.to_string())), None)),
+                    Ok(None) => None,
+                    Err(_) => Some((
+                        Err(NodeCallError::Transport(format!(
+                            "shard read: the node was silent for {stall:?}"
+                        ))),
+                        None,
+                    )),
+                }
+            },
+        ))
     }
 
     /// Deletes one shard on a node.
@@ -433,10 +533,12 @@ impl NodeClient {
         addr: &str,
         path: &str,
     ) -> Result<T, NodeCallError> {
-        let resp = Self::check(self.request(reqwest::Method::GET, addr, path).send().await).await?;
-        let body = resp
-            .bytes()
+        let resp = self
+            .send(self.request(reqwest::Method::GET, addr, path))
+            .await?;
+        let body = tokio::time::timeout(self.stall, resp.bytes())
             .await
+            .map_err(|_| self.silent(path))?
             .map_err(|e| NodeCallError::Transport(e.to_string()))?;
         serde_json::from_slice(&body)
             .map_err(|e| NodeCallError::Transport(format!("bad answer to {path}: {e}")))

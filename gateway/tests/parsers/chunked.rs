@@ -160,7 +160,10 @@ fn body(input: &[u8], splits: &[usize]) -> Body {
 /// The data length the framing of `input` carries (0 where the framing is broken): the
 /// declared length a client would send, so that only framing and signatures decide.
 fn framed_length(input: &[u8]) -> u64 {
-    let dec = ChunkedDecoder::new(body(input, &[usize::MAX]).into_data_stream(), false, true);
+    let raw = body(input, &[usize::MAX])
+        .into_data_stream()
+        .map(|r| r.map_err(|e| S3Error::InvalidRequest(e.to_string())));
+    let dec = ChunkedDecoder::new(raw, false, true);
     let frames = futures::executor::block_on(dec.collect::<Vec<_>>());
     frames
         .iter()

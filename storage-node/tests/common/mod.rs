@@ -26,9 +26,14 @@ pub struct TestNode {
 
 impl TestNode {
     pub async fn start(data: &Path) -> Self {
-        let node = Node::open(NodeConfig::new(data, ClusterKey::new(SECRET)))
-            .await
-            .expect("open node");
+        Self::start_with(NodeConfig::new(data, ClusterKey::new(SECRET))).await
+    }
+
+    /// A node with its config adjusted (the key must stay [`SECRET`]).
+    pub async fn start_with(cfg: NodeConfig) -> Self {
+        let data = cfg.data_dir.clone();
+        let data = data.as_path();
+        let node = Node::open(cfg).await.expect("open node");
         let id = node.id();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
