@@ -4,13 +4,14 @@ files on the nodes)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
 
 from harness import sigv4
 from harness.cluster import Cluster
-from harness.data import sha256
+from harness.data import MiB, sha256
 from harness.s3util import quoted_md5, s3_error
 
 
@@ -174,3 +175,28 @@ def committed_shards(c: Cluster, bucket: str, key: str, size: int, timeout: floa
         for b in range(s.stripes):
             s.read_block(b)  # verifies the crc
     return k, m, shards
+
+
+def upload_reaching(c: Cluster, victim, bucket: str = "bkt", key: str = "k"):
+    """A new bucket holding one acknowledged object ("before"), and a 16 MiB PUT of `key`
+    sent part way: far enough that `victim` is writing its shard. Returns the client, the
+    acknowledged objects and the PUT in flight."""
+    s3 = c.client()
+    s3.create_bucket(Bucket=bucket)
+    acked = {"before": os.urandom(3 * MiB + 1)}
+    put_all(s3, bucket, acked)
+    put = InflightPut(c, bucket, key, os.urandom(16 * MiB))
+    put.send(7 * MiB)
+    wait_nodes_receiving([victim])
+    return s3, acked, put
+
+
+def retry_lands_around(c: Cluster, put: InflightPut, victim, bucket: str = "bkt", key: str = "k"):
+    """The client's retry of a PUT refused because `victim` failed: it succeeds on the
+    other nodes, with fewer data shards and the same parity. Returns the shard set."""
+    retry = c.client(retries=None)
+    assert retry.put_object(Bucket=bucket, Key=key, Body=put.data)["ETag"] == quoted_md5(put.data)
+    k, m, shards = committed_shards(c, bucket, key, len(put.data))
+    assert (k, m) == (c.k - 1, c.m), f"written as {k}+{m} with one node failed"
+    assert victim.index not in {s.node for s in shards}
+    return shards

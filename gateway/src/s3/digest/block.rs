@@ -23,6 +23,7 @@ impl Pending {
     }
 
     /// Bytes waiting for the rest of their block.
+    #[cfg(target_arch = "x86_64")]
     pub fn used(&self) -> usize {
         self.used
     }
@@ -52,6 +53,7 @@ impl Pending {
 
     /// Notes `blocks` whole blocks compressed by the caller; only valid with nothing
     /// waiting.
+    #[cfg(target_arch = "x86_64")]
     pub fn skip_blocks(&mut self, blocks: usize) {
         debug_assert_eq!(self.used, 0);
         self.total += 64 * blocks as u64;

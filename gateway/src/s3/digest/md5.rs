@@ -41,7 +41,11 @@ impl Md5 {
         }
         out
     }
+}
 
+/// For the stitched pass, which compresses whole blocks of both hashes itself.
+#[cfg(target_arch = "x86_64")]
+impl Md5 {
     /// Bytes waiting for the rest of their block.
     pub(super) fn pending(&self) -> usize {
         self.pending.used()

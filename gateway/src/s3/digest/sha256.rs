@@ -50,7 +50,11 @@ impl Sha256 {
         }
         out
     }
+}
 
+/// For the stitched pass, which compresses whole blocks of both hashes itself.
+#[cfg(target_arch = "x86_64")]
+impl Sha256 {
     /// Bytes waiting for the rest of their block.
     pub(super) fn pending(&self) -> usize {
         self.pending.used()
@@ -58,13 +62,11 @@ impl Sha256 {
 
     /// The chaining state, for a caller that compresses whole blocks itself; it reports
     /// them with [`Sha256::compressed`].
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) fn state_mut(&mut self) -> &mut [u32; 8] {
         &mut self.state
     }
 
     /// Notes `blocks` whole blocks compressed through [`Sha256::state_mut`].
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) fn compressed(&mut self, blocks: usize) {
         self.pending.skip_blocks(blocks);
     }
