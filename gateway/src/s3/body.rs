@@ -46,8 +46,9 @@ enum Signed {
     No,
     /// The hex digest the signature covers (`x-amz-content-sha256`).
     Whole(String),
-    /// Each chunk's signature, chained from the request's.
-    Chunks(ChunkSigner),
+    /// Each chunk's signature, chained from the request's; with `trailer`, the trailers'
+    /// signature too (required, even with no trailer sent).
+    Chunks { signer: ChunkSigner, trailer: bool },
 }
 
 struct Checks {
@@ -112,8 +113,12 @@ impl CheckedBody {
         let signed = match payload {
             Payload::Sha256(hex) => Signed::Whole(hex.clone()),
             Payload::Streaming {
-                signer: Some(s), ..
-            } => Signed::Chunks(s.clone()),
+                signer: Some(s),
+                trailer,
+            } => Signed::Chunks {
+                signer: s.clone(),
+                trailer: *trailer,
+            },
             _ => Signed::No,
         };
         Ok(Self {
@@ -309,7 +314,8 @@ impl Checks {
 
     /// Checks the signature of the aws-chunked chunk that just ended.
     fn chunk_end(&mut self, signature: Option<String>) -> Result<(), S3Error> {
-        let (Signed::Chunks(signer), Some(sha)) = (&mut self.signed, self.digest.take_sha256())
+        let (Signed::Chunks { signer, .. }, Some(sha)) =
+            (&mut self.signed, self.digest.take_sha256())
         else {
             return Ok(());
         };
@@ -321,18 +327,20 @@ impl Checks {
         Ok(())
     }
 
-    /// Checks the trailer signature of a signed aws-chunked body that has trailers.
+    /// Checks the trailer signature of a signed aws-chunked body declared with trailers
+    /// (the decoder refuses trailers in one declared without).
     fn trailers(
         &self,
         headers: &[(String, String)],
         signature: Option<String>,
     ) -> Result<(), S3Error> {
-        let Signed::Chunks(signer) = &self.signed else {
+        let Signed::Chunks {
+            signer,
+            trailer: true,
+        } = &self.signed
+        else {
             return Ok(());
         };
-        if headers.is_empty() && signature.is_none() {
-            return Ok(()); // a signed body without trailers
-        }
         let text: String = headers.iter().map(|(n, v)| format!("{n}:{v}\n")).collect();
         let want = signer.trailer_signature(&hex::encode(Sha256::digest(text.as_bytes())));
         if signature.is_some_and(|s| signatures_match(&want, &s)) {

@@ -339,6 +339,28 @@ proptest! {
         prop_assert!(got.is_err(), "spliced trailer accepted: {:?}", got);
     }
 
+    /// A signed stream declared with trailers must end with the trailer signature, even
+    /// when it sends no trailer: one whose trailer block was dropped is refused.
+    #[test]
+    fn signed_trailer_streams_without_their_trailer_block_are_refused(
+        data in vec(any::<u8>(), 0..600),
+        sizes in vec(1usize..300, 1..4),
+        splits in vec(1usize..400, 1..4),
+        trailers in trailers(),
+    ) {
+        let v = Variant::SignedTrailer;
+        let (signer, trailer, mut client) = request(v);
+        let framed = encode(v, &data, &sizes, &trailers, &mut client);
+        // up to the end of the last chunk's header line, then the final empty line
+        let head = b"0;chunk-signature=";
+        let last = framed.windows(head.len()).rposition(|w| w == head).expect("a last chunk");
+        let eol = last + framed[last..].windows(2).position(|w| w == b"\r\n").expect("eol");
+        let mut bad = framed[..eol + 2].to_vec();
+        bad.extend_from_slice(b"\r\n");
+        let got = decode(&bad, &splits, signer, trailer);
+        prop_assert_eq!(got, Err("SignatureDoesNotMatch"));
+    }
+
     /// Every proper prefix of a valid stream is an error (never a silently short body).
     #[test]
     fn truncated_streams_are_errors(
