@@ -1,7 +1,7 @@
 """Peers that go silent without closing their connection: a storage node frozen mid-upload
 or mid-download (SIGSTOP: its kernel still holds the connection open, as for a node whose
 disk hangs; a powered-off Pi is the same, minus the ACKs), and an S3 client that stops
-sending half way. Nothing may wait on them forever.
+sending half way, or stops reading a download. Nothing may wait on them forever.
 
 The cluster runs with short timeouts (gateway `--node-timeout 2s --client-timeout 2s`,
 nodes `--idle-timeout 3s`). Each test checks what the user sees (a retryable 503 the
@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -127,3 +129,54 @@ def test_client_gone_silent_mid_upload(stall_cluster):
     check_exact(s3, "bkt", acked, "after the stalled overwrite")
     wait_no_tmp(c.nodes)
     assert metric(c, "cairn_s3_requests_total", operation="PutObject", status="400") >= 1
+
+
+def test_client_stops_reading_mid_download(stall_cluster):
+    c = stall_cluster
+    s3 = c.client()
+    s3.create_bucket(Bucket="bkt")
+    data = os.urandom(64 * MiB)
+    s3.put_object(Bucket="bkt", Key="big", Body=data)
+    assert c.shard_files(bucket="bkt", key="big")
+
+    # A GET by hand on a socket with a small receive buffer: read the head and 1 MiB,
+    # then stop reading with the connection open.
+    url = c.endpoint + sigv4.s3_path("bkt", "big")
+    parts = urlsplit(url)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.settimeout(ANSWER_WITHIN)
+    sock.connect((parts.hostname, parts.port))
+    hdrs = sigv4.sign_headers("GET", url, c.access_key, c.secret_key)
+    head = f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()) + "\r\n"
+    sock.sendall(head.encode())
+    got = b""
+    while b"\r\n\r\n" not in got or len(got) < MiB:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed before the body"
+        got += chunk
+    assert got.startswith(b"HTTP/1.1 200 "), got[:200]
+    time.sleep(8)  # silent for four client timeouts
+
+    # The gateway gave up on us: the rest of the body never comes, the connection ends.
+    started = time.monotonic()
+    try:
+        while True:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            got += chunk
+    except ConnectionResetError:
+        pass
+    print(f"stalled download: {len(got)} of {len(data)} body bytes, ended {time.monotonic() - started:.1f}s after reading again")
+    assert len(got) < len(data), "the whole object came: the stalled connection was kept"
+
+    # And it let go of the object (with our socket still open): a delete frees its shards
+    # at once, where a read still in progress would hold them.
+    s3.delete_object(Bucket="bkt", Key="big")
+    deadline = time.monotonic() + 15
+    while c.shard_files(bucket="bkt", key="big"):
+        assert time.monotonic() < deadline, "the deleted object's shards are still held"
+        time.sleep(0.1)
+    sock.close()

@@ -307,6 +307,7 @@ pub async fn serve(
         .with_state(state);
     let addr = listener.local_addr()?;
     tracing::info!(%addr, nodes = cluster.live_nodes().len(), ec = ?args.ec, "gateway listening");
+    let listener = s3::idle::IdleWritesListener::new(listener, args.client_timeout);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;

@@ -1,12 +1,20 @@
-//! The client side of a stalled upload: a request body that brings no byte for the
-//! client timeout while the gateway is waiting for one ends with an error, which becomes
-//! S3's `400 RequestTimeout`. A client that died without closing its connection would
-//! otherwise hold its upload (node connections, temp files, buffers) forever.
+//! Clients that go silent: an upload body that brings no byte, or a connection that takes
+//! no byte of a response, for the client timeout. A client that died without closing its
+//! connection (or stopped reading it) would otherwise hold its request forever: node
+//! connections, temp files and buffers for an upload; shard streams, read-ahead blocks and
+//! the object's read lease (which holds back the deletion of replaced versions) for a
+//! download.
+//!
+//! - [`IdleBody`] ends a request body that brings nothing while the gateway waits for it;
+//!   that becomes S3's `400 RequestTimeout`.
+//! - [`IdleWrites`] fails a connection write that cannot go out; hyper then closes the
+//!   connection and drops the response, which stops the read behind it.
 //!
 //! Only time spent waiting on the client counts: while the gateway itself is not reading
-//! (its nodes are slow), no timer runs.
+//! or writing (its nodes are slow), no timer runs.
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -15,7 +23,56 @@ use axum::body::Body;
 use axum::extract::Request;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use tokio::time::Sleep;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
+
+/// A deadline armed when a wait on the client starts and disarmed by any progress.
+struct Watchdog {
+    limit: Duration,
+    sleep: Pin<Box<Sleep>>,
+    armed: bool,
+}
+
+impl Watchdog {
+    fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            sleep: Box::pin(tokio::time::sleep(limit)),
+            armed: false,
+        }
+    }
+
+    /// The client made progress.
+    fn progress(&mut self) {
+        self.armed = false;
+    }
+
+    /// The client has not made progress yet: whether `limit` has passed since the wait
+    /// began (else `cx` is woken when it has).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.armed {
+            self.sleep.as_mut().reset(Instant::now() + self.limit);
+            self.armed = true;
+        }
+        self.sleep.as_mut().poll(cx).is_ready()
+    }
+
+    /// `r`, or a timeout if it is still pending past the limit.
+    fn watch<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Ready(r) => {
+                self.progress();
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client took no byte for {:?}", self.limit),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
 
 /// The error a stalled body ends with.
 #[derive(Debug, thiserror::Error)]
@@ -42,9 +99,7 @@ pub fn limit_idle(req: Request, limit: Duration) -> Request {
 /// A body whose every wait for the next frame may last at most `limit`.
 pub struct IdleBody {
     inner: Body,
-    limit: Duration,
-    /// Running while the reader waits; cleared by each frame.
-    timer: Option<Pin<Box<Sleep>>>,
+    watchdog: Watchdog,
 }
 
 impl IdleBody {
@@ -52,8 +107,7 @@ impl IdleBody {
     pub fn new(inner: Body, limit: Duration) -> Self {
         Self {
             inner,
-            limit,
-            timer: None,
+            watchdog: Watchdog::new(limit),
         }
     }
 }
@@ -68,20 +122,16 @@ impl HttpBody for IdleBody {
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = self.get_mut();
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
-            this.timer = None;
+            this.watchdog.progress();
             return Poll::Ready(frame);
         }
-        let limit = this.limit;
-        let timer = this
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                this.timer = None;
-                Poll::Ready(Some(Err(axum::Error::new(ClientStalled(limit)))))
-            }
-            Poll::Pending => Poll::Pending,
+        if this.watchdog.expired(cx) {
+            this.watchdog.progress();
+            return Poll::Ready(Some(Err(axum::Error::new(ClientStalled(
+                this.watchdog.limit,
+            )))));
         }
+        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
@@ -90,6 +140,97 @@ impl HttpBody for IdleBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A client connection whose every write may wait at most `limit` for room.
+pub struct IdleWrites<T> {
+    io: T,
+    watchdog: Watchdog,
+}
+
+impl<T> IdleWrites<T> {
+    /// Wraps `io`.
+    pub fn new(io: T, limit: Duration) -> Self {
+        Self {
+            io,
+            watchdog: Watchdog::new(limit),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleWrites<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleWrites<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.watchdog.watch(cx, r)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.watchdog.watch(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        this.watchdog.watch(cx, r)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.watchdog.watch(cx, r)
+    }
+}
+
+/// The S3 listener: accepted connections come wrapped in [`IdleWrites`].
+pub struct IdleWritesListener {
+    inner: TcpListener,
+    limit: Duration,
+}
+
+impl IdleWritesListener {
+    /// Wraps `inner`, limiting each connection's write waits to `limit`.
+    pub fn new(inner: TcpListener, limit: Duration) -> Self {
+        Self { inner, limit }
+    }
+}
+
+impl axum::serve::Listener for IdleWritesListener {
+    type Io = IdleWrites<TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        (IdleWrites::new(io, self.limit), addr)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
     }
 }
 
@@ -118,6 +259,46 @@ mod tests {
         assert!(is_stall(&e), "{e}");
         assert_eq!(started.elapsed(), Duration::from_secs(20));
         drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_fails_the_write_and_a_reader_does_not() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let limit = Duration::from_secs(20);
+        let (server, mut client) = tokio::io::duplex(4096);
+        let mut conn = IdleWrites::new(server, limit);
+        // The client reads everything, pausing 15 s now and then: no error.
+        let reader = tokio::spawn(async move {
+            let mut got = 0;
+            let mut buf = vec![0u8; 1024];
+            for i in 0.. {
+                if i % 16 == 0 {
+                    tokio::time::sleep(Duration::from_secs(15)).await;
+                }
+                match client.read(&mut buf).await.expect("read") {
+                    0 => break,
+                    n => got += n,
+                }
+                if got >= 64 * 1024 {
+                    break;
+                }
+            }
+            (client, got)
+        });
+        conn.write_all(&[7u8; 64 * 1024])
+            .await
+            .expect("a reading client");
+        let (client, got) = reader.await.expect("reader");
+        assert_eq!(got, 64 * 1024);
+        // Now it stops reading: once the pipe is full, the write fails after 20 s.
+        let started = tokio::time::Instant::now();
+        let e = conn
+            .write_all(&[7u8; 64 * 1024])
+            .await
+            .expect_err("a write to a client that does not read went through");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), limit);
+        drop(client);
     }
 
     fn tokio_stream_from<T: Send + 'static>(
