@@ -238,7 +238,7 @@ impl NodeClient {
         NodeCallError::Transport(format!("{what}: the node was silent for {:?}", self.stall))
     }
 
-    /// `req`'s response, waiting at most `stall` once the request is sent in full.
+    /// The response to `req`, a small request sent from memory, within `stall`.
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, NodeCallError> {
         match tokio::time::timeout(self.stall, req.send()).await {
             Ok(r) => Self::check(r).await,
@@ -398,10 +398,14 @@ impl NodeClient {
         }
         let mut io = resp.upgrade().await.map_err(|e| transport("upgrade", &e))?;
         let sent = raw::write_stream(&mut io, body, len, self.stall).await;
-        if sent.is_err() {
+        if let Err(e) = &sent {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                // A node that took nothing for `stall` will not answer either.
+                return Err(transport("sending", e));
+            }
             // The node may still be waiting for the rest: closing our side ends its read
             // (it then refuses the short file), so the outcome below cannot hang.
-            let _ = io.shutdown().await;
+            let _ = tokio::time::timeout(self.stall, io.shutdown()).await;
         }
         // The node answers even when it refused the file part way (then our writes may
         // have failed first): its outcome says more than a broken pipe.
