@@ -163,6 +163,7 @@ macro_rules! four_steps {
         *b = step($i + 3, *b, *c, *d, *a, &$m);
     }};
 }
+#[cfg(target_arch = "x86_64")]
 pub(super) use four_steps;
 
 /// Compresses `blocks` into `state`.
