@@ -1,8 +1,12 @@
 //! A real Cairn cluster on loopback: `cairn-node` and `cairn-gateway` child processes.
 //!
 //! Children run in their own process group (a terminal Ctrl-C reaches only the bench, which
-//! then stops them in order) and get `PR_SET_PDEATHSIG = SIGKILL`, so they die with the bench
-//! even if it is killed outright. [`Cluster`]'s `Drop` stops them: SIGTERM, then SIGKILL.
+//! then stops them in order). [`Cluster`]'s `Drop` stops them: SIGTERM, then SIGKILL; it runs
+//! when the bench ends, fails, or gets SIGINT/SIGTERM (the binaries drop their `run` future
+//! on those signals). On Linux children also get `PR_SET_PDEATHSIG = SIGKILL`, so they die
+//! with the bench even if it is killed outright. macOS has no parent-death signal: there
+//! only that `Drop` (through the signal handlers) stops them, and a bench killed with
+//! SIGKILL leaves its children running (`kill -- -<pid>` of each child's process group).
 //! A process can also be SIGKILLed ([`Proc::kill`]) and started again with the same command
 //! line, port and data ([`Proc::restart`]), for crash tests.
 
@@ -28,6 +32,26 @@ pub struct ClusterSpec {
     pub ec: String,
     /// How long each process may take to answer `/health`.
     pub ready_timeout: Duration,
+    /// Extra arguments and environment of node `i` (nodes past the end get none).
+    pub node_extra: Vec<Extra>,
+    /// Extra arguments and environment of the gateway.
+    pub gateway_extra: Extra,
+}
+
+/// Command-line arguments and environment added to one process's defaults.
+#[derive(Clone, Debug, Default)]
+pub struct Extra {
+    /// Appended after the cluster's own arguments.
+    pub args: Vec<String>,
+    /// Set in the process's environment.
+    pub env: Vec<(String, String)>,
+}
+
+impl Extra {
+    fn apply(&self, cmd: &mut Command) {
+        cmd.args(&self.args);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+    }
 }
 
 /// One child process and where its output goes.
@@ -42,6 +66,16 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// A plain GET of `path` on the process (`/metrics`, `/health`): (status, body).
+    pub async fn http_get(&self, path: &str) -> Result<(u16, String)> {
+        http_get(self.addr, path).await
+    }
+
+    /// Whether the process is running (not exited, not killed).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Process id as a `/proc` path component.
     pub fn pid(&self) -> String {
         self.child.id().to_string()
@@ -144,6 +178,8 @@ pub struct Cluster {
     pub access_key: String,
     /// S3 secret key.
     pub secret_key: String,
+    /// Data directory of each node (same order as `nodes`).
+    pub node_data: Vec<PathBuf>,
 }
 
 impl Cluster {
@@ -160,6 +196,7 @@ impl Cluster {
         let addrs = free_ports(spec.nodes + 1)?;
 
         let mut nodes = Vec::with_capacity(spec.nodes);
+        let mut node_data = Vec::with_capacity(spec.nodes);
         for (i, addr) in addrs[1..].iter().enumerate() {
             let data = spec.work_dir.join(format!("node{i}"));
             std::fs::create_dir_all(&data)
@@ -170,7 +207,11 @@ impl Cluster {
                 .arg("--data")
                 .arg(&data)
                 .env("CAIRN_CLUSTER_SECRET", &cluster_secret);
+            if let Some(extra) = spec.node_extra.get(i) {
+                extra.apply(&mut cmd);
+            }
             nodes.push(spawn(format!("node{i}"), *addr, cmd, &logs)?);
+            node_data.push(data);
         }
         for n in &mut nodes {
             wait_healthy(n, spec.ready_timeout).await?;
@@ -190,12 +231,14 @@ impl Cluster {
             .env("CAIRN_ACCESS_KEY", &access_key)
             .env("CAIRN_SECRET_KEY", &secret_key)
             .env("CAIRN_CLUSTER_SECRET", &cluster_secret);
+        spec.gateway_extra.apply(&mut cmd);
         let gateway = spawn("gateway".into(), addrs[0], cmd, &logs)?;
         let mut cluster = Cluster {
             gateway,
             nodes,
             access_key,
             secret_key,
+            node_data,
         };
         wait_healthy(&mut cluster.gateway, spec.ready_timeout).await?;
         cluster.wait_nodes_up(spec.ready_timeout).await?;
@@ -205,6 +248,11 @@ impl Cluster {
     /// The S3 endpoint URL.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.gateway.addr)
+    }
+
+    /// A plain GET of the gateway's `path` (`/metrics`, `/_cairn/nodes`): (status, body).
+    pub async fn gateway_get(&self, path: &str) -> Result<(u16, String)> {
+        http_get(self.gateway.addr, path).await
     }
 
     /// Fails (with its log) if any process has exited.
@@ -260,7 +308,23 @@ impl Drop for Cluster {
     }
 }
 
-fn find_bin(dir: &Path, name: &str) -> Result<PathBuf> {
+/// Whether `bin --help` mentions `flag` (e.g. `--capacity`), for options that newer
+/// builds have and older ones refuse.
+pub fn help_lists(bin: &Path, flag: &str) -> bool {
+    let Ok(out) = Command::new(bin)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .output()
+    else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == '[' || c == ']')
+        .any(|w| w == flag)
+}
+
+/// The path of binary `name` in `dir`, or an error saying how to build it.
+pub fn find_bin(dir: &Path, name: &str) -> Result<PathBuf> {
     let p = dir.join(name);
     if p.is_file() {
         Ok(p)
@@ -282,6 +346,7 @@ fn spawn(name: String, addr: SocketAddr, mut cmd: Command, logs: &Path) -> Resul
         .stdout(out)
         .stderr(err)
         .process_group(0);
+    #[cfg(target_os = "linux")]
     // SAFETY: the closure runs in the forked child before exec and calls only prctl(2),
     // which is async-signal-safe; it allocates nothing and takes no locks.
     unsafe {

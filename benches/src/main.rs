@@ -4,7 +4,8 @@
 //! PUTs a 1 GiB pseudo-random object with aws-sdk-s3 (single PUT, or `--multipart` with 8
 //! concurrent parts), GETs it back and checks it, and prints: throughput (MiB/s, wall
 //! clock), server CPU-seconds per GiB (utime + stime of the gateway and all nodes from
-//! `/proc`, measured around each phase) and every server's peak RSS (`VmHWM`), next to the
+//! `/proc`, measured around each phase) and every server's peak RSS (`VmHWM`; on macOS both
+//! come from `proc_pid_rusage`, the peak being the physical footprint), next to the
 //! targets of issue #2. `--json` adds a one-line JSON summary on stdout (the table then
 //! goes to stderr). Exit status: 0 ok, 1 data did not verify, 2 error.
 
@@ -75,7 +76,7 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     // Dropping `run` (on a signal) drops its Cluster, which stops the children, and its
     // TempDir. `run` is polled on this (the main) thread, which spawns the children, so
-    // their PR_SET_PDEATHSIG stays tied to a thread that lives as long as the bench.
+    // their PR_SET_PDEATHSIG (Linux) stays tied to a thread that lives as long as the bench.
     let outcome = tokio::select! {
         r = run(&args) => r,
         s = signal() => Err(anyhow!("interrupted by {s}; cluster stopped")),
@@ -243,6 +244,8 @@ async fn run(args: &Args) -> Result<bool> {
         nodes: args.nodes,
         ec: args.ec.clone(),
         ready_timeout: Duration::from_secs(args.ready_timeout),
+        node_extra: Vec::new(),
+        gateway_extra: cluster::Extra::default(),
     };
     // Declared after `work`, so it is dropped (children stopped) before the dir is removed.
     let mut cluster = Cluster::start(&spec).await?;
