@@ -57,6 +57,8 @@ enum Command {
     Pull(pull::PullArgs),
     /// List committed checkpoints.
     Ls(pull::LsArgs),
+    /// Print the version, the git commit and the target this binary was built for.
+    Version,
 }
 
 /// Runs one checkpoint command on its own runtime. Its error is printed as one line
@@ -105,6 +107,19 @@ fn parse_cli() -> Cli {
     }
 }
 
+/// `cairn version`: set at build time by `build.rs` (the commit is `unknown` when the
+/// source had no git metadata).
+fn version_text() -> String {
+    let version = env!("CARGO_PKG_VERSION");
+    // CARGO_PKG_VERSION carries "(commit target)" for `--version`; the bare number first.
+    let number = version.split_whitespace().next().unwrap_or(version);
+    format!(
+        "cairn {number}\ncommit {}\ntarget {}\n",
+        env!("CAIRN_BUILD_COMMIT"),
+        env!("CAIRN_BUILD_TARGET")
+    )
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = parse_cli();
     match cli.command {
@@ -115,5 +130,9 @@ fn main() -> anyhow::Result<()> {
         Command::Push(args) => run(push::run(args)),
         Command::Pull(args) => run(pull::pull(args)),
         Command::Ls(args) => run(pull::ls(args)),
+        Command::Version => {
+            print!("{}", version_text());
+            Ok(())
+        }
     }
 }

@@ -181,8 +181,9 @@ impl std::fmt::Debug for BufferPool {
     }
 }
 
-/// `path` opened again with `O_DIRECT`, for writing or for reading, where the OS and the
-/// file system allow it; `None` means use the ordinary (page cache) handle.
+/// `path` opened again with `O_DIRECT` (Linux) or `F_NOCACHE` (macOS), for writing or for
+/// reading, where the OS and the file system allow it; `None` means use the ordinary (page
+/// cache) handle.
 pub fn open_direct(path: &Path, write: bool) -> Option<File> {
     #[cfg(target_os = "linux")]
     {
@@ -200,7 +201,32 @@ pub fn open_direct(path: &Path, write: bool) -> Option<File> {
             }
         }
     }
-    #[cfg(not(target_os = "linux"))]
+    // macOS has no O_DIRECT; F_NOCACHE on the open file is its equivalent (transfers
+    // bypass the unified buffer cache) and, unlike O_DIRECT, accepts any alignment, so the
+    // aligned reads and padded writes made for O_DIRECT work unchanged.
+    #[cfg(target_os = "macos")]
+    {
+        use std::os::fd::AsRawFd;
+        let f = match std::fs::OpenOptions::new()
+            .read(!write)
+            .write(write)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot open a second handle; using the page cache");
+                return None;
+            }
+        };
+        // SAFETY: fcntl on a descriptor owned by `f` for the duration of the call.
+        if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_NOCACHE, 1) } == -1 {
+            let e = io::Error::last_os_error();
+            tracing::debug!(error = %e, "F_NOCACHE not available; using the page cache");
+            return None;
+        }
+        Some(f)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
     {
         let _ = (path, write);
         None
