@@ -29,8 +29,9 @@
 //! * `kill-mid-part`: over and over, once a multipart part is in flight, a random node is
 //!   SIGKILLed, left down 0.5-2.5 s while the clients retry, and restarted.
 //! * `corrupt`: bytes in the middle of a block in the middle of committed shard files are
-//!   flipped on disk (at most one shard per segment, `--corrupt-shards` in all); nodes scrub
-//!   every `--scrub-every`, since corrupt parity shards are never touched by a read.
+//!   flipped on disk (at most one shard per segment) while the clients write, and
+//!   `--corrupt-shards` more once they stop; nodes scrub every `--scrub-every`, since
+//!   corrupt parity shards are never touched by a read.
 //!
 //! Then: every key is read back and checked (sha256) against what the clients were told;
 //! the bench waits until the cluster is back to full redundancy (every node up, no corrupt
@@ -144,8 +145,9 @@ struct Args {
     /// write-fail: probability that the faulty node fails a shard PUT.
     #[arg(long, default_value_t = 0.2)]
     write_fail_rate: f64,
-    /// corrupt: shards to corrupt, one per segment, in the middle of a middle block.
-    #[arg(long, default_value_t = 6)]
+    /// corrupt: shards corrupted after the clients stop (more are corrupted every second or
+    /// two while they write), one per segment, in the middle of a middle block.
+    #[arg(long, default_value_t = 4)]
     corrupt_shards: usize,
     /// corrupt: the nodes' `--scrub-every` (scrub is what finds corrupt parity shards).
     #[arg(long, default_value = "3s")]
@@ -1294,6 +1296,7 @@ async fn run_fault(args: &Args, mode: Fault, seed: u64, work: &Path) -> Result<F
     let mut rng = StdRng::seed_from_u64(seed);
     let mut notes = Vec::new();
     let gateway = gateway_extra(args, &mut notes)?;
+    let gateway_reserve = gateway.args.iter().any(|a| a == "--reserve-bytes");
     let node_bin = cluster::find_bin(&bin_dir(args)?, "cairn-node")?;
     let victim = rng.random_range(0..args.nodes.max(1));
     let mut node_extra = vec![Extra::default(); args.nodes];
@@ -1308,6 +1311,19 @@ async fn run_fault(args: &Args, mode: Fault, seed: u64, work: &Path) -> Result<F
             } else {
                 node_extra[victim].args = vec!["--capacity".into(), args.full_capacity.clone()];
                 notes.push(format!("node{victim} capped at {}", args.full_capacity));
+                if !gateway_reserve {
+                    // The gateway's default reserve (GiBs) would keep every shard off a
+                    // node this small, and nothing would fill: the node claims room it
+                    // does not have instead, so it is chosen until its writes fail.
+                    node_extra[victim].env = vec![(
+                        "CAIRN_NODE_FAULTS".into(),
+                        format!("report-free={}", 1u64 << 40),
+                    )];
+                    notes.push(format!(
+                        "node{victim} reports 1 TiB free (CAIRN_NODE_FAULTS=report-free), as \
+                         the gateway's reserve cannot be lowered"
+                    ));
+                }
             }
         }
         Fault::WriteFail => {
@@ -1382,14 +1398,15 @@ async fn run_fault(args: &Args, mode: Fault, seed: u64, work: &Path) -> Result<F
         stats.add(&done.context("writer task")?);
     }
     if mode == Fault::Corrupt {
-        while corrupted.len() < args.corrupt_shards {
+        let during = corrupted.len();
+        while corrupted.len() < during + args.corrupt_shards {
             match corrupt_one(&cluster, &corrupted, &mut rng)? {
                 Some(c) => corrupted.push(c),
                 None => break,
             }
         }
         notes.push(format!(
-            "{} shards corrupted: {}",
+            "{} shards corrupted ({during} while writing): {}",
             corrupted.len(),
             corrupted
                 .iter()
