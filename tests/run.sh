@@ -10,6 +10,9 @@
 #   SKIP_INSTALL=1     don't check/install apt and pip packages
 #   SKIP_BUILD=1       don't run cargo build (use the binaries already in target/release)
 #   SKIP_CARGO_TEST=1  don't run cargo test
+#   SKIP_CROSS=1       don't run tests/cross.sh (aarch64 Linux build, macOS check); the
+#                      aarch64 tests (tests/test_aarch64.py) are then skipped. It runs for
+#                      the whole suite, or when test paths given include test_aarch64.py.
 #   CAIRN_TEST_TIMEOUT per-test timeout in seconds (default 300)
 #   CAIRN_BIN_DIR      where the binaries are (default target/release)
 set -uo pipefail
@@ -98,12 +101,28 @@ if [ "${SKIP_CARGO_TEST:-0}" != 1 ]; then
     cargo test --release --workspace || { echo "cargo test failed" >&2; rc=1; }
 fi
 
-step "integration tests (pytest)"
 # Arguments naming tests (paths) replace the default of the whole tests/ folder.
 targets=(tests/)
+cross=1
 for a in "$@"; do
-    case "$a" in tests/*|*.py|*.py::*) targets=() ;; esac
+    case "$a" in tests/*|*.py|*.py::*) targets=(); cross=0 ;; esac
 done
+for a in "$@"; do
+    case "$a" in *test_aarch64*) cross=1 ;; esac
+done
+
+if [ "${SKIP_CROSS:-0}" != 1 ] && [ $cross = 1 ]; then
+    step "cross builds (tests/cross.sh)"
+    bash tests/cross.sh || { echo "cross builds failed" >&2; rc=1; }
+    aarch64_dir="${CAIRN_CROSS_TARGET_DIR:-$PWD/target/cross}/aarch64-unknown-linux-gnu/release"
+    if [ -f "$aarch64_dir/.cross-ok" ]; then
+        # tests/test_aarch64.py runs these under qemu-user, and fails rather than skips.
+        export CAIRN_AARCH64_BIN_DIR="$aarch64_dir"
+        export CAIRN_REQUIRE_AARCH64=1
+    fi
+fi
+
+step "integration tests (pytest)"
 "$PY" -m pytest "${targets[@]}" -q -ra --durations=15 --timeout="${CAIRN_TEST_TIMEOUT:-300}" "$@" || rc=1
 
 if [ $rc -ne 0 ]; then
