@@ -186,6 +186,49 @@ def test_flipped_byte_is_found_by_scrub_and_repaired(cluster_factory):
     check_all(s3, "bkt", objs, why="after scrub repair with the once-corrupt node killed")
 
 
+def test_bad_middle_block_found_by_a_read_is_repaired_then_another_node_can_die(cluster_factory):
+    # Scrub off (its default first pass is a day away): only the GET can find the damage.
+    # The node aborts the shard stream part way (the block is in the middle), so the
+    # gateway sees a broken stream, not a 409: the node itself must report the shard.
+    c = cluster_factory(gateway_args=["--repair-after", "2s"])
+    s3 = c.client()
+    s3.create_bucket(Bucket="bkt")
+    objs = fill(s3, "bkt", sizes=[7 * MiB + 5])
+    (key,) = objs
+    shards = c.shard_files(bucket="bkt", key=key)
+    (segment,) = {s.segment for s in shards}
+    victim = [s for s in shards if s.is_data][0]
+    assert victim.stripes == 3
+    victim.flip_byte(1)  # the middle block
+    with pytest.raises(ShardFormatError):
+        victim.read_block(1)
+    victim.read_block(0)
+
+    check_all(s3, "bkt", objs, why="rebuilt from parity around the bad middle block")
+    wait_repaired(c, 1, timeout=60)
+    wait_for(
+        lambda: {s.segment for s in c.shard_files(bucket="bkt", key=key)} not in ({segment}, set()),
+        timeout=30,
+        what="the object's shards moved to a fresh segment",
+    )
+    wait_for(lambda: not victim.path.exists(), timeout=30, what="the corrupt shard file deleted")
+    wait_fully_redundant_on_disk(c, "bkt", set(objs))
+    assert segment not in {s.segment for s in c.shard_files(bucket="bkt", key=key)}
+    for s in c.shard_files(bucket="bkt"):
+        for b in range(s.stripes):
+            s.read_block(b)
+    # Deleted with its segment, the shard is no longer reported bad.
+    victim_node = c.nodes[victim.node]
+    wait_for(
+        lambda: json.loads(victim_node.api().call("GET", "/v1/info?challenge=x").body)["bad_shards"] == [],
+        timeout=30,
+        what="the repaired shard dropped from the node's bad list",
+    )
+    other = next(n for n in c.nodes if n.index != victim.node)
+    other.kill()
+    check_all(s3, "bkt", objs, why="after read-found repair with another node killed")
+
+
 def test_orphans_are_collected_and_nothing_live_is(cluster_factory):
     c = cluster_factory(gateway_args=["--repair-after", "1h", "--gc-grace", "1s"])
     s3 = c.client(retries=None)

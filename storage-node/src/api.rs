@@ -26,11 +26,12 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::task::TaskTracker;
 
 use crate::error::NodeError;
+use crate::faults::{self, InjectedFailure, WriteFault};
 use crate::metrics as m;
 use crate::read::read_blocks;
 use crate::scrub::ScrubState;
 use crate::store::{ShardAddr, Store};
-use crate::write::{write_shard, BodySource, Idle, ShardSource, StreamSource};
+use crate::write::{write_shard, BodySource, Faulty, Idle, ShardSource, StreamSource};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -217,18 +218,30 @@ async fn put_shard(
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(SHARD_UPGRADE.as_bytes()));
     if !raw {
         let declared = length(header::CONTENT_LENGTH.as_str())?;
+        let fault = state.store.faults().roll_write(declared);
         let body = BodySource::new(req.into_body());
-        store_shard(&state, addr, declared, "http", body)
-            .await
-            .map(|_| StatusCode::CREATED.into_response())
+        match store_shard(&state, addr, declared, "http", body, fault).await {
+            Ok(_) => Ok(StatusCode::CREATED.into_response()),
+            Err(NodeError::Injected(InjectedFailure::Reset)) => Ok(dropped_connection()),
+            // The body may be partly unread: the server closes this connection after the
+            // answer, and says so, or the client would reuse it and have its next
+            // request fail on a closed socket.
+            Err(e) => {
+                let mut resp = e.into_response();
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                Ok(resp)
+            }
+        }
     } else {
         let declared = length(SHARD_LENGTH_HEADER)?
             .ok_or_else(|| NodeError::BadRequest(format!("{SHARD_LENGTH_HEADER} missing")))?;
+        let fault = state.store.faults().roll_write(Some(declared));
         let upgrade = hyper::upgrade::on(&mut req);
         // The upload runs once this 101 answer is out, on the call's span.
         let uploads = state.uploads.clone();
         uploads.spawn(tracing::Instrument::instrument(
-            raw_upload(state, addr, declared, upgrade),
+            raw_upload(state, addr, declared, upgrade, fault),
             tracing::Span::current(),
         ));
         let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
@@ -239,9 +252,25 @@ async fn put_shard(
     }
 }
 
+/// A response that never reaches the client: its body fails before its first byte, so
+/// the server drops the connection without sending even the status line (an injected
+/// connection reset; unread request bytes make the kernel answer with a RST).
+fn dropped_connection() -> Response {
+    let body = futures::stream::once(std::future::ready(Err::<Bytes, _>(std::io::Error::other(
+        "injected fault: connection reset",
+    ))));
+    (StatusCode::INTERNAL_SERVER_ERROR, Body::from_stream(body)).into_response()
+}
+
 /// The rest of a raw upload, on the upgraded connection: store the shard, answer its
 /// outcome line, close.
-async fn raw_upload(state: AppState, addr: ShardAddr, declared: u64, upgrade: OnUpgrade) {
+async fn raw_upload(
+    state: AppState,
+    addr: ShardAddr,
+    declared: u64,
+    upgrade: OnUpgrade,
+    fault: Option<WriteFault>,
+) {
     let mut io = match upgrade.await {
         Ok(io) => TokioIo::new(io),
         Err(e) => {
@@ -249,7 +278,19 @@ async fn raw_upload(state: AppState, addr: ShardAddr, declared: u64, upgrade: On
             return;
         }
     };
-    let result = store_shard(&state, addr, Some(declared), "raw", StreamSource(&mut io)).await;
+    let result = store_shard(
+        &state,
+        addr,
+        Some(declared),
+        "raw",
+        StreamSource(&mut io),
+        fault,
+    )
+    .await;
+    if let Err(NodeError::Injected(InjectedFailure::Reset)) = result {
+        // Dropping the connection with the rest of the file unread sends a RST.
+        return;
+    }
     let (status, kind) = match &result {
         Ok(_) => (StatusCode::CREATED, UploadOutcome::STORED),
         Err(e) => e.status_and_kind(),
@@ -268,17 +309,26 @@ async fn raw_upload(state: AppState, addr: ShardAddr, declared: u64, upgrade: On
 }
 
 /// Stores one shard from `src` (come over `transport`), with metrics and a log line for
-/// the outcome.
+/// the outcome. An injected `fault` fails it as the fault says.
 async fn store_shard<S: ShardSource>(
     state: &AppState,
     addr: ShardAddr,
     declared_len: Option<u64>,
     transport: &'static str,
     src: S,
+    fault: Option<WriteFault>,
 ) -> Result<u64, NodeError> {
     let start = Instant::now();
     let src = Idle::new(src, state.idle_timeout);
-    let result = write_shard(state.store.clone(), addr, declared_len, src).await;
+    let result = match fault {
+        None => write_shard(state.store.clone(), addr, declared_len, src).await,
+        // Refused before a byte of the body is read, as a full disk found at once.
+        Some(WriteFault::DiskFull) => Err(faults::injected_disk_full()),
+        Some(f) => {
+            let src = Faulty::new(src, f);
+            write_shard(state.store.clone(), addr, declared_len, src).await
+        }
+    };
     match &result {
         Ok(bytes) => {
             m::write_done(transport, "ok", *bytes, start.elapsed());
@@ -303,7 +353,7 @@ async fn get_shard(
     let from = query_u64(query.as_deref(), "from")?;
     let count = query_u64(query.as_deref(), "count")?;
     let start = Instant::now();
-    let opened = read_blocks(state.store.clone(), addr, from, count).await;
+    let opened = read_blocks(state.store.clone(), state.scrub.clone(), addr, from, count).await;
     m::read_started(
         opened
             .as_ref()
@@ -335,7 +385,8 @@ async fn get_header(
     Path((object, segment, index)): Path<(String, String, String)>,
 ) -> Result<Response, NodeError> {
     let addr = parse_addr(&object, &segment, &index)?;
-    let bytes: Bytes = crate::read::read_header(state.store.clone(), addr).await?;
+    let bytes: Bytes =
+        crate::read::read_header(state.store.clone(), state.scrub.clone(), addr).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
@@ -344,7 +395,12 @@ async fn delete_shard(
     Path((object, segment, index)): Path<(String, String, String)>,
 ) -> Result<StatusCode, NodeError> {
     let addr = parse_addr(&object, &segment, &index)?;
-    blocking(&state, move |store| store.delete_shard(&addr)).await?;
+    blocking(&state, move |store| {
+        store.delete_shard(&addr)?;
+        crate::publish_space(store);
+        Ok(())
+    })
+    .await?;
     m::shards(state.store.shard_count());
     state.scrub.forget(&addr);
     Ok(StatusCode::NO_CONTENT)
@@ -355,7 +411,12 @@ async fn delete_object(
     Path(object): Path<String>,
 ) -> Result<StatusCode, NodeError> {
     let object = parse_object(&object)?;
-    let removed = blocking(&state, move |store| store.delete_object(&object)).await?;
+    let removed = blocking(&state, move |store| {
+        let removed = store.delete_object(&object)?;
+        crate::publish_space(store);
+        Ok(removed)
+    })
+    .await?;
     m::shards(state.store.shard_count());
     state.scrub.forget_object(&object);
     tracing::debug!(%object, removed, "deleted object");
@@ -437,8 +498,12 @@ async fn info(
     RawQuery(query): RawQuery,
 ) -> Result<Json<NodeInfo>, NodeError> {
     let challenge = query_param(query.as_deref(), "challenge").unwrap_or("");
-    let space = blocking(&state, move |store| store.disk_space()).await?;
-    m::disk(space);
+    let (disk, space) = blocking(&state, move |store| {
+        Ok((store.disk_space()?, store.reported_space()?))
+    })
+    .await?;
+    m::disk(disk);
+    m::space(space);
     Ok(Json(NodeInfo {
         node_id: state.store.node_id(),
         protocol: PROTOCOL_VERSION,

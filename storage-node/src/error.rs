@@ -82,6 +82,17 @@ pub enum NodeError {
     /// A background task died.
     #[error("internal: {0}")]
     Internal(String),
+    /// Storing the shard would take the node over its `--capacity`; nothing was stored.
+    #[error("storing {need} bytes would exceed the node's capacity ({free} bytes free)")]
+    OverCapacity {
+        /// Bytes the shard file needs.
+        need: u64,
+        /// Bytes left under the capacity (stored shards and writes in flight deducted).
+        free: u64,
+    },
+    /// A failure injected by `CAIRN_NODE_FAULTS` (tests and the torture bench only).
+    #[error("injected fault: {0}")]
+    Injected(crate::faults::InjectedFailure),
 }
 
 impl NodeError {
@@ -101,7 +112,8 @@ impl NodeError {
             NodeError::Io(e) if is_disk_full(e) => {
                 (StatusCode::INSUFFICIENT_STORAGE, ERR_DISK_FULL)
             }
-            NodeError::Io(_) | NodeError::Internal(_) => {
+            NodeError::OverCapacity { .. } => (StatusCode::INSUFFICIENT_STORAGE, ERR_DISK_FULL),
+            NodeError::Io(_) | NodeError::Internal(_) | NodeError::Injected(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, ERR_INTERNAL)
             }
         }

@@ -7,12 +7,14 @@
 //! - [`scrub`]: background re-verification at a bounded rate,
 //! - [`api`]: routes and the cluster-credential check,
 //! - [`error`]: the error enum and its one HTTP mapping,
+//! - [`faults`]: faults injected for tests (`CAIRN_NODE_FAULTS`),
 //! - [`metrics`]: Prometheus metrics.
 
 pub mod announce;
 pub mod api;
 pub mod direct_io;
 pub mod error;
+pub mod faults;
 pub mod metrics;
 pub mod read;
 pub mod scrub;
@@ -34,8 +36,9 @@ use cairn_common::auth::ClusterKey;
 use cairn_common::ids::NodeId;
 use clap::Parser;
 
+use crate::faults::Faults;
 use crate::scrub::{ScrubConfig, ScrubState};
-use crate::store::Store;
+use crate::store::{Store, StoreOptions};
 
 /// Command-line arguments of `cairn-node`.
 #[derive(Parser, Debug, Clone)]
@@ -68,6 +71,47 @@ pub struct Args {
     /// waits for its client (e.g. `60s`).
     #[arg(long, default_value = "60s", value_parser = cairn_common::daemon::parse_duration)]
     pub idle_timeout: Duration,
+    /// Most bytes of shards to hold (e.g. `40MiB`, `64GiB`, `64G`; binary units); shard
+    /// writes beyond it are refused as disk-full. Default: the whole filesystem.
+    #[arg(long, env = "CAIRN_NODE_CAPACITY", value_parser = parse_capacity)]
+    pub capacity: Option<u64>,
+    /// Faults to inject, for tests only (see the `faults` module).
+    #[arg(long, env = "CAIRN_NODE_FAULTS", hide = true, default_value = "", value_parser = parse_faults)]
+    pub faults: Faults,
+}
+
+/// Parses a byte count such as `1048576`, `40MiB`, `64GiB` or `64G` (binary units:
+/// K, M, G and T with or without `B` / `iB`).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: u64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => {
+            return Err(format!(
+                "bad size unit in {s:?} (use B, KiB, MiB, GiB, TiB)"
+            ))
+        }
+    };
+    num.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+fn parse_capacity(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        0 => Err("a capacity of 0 bytes could store nothing".into()),
+        n => Ok(n),
+    }
+}
+
+fn parse_faults(s: &str) -> Result<Faults, String> {
+    Faults::parse(s).map_err(|e| e.to_string())
 }
 
 /// What a node needs to run.
@@ -81,6 +125,10 @@ pub struct NodeConfig {
     pub scrub: ScrubConfig,
     /// How long an upload may go without a byte before it is dropped.
     pub idle_timeout: Duration,
+    /// Most bytes of shards and manifests to hold (`None`: the whole filesystem).
+    pub capacity: Option<u64>,
+    /// Injected faults (tests and the torture bench).
+    pub faults: Faults,
 }
 
 impl NodeConfig {
@@ -94,6 +142,8 @@ impl NodeConfig {
                 every: Duration::from_secs(86400),
             },
             idle_timeout: Duration::from_secs(60),
+            capacity: None,
+            faults: Faults::default(),
         }
     }
 }
@@ -111,14 +161,19 @@ impl Node {
     /// Opens the data directory (blocking work runs off the async threads).
     pub async fn open(cfg: NodeConfig) -> anyhow::Result<Self> {
         let dir = cfg.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+        let opts = StoreOptions {
+            capacity: cfg.capacity,
+            faults: cfg.faults.clone(),
+        };
+        if cfg.faults.any() {
+            tracing::warn!(faults = ?cfg.faults, "injecting faults (CAIRN_NODE_FAULTS): for tests only");
+        }
+        let store = tokio::task::spawn_blocking(move || Store::open_with(&dir, opts))
             .await?
             .with_context(|| format!("opening data dir {}", cfg.data_dir.display()))?;
         let handle = metrics::init();
         metrics::shards(store.shard_count());
-        if let Ok(space) = store.disk_space() {
-            metrics::disk(space);
-        }
+        publish_space(&store);
         Ok(Self {
             state: api::AppState {
                 store: Arc::new(store),
@@ -137,13 +192,10 @@ impl Node {
         self.state.store.node_id()
     }
 
-    /// Bytes of the filesystem holding the data dir (0 if unknown).
+    /// Bytes this node offers: the filesystem's size, or `--capacity` if smaller (0 if
+    /// unknown).
     pub fn capacity_bytes(&self) -> u64 {
-        self.state
-            .store
-            .disk_space()
-            .map(|d| d.capacity)
-            .unwrap_or(0)
+        self.state.store.space().map(|d| d.capacity).unwrap_or(0)
     }
 
     /// The HTTP router of this node.
@@ -204,9 +256,17 @@ async fn refresh_disk_gauges(store: Arc<Store>) {
     loop {
         tick.tick().await;
         let s = store.clone();
-        if let Ok(Ok(space)) = tokio::task::spawn_blocking(move || s.disk_space()).await {
-            metrics::disk(space);
-        }
+        let _ = tokio::task::spawn_blocking(move || publish_space(&s)).await;
+    }
+}
+
+/// Publishes the filesystem's and the node's space gauges (blocking: `statvfs`).
+pub(crate) fn publish_space(store: &Store) {
+    if let Ok(disk) = store.disk_space() {
+        metrics::disk(disk);
+    }
+    if let Ok(space) = store.reported_space() {
+        metrics::space(space);
     }
 }
 
@@ -234,13 +294,15 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
                 every: args.scrub_every,
             },
             idle_timeout: args.idle_timeout,
+            capacity: args.capacity,
+            faults: args.faults.clone(),
         })
         .await?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
         let addr = listener.local_addr()?;
-        tracing::info!(node_id = %node.id(), listen = %addr, data = %args.data.display(), "cairn-node listening");
+        tracing::info!(node_id = %node.id(), listen = %addr, data = %args.data.display(), capacity = ?args.capacity, "cairn-node listening");
         let capacity = node.capacity_bytes();
         let _mdns = announce::announce(args.mdns, node.id(), addr, args.advertise, capacity)?;
         serve(listener, node, cairn_common::daemon::shutdown_signal()).await?;

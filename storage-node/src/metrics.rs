@@ -10,11 +10,14 @@
 //! | `cairn_node_read_seconds` | histogram | time to open a read and verify its first block |
 //! | `cairn_node_checksum_failures_total` | counter | stored blocks or headers that failed their check |
 //! | `cairn_node_disk_capacity_bytes`, `cairn_node_disk_free_bytes` | gauge | data filesystem |
+//! | `cairn_node_capacity_bytes`, `cairn_node_free_bytes` | gauge | what the node offers (`--capacity` applied), as reported in `/v1/info` |
+//! | `cairn_node_read_corrupt_total` | counter | shard reads that found a stored block or header bad (the shard is then reported for repair) |
+//! | `cairn_node_injected_faults_total{kind}` | counter | faults injected by `CAIRN_NODE_FAULTS` |
 //! | `cairn_node_shards_stored` | gauge | shard files held |
 //! | `cairn_node_scrub_bytes_total` | counter | bytes re-read by scrub |
 //! | `cairn_node_scrub_corrupt_total` | counter | shards a scrub pass found bad |
 //! | `cairn_node_scrub_passes_total` | counter | completed scrub passes |
-//! | `cairn_node_scrub_bad_shards` | gauge | shards currently known bad |
+//! | `cairn_node_scrub_bad_shards` | gauge | shards currently known bad (found by scrub or by reads) |
 //!
 //! The recorder is process-wide: the first node started in a process installs it, later
 //! ones (tests) share it. If another recorder is already installed, `/metrics` is empty.
@@ -35,6 +38,10 @@ const READ_SECONDS: &str = "cairn_node_read_seconds";
 const CHECKSUM_FAILURES: &str = "cairn_node_checksum_failures_total";
 const DISK_CAPACITY: &str = "cairn_node_disk_capacity_bytes";
 const DISK_FREE: &str = "cairn_node_disk_free_bytes";
+const CAPACITY: &str = "cairn_node_capacity_bytes";
+const FREE: &str = "cairn_node_free_bytes";
+const READ_CORRUPT: &str = "cairn_node_read_corrupt_total";
+const INJECTED: &str = "cairn_node_injected_faults_total";
 const SHARDS: &str = "cairn_node_shards_stored";
 const SCRUB_BYTES: &str = "cairn_node_scrub_bytes_total";
 const SCRUB_CORRUPT: &str = "cairn_node_scrub_corrupt_total";
@@ -87,6 +94,19 @@ fn describe() {
     );
     metrics::describe_gauge!(DISK_CAPACITY, "Bytes of the data filesystem");
     metrics::describe_gauge!(DISK_FREE, "Bytes free on the data filesystem");
+    metrics::describe_gauge!(
+        CAPACITY,
+        "Bytes the node offers: the data filesystem's size, or --capacity if smaller"
+    );
+    metrics::describe_gauge!(
+        FREE,
+        "Bytes free for shards: the filesystem's free space, or what --capacity leaves if less"
+    );
+    metrics::describe_counter!(
+        READ_CORRUPT,
+        "Shard reads that found a stored block or header bad"
+    );
+    metrics::describe_counter!(INJECTED, "Faults injected by CAIRN_NODE_FAULTS");
     metrics::describe_gauge!(SHARDS, "Shard files stored");
     metrics::describe_counter!(SCRUB_BYTES, "Bytes re-read by scrub");
     metrics::describe_counter!(SCRUB_CORRUPT, "Shards a scrub pass found bad");
@@ -101,6 +121,7 @@ fn describe() {
         BYTES_WRITTEN,
         BYTES_READ,
         CHECKSUM_FAILURES,
+        READ_CORRUPT,
         SCRUB_BYTES,
         SCRUB_CORRUPT,
         SCRUB_PASSES,
@@ -148,6 +169,22 @@ pub fn checksum_failure() {
 pub fn disk(space: DiskSpace) {
     metrics::gauge!(DISK_CAPACITY).set(space.capacity as f64);
     metrics::gauge!(DISK_FREE).set(space.free as f64);
+}
+
+/// Publishes the space the node offers.
+pub fn space(space: DiskSpace) {
+    metrics::gauge!(CAPACITY).set(space.capacity as f64);
+    metrics::gauge!(FREE).set(space.free as f64);
+}
+
+/// Counts a shard read that found a stored block or header bad.
+pub fn read_corrupt() {
+    metrics::counter!(READ_CORRUPT).increment(1);
+}
+
+/// Counts an injected fault of `kind`.
+pub fn injected_fault(kind: &'static str) {
+    metrics::counter!(INJECTED, "kind" => kind).increment(1);
 }
 
 /// Publishes the shard count.

@@ -3,7 +3,9 @@
 //! A read opens the shard, checks its header, then reads and verifies block by block on a
 //! blocking thread, handing blocks to the response over a channel a few blocks deep (the
 //! read-ahead bound). The first block is verified before the response starts, so a bad
-//! first block is a clean 409; a later bad block ends the body with an error.
+//! first block is a clean 409; a later bad block ends the body with an error. Either way
+//! (and for a bad header) the shard is recorded as bad ([`ScrubState::report_read`]), so
+//! the gateway learns of it and repairs it even when the read itself only broke off.
 //!
 //! Blocks are read with `O_DIRECT` into a few recycled aligned buffers ([`BlockReader`]):
 //! the disk fills them without a copy out of the page cache, which was two thirds of a
@@ -21,6 +23,7 @@ use tokio::sync::mpsc;
 use crate::direct_io::{open_direct, AlignedBuf, BufferPool, DIRECT_ALIGN};
 use crate::error::NodeError;
 use crate::metrics as m;
+use crate::scrub::ScrubState;
 use crate::store::{ShardAddr, Store};
 
 /// Verified blocks waiting to be sent, per read.
@@ -38,9 +41,11 @@ pub struct BlockStream {
 
 /// Opens blocks `from..from+count` of a shard for streaming. `from` defaults to 0 and
 /// `count` to the rest of the shard; a range running past the end is clamped, one
-/// starting past the last block is refused with [`NodeError::BadRange`].
+/// starting past the last block is refused with [`NodeError::BadRange`]. A bad header or
+/// block is recorded in `bad`.
 pub async fn read_blocks(
     store: Arc<Store>,
+    bad: Arc<ScrubState>,
     addr: ShardAddr,
     from: Option<u64>,
     count: Option<u64>,
@@ -49,9 +54,11 @@ pub async fn read_blocks(
     // The blocking reads log bad blocks: keep them in the caller's span (its request id).
     let span = tracing::Span::current();
     let first_span = span.clone();
+    let first_bad = bad.clone();
     let opened = tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
         let _in = first_span.enter();
-        let mut reader = BlockReader::open(&store, addr)?;
+        let mut reader =
+            BlockReader::open(&store, addr).inspect_err(|e| record(&first_bad, addr, e))?;
         let layout = reader.layout;
         let stripes = layout.stripes();
         let from = from.unwrap_or(0);
@@ -67,7 +74,9 @@ pub async fn read_blocks(
         if from >= end {
             return Ok((reader, from, end, content_len, Bytes::new()));
         }
-        let first = reader.read_verified(from)?;
+        let first = reader
+            .read_verified(from)
+            .inspect_err(|e| record(&first_bad, addr, e))?;
         Ok((reader, from, end, content_len, first))
     })
     .await
@@ -78,7 +87,11 @@ pub async fn read_blocks(
         tokio::task::spawn_blocking(move || {
             let _in = span.enter();
             for block in from + 1..end {
-                let item = reader.read_verified(block).map_err(|e| match e {
+                let item = reader.read_verified(block);
+                if let Err(e) = &item {
+                    record(&bad, addr, e);
+                }
+                let item = item.map_err(|e| match e {
                     NodeError::Io(e) => e,
                     other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
                 });
@@ -99,11 +112,27 @@ pub async fn read_blocks(
     })
 }
 
-/// The stored header bytes of a shard, after checking them.
-pub async fn read_header(store: Arc<Store>, addr: ShardAddr) -> Result<Bytes, NodeError> {
-    tokio::task::spawn_blocking(move || open_shard(&store, &addr).map(|(_, h)| h.encode()))
-        .await
-        .map_err(|e| NodeError::Internal(format!("read task: {e}")))?
+/// The stored header bytes of a shard, after checking them (a bad one is recorded in
+/// `bad`).
+pub async fn read_header(
+    store: Arc<Store>,
+    bad: Arc<ScrubState>,
+    addr: ShardAddr,
+) -> Result<Bytes, NodeError> {
+    tokio::task::spawn_blocking(move || {
+        open_shard(&store, &addr)
+            .map(|(_, h)| h.encode())
+            .inspect_err(|e| record(&bad, addr, e))
+    })
+    .await
+    .map_err(|e| NodeError::Internal(format!("read task: {e}")))?
+}
+
+/// Records `addr` as bad when `e` says its stored bytes failed a check.
+fn record(bad: &ScrubState, addr: ShardAddr, e: &NodeError) {
+    if matches!(e, NodeError::Corrupt(_)) {
+        bad.report_read(addr, e);
+    }
 }
 
 /// Re-reads a whole shard and checks its header and every block (for scrub), reusing a

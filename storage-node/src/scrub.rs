@@ -4,8 +4,10 @@
 //! A pass walks the shards in a fixed order on one blocking thread, sleeping after each
 //! block as needed to stay under `rate` bytes per second. Shards that fail are logged,
 //! counted in metrics and kept in [`ScrubState::bad_shards`] until a later pass (or a new
-//! PUT of the shard) finds them sound. Reads already refuse bad blocks on their own; the
-//! list is what repair (issue 4) will consume.
+//! PUT of the shard) finds them sound, or the shard is deleted. Reads that find a bad
+//! block or header (first, middle or last) add the shard to the same list
+//! ([`ScrubState::report_read`]). `/v1/info` reports the list; the gateway's heartbeat
+//! reads it and repairs those segments.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +56,24 @@ impl ScrubState {
             .lock()
             .map(|b| b.iter().copied().collect())
             .unwrap_or_default()
+    }
+
+    /// Records a shard a read found bad (a block failed its crc32c, or the header its
+    /// check), so `/v1/info` reports it for repair until the shard is rewritten, deleted
+    /// or found sound by a scrub pass.
+    pub fn report_read(&self, addr: ShardAddr, error: &NodeError) {
+        crate::metrics::read_corrupt();
+        let Ok(mut set) = self.bad.lock() else {
+            return;
+        };
+        if set.insert(addr) {
+            crate::metrics::scrub_bad_shards(set.len());
+            drop(set);
+            cairn_common::log_limited!(warn, key = ();
+                object = %addr.object, segment = addr.segment, index = addr.index,
+                error = %error, "read found a corrupt shard; reporting it for repair"
+            );
+        }
     }
 
     /// Asks a running pass to stop at the next block.
@@ -122,7 +142,22 @@ pub async fn run(store: Arc<Store>, state: Arc<ScrubState>, cfg: ScrubConfig) {
 pub fn pass(store: &Store, state: &ScrubState, rate: u64) -> Result<PassReport, NodeError> {
     let mut report = PassReport::default();
     let start = Instant::now();
-    for addr in store.list_shards()? {
+    let shards = store.list_shards()?;
+    // Bad marks of shards that are gone (removed behind the API's back) are dropped.
+    if let Ok(mut set) = state.bad.lock() {
+        let before = set.len();
+        set.retain(|a| {
+            shards
+                .binary_search_by_key(&(a.object, a.segment, a.index), |s| {
+                    (s.object, s.segment, s.index)
+                })
+                .is_ok()
+        });
+        if set.len() != before {
+            crate::metrics::scrub_bad_shards(set.len());
+        }
+    }
+    for addr in shards {
         let mut pace = |n: u64| {
             report.bytes += n;
             crate::metrics::scrub_bytes(n);
@@ -142,8 +177,8 @@ pub fn pass(store: &Store, state: &ScrubState, rate: u64) -> Result<PassReport, 
                 report.stopped = true;
                 break;
             }
-            // Deleted while we walked: nothing to check.
-            Err(NodeError::NoSuchShard) => {}
+            // Deleted while we walked: nothing to check, nothing to report.
+            Err(NodeError::NoSuchShard) => state.set(addr, false),
             Err(NodeError::Corrupt(e)) => {
                 // A dying disk can rot thousands of shards; the list is in the scrub state
                 // and the metrics, the log gets one line per interval and a count.

@@ -18,11 +18,13 @@ use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use cairn_common::ids::{NodeId, ObjectId};
 use cairn_common::protocol::{Inventory, InventoryEntry, StoredManifest};
 
 use crate::direct_io::BufferPool;
+use crate::faults::Faults;
 
 const NODE_ID_FILE: &str = "node_id";
 const TMP_DIR: &str = "tmp";
@@ -36,13 +38,23 @@ const IDLE_BUFFERS: usize = 16;
 /// Identity of one shard: which object version, segment and index.
 pub use cairn_common::protocol::ShardRef as ShardAddr;
 
-/// Capacity and free space of the data filesystem, in bytes.
-#[derive(Clone, Copy, Debug)]
+/// Capacity and free space, in bytes: of the data filesystem ([`Store::disk_space`]) or
+/// what the node offers ([`Store::space`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DiskSpace {
     /// Total bytes of the filesystem.
     pub capacity: u64,
     /// Bytes available to this (unprivileged) process.
     pub free: u64,
+}
+
+/// How a store is opened beyond its directory.
+#[derive(Clone, Debug, Default)]
+pub struct StoreOptions {
+    /// Most bytes of shard files and manifests to hold (`None`: the whole filesystem).
+    pub capacity: Option<u64>,
+    /// Injected faults (tests and the torture bench).
+    pub faults: Faults,
 }
 
 /// The shard store rooted at a data directory.
@@ -51,13 +63,39 @@ pub struct Store {
     root: PathBuf,
     node_id: NodeId,
     shards: AtomicU64,
+    /// Bytes of shard files and manifests stored (counted at startup, then kept up to
+    /// date by every write and delete).
+    stored: AtomicU64,
+    /// Bytes promised to shard writes in flight ([`Reservation`]s).
+    reserved: AtomicU64,
+    capacity: Option<u64>,
+    faults: Faults,
     buffers: BufferPool,
+}
+
+/// Room held under the capacity for one shard write in flight; given back when dropped
+/// (the committed file is counted as stored by then).
+#[derive(Debug)]
+pub struct Reservation {
+    store: Arc<Store>,
+    len: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.store.reserved.fetch_sub(self.len, Ordering::Relaxed);
+    }
 }
 
 impl Store {
     /// Opens (creating if needed) a data directory: makes its subdirectories, removes
     /// leftovers of interrupted writes, loads or creates the node id and counts shards.
     pub fn open(root: &Path) -> io::Result<Self> {
+        Self::open_with(root, StoreOptions::default())
+    }
+
+    /// [`Store::open`] with a capacity and faults.
+    pub fn open_with(root: &Path, opts: StoreOptions) -> io::Result<Self> {
         fs::create_dir_all(root.join(TMP_DIR))?;
         fs::create_dir_all(root.join(SHARDS_DIR))?;
         sync_dir(root)?;
@@ -70,10 +108,88 @@ impl Store {
             root: root.to_path_buf(),
             node_id,
             shards: AtomicU64::new(0),
+            stored: AtomicU64::new(0),
+            reserved: AtomicU64::new(0),
+            capacity: opts.capacity,
+            faults: opts.faults,
             buffers: BufferPool::new(IDLE_BUFFERS),
         };
-        store.shards.store(store.count_shards()?, Ordering::Relaxed);
+        let (shards, bytes) = store.count_shards()?;
+        store.shards.store(shards, Ordering::Relaxed);
+        store.stored.store(bytes, Ordering::Relaxed);
         Ok(store)
+    }
+
+    /// Faults this store's node injects.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// Bytes of shard files and manifests stored.
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored.load(Ordering::Relaxed)
+    }
+
+    /// The `--capacity` limit, if any.
+    pub fn capacity_limit(&self) -> Option<u64> {
+        self.capacity
+    }
+
+    /// Holds `len` bytes under the capacity for a shard write, or `Err(free)` (the bytes
+    /// left) when they do not fit. Without a capacity every write fits here (the file
+    /// system has the last word).
+    pub fn reserve(self: &Arc<Self>, len: u64) -> Result<Reservation, u64> {
+        if let Some(limit) = self.capacity {
+            let before = self.reserved.fetch_add(len, Ordering::Relaxed);
+            let used = self.stored_bytes().saturating_add(before);
+            if used.saturating_add(len) > limit {
+                self.reserved.fetch_sub(len, Ordering::Relaxed);
+                return Err(limit.saturating_sub(used));
+            }
+        } else {
+            self.reserved.fetch_add(len, Ordering::Relaxed);
+        }
+        Ok(Reservation {
+            store: self.clone(),
+            len,
+        })
+    }
+
+    /// What the node offers: `capacity` = min(filesystem size, `--capacity`), `free` =
+    /// min(filesystem free, `--capacity` − stored − reserved for writes in flight).
+    pub fn space(&self) -> io::Result<DiskSpace> {
+        let disk = self.disk_space()?;
+        Ok(match self.capacity {
+            None => disk,
+            Some(limit) => {
+                let used = self
+                    .stored_bytes()
+                    .saturating_add(self.reserved.load(Ordering::Relaxed));
+                DiskSpace {
+                    capacity: disk.capacity.min(limit),
+                    free: disk.free.min(limit.saturating_sub(used)),
+                }
+            }
+        })
+    }
+
+    /// [`Store::space`] as reported to the gateway and metrics: the free figure is the
+    /// `report-free` fault's when one is set.
+    pub fn reported_space(&self) -> io::Result<DiskSpace> {
+        let mut space = self.space()?;
+        if let Some(free) = self.faults.report_free {
+            space.free = free;
+        }
+        Ok(space)
+    }
+
+    fn add_stored(&self, added: u64, removed: u64) {
+        // Saturating: concurrent deletes of one object may both count the same files.
+        let _ = self
+            .stored
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_add(added).saturating_sub(removed))
+            });
     }
 
     /// The aligned buffers shard reads and writes go through.
@@ -136,15 +252,17 @@ impl Store {
         let dir = self.object_dir(&addr.object);
         // A concurrent DELETE of the same object may remove the dir between our mkdir
         // and rename; try once more in that case.
+        let len = fs::metadata(temp)?.len();
         for attempt in 0..2 {
             self.ensure_object_dir(&dir)?;
-            let existed = dest.exists();
+            let old = file_len(&dest);
             match fs::rename(temp, &dest) {
                 Ok(()) => {
-                    sync_dir(&dir)?;
-                    if !existed {
+                    self.add_stored(len, old.unwrap_or(0));
+                    if old.is_none() {
                         self.shards.fetch_add(1, Ordering::Relaxed);
                     }
+                    sync_dir(&dir)?;
                     return Ok(());
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound && attempt == 0 => continue,
@@ -173,8 +291,10 @@ impl Store {
     /// Removes one shard file (no-op if absent).
     pub fn delete_shard(&self, addr: &ShardAddr) -> io::Result<()> {
         let path = self.shard_path(addr);
+        let len = file_len(&path).unwrap_or(0);
         match fs::remove_file(&path) {
             Ok(()) => {
+                self.add_stored(0, len);
                 let _ = self
                     .shards
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
@@ -194,14 +314,21 @@ impl Store {
     /// (0 if the object was not here).
     pub fn delete_object(&self, object: &ObjectId) -> io::Result<u64> {
         let dir = self.object_dir(object);
-        let removed = match fs::read_dir(&dir) {
-            Ok(entries) => entries
-                .filter_map(|e| e.ok())
-                .filter(|e| parse_shard_name(&e.file_name()).is_some())
-                .count() as u64,
+        let (mut removed, mut bytes) = (0u64, 0u64);
+        match fs::read_dir(&dir) {
+            Ok(entries) => {
+                for e in entries.filter_map(|e| e.ok()) {
+                    let name = e.file_name();
+                    let shard = parse_shard_name(&name).is_some();
+                    if shard || name == MANIFEST_FILE {
+                        bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+                    }
+                    removed += u64::from(shard);
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(e),
-        };
+        }
         match fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -210,6 +337,7 @@ impl Store {
         if let Some(prefix) = dir.parent() {
             sync_dir(prefix)?;
         }
+        self.add_stored(0, bytes);
         // Saturating: a concurrent delete of the same object may have counted the same files.
         let _ = self
             .shards
@@ -255,18 +383,23 @@ impl Store {
         Ok(out)
     }
 
-    /// Counts shard files by walking the store (done once, at startup).
-    fn count_shards(&self) -> io::Result<u64> {
-        let mut n = 0;
+    /// Counts shard files, and the bytes of shard files and manifests, by walking the
+    /// store (done once, at startup).
+    fn count_shards(&self) -> io::Result<(u64, u64)> {
+        let (mut n, mut bytes) = (0, 0);
         for prefix in read_dir_or_empty(&self.shards_dir())? {
             for object in read_dir_or_empty(&prefix.path())? {
-                n += read_dir_or_empty(&object.path())?
-                    .iter()
-                    .filter(|e| parse_shard_name(&e.file_name()).is_some())
-                    .count() as u64;
+                for e in read_dir_or_empty(&object.path())? {
+                    let name = e.file_name();
+                    let shard = parse_shard_name(&name).is_some();
+                    if shard || name == MANIFEST_FILE {
+                        bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+                    }
+                    n += u64::from(shard);
+                }
             }
         }
-        Ok(n)
+        Ok((n, bytes))
     }
 
     /// Every shard with its file size and seconds since it was written, and every
@@ -313,7 +446,10 @@ impl Store {
     pub fn put_manifest(&self, object: &ObjectId, manifest: &[u8]) -> io::Result<()> {
         let dir = self.object_dir(object);
         self.ensure_object_dir(&dir)?;
-        self.write_durably(&format!("{object}.manifest"), &dir, MANIFEST_FILE, manifest)
+        let old = file_len(&dir.join(MANIFEST_FILE)).unwrap_or(0);
+        self.write_durably(&format!("{object}.manifest"), &dir, MANIFEST_FILE, manifest)?;
+        self.add_stored(manifest.len() as u64, old);
+        Ok(())
     }
 
     /// Writes a small file through `tmp/` (write, fsync, rename, directory fsync).
@@ -376,8 +512,13 @@ impl Store {
     /// Removes an object's manifest durably (no-op if absent).
     pub fn delete_manifest(&self, object: &ObjectId) -> io::Result<()> {
         let dir = self.object_dir(object);
-        match fs::remove_file(dir.join(MANIFEST_FILE)) {
-            Ok(()) => sync_dir(&dir),
+        let path = dir.join(MANIFEST_FILE);
+        let len = file_len(&path).unwrap_or(0);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                self.add_stored(0, len);
+                sync_dir(&dir)
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
         }
@@ -403,6 +544,11 @@ impl Store {
     pub fn disk_space(&self) -> io::Result<DiskSpace> {
         statvfs(&self.root)
     }
+}
+
+/// Length of the file at `path`, `None` if there is none.
+fn file_len(path: &Path) -> Option<u64> {
+    fs::metadata(path).ok().map(|m| m.len())
 }
 
 /// `(segment, index)` of a shard file name `<segment>.<index>`; None for other files.
@@ -571,6 +717,40 @@ mod tests {
         assert!(s.list_objects().expect("list").is_empty());
         let space = s.disk_space().expect("statvfs");
         assert!(space.capacity >= space.free && space.capacity > 0);
+    }
+
+    #[test]
+    fn capacity_counts_stored_and_reserved_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = StoreOptions {
+            capacity: Some(1000),
+            faults: Faults::default(),
+        };
+        let s = Arc::new(Store::open_with(dir.path(), opts.clone()).expect("open"));
+        assert_eq!(s.space().expect("space").capacity, 1000);
+        let addr = ShardAddr {
+            object: ObjectId::random(),
+            segment: 0,
+            index: 0,
+        };
+        let held = s.reserve(600).expect("600 of 1000 fit");
+        assert_eq!(s.reserve(500).err(), Some(400), "in-flight bytes count");
+        assert_eq!(s.space().expect("space").free, 400);
+        let (tmp, mut f) = s.create_temp(&addr).expect("temp");
+        f.write_all(&[7u8; 600]).expect("write");
+        s.commit(&tmp, &addr).expect("commit");
+        drop(held);
+        assert_eq!(s.stored_bytes(), 600);
+        assert_eq!(s.space().expect("space").free, 400);
+        s.put_manifest(&addr.object, &[b'm'; 100])
+            .expect("manifest");
+        assert_eq!(s.reserve(301).err(), Some(300));
+        drop(s);
+        let s = Arc::new(Store::open_with(dir.path(), opts).expect("reopen"));
+        assert_eq!(s.stored_bytes(), 700, "counted again at startup");
+        s.delete_object(&addr.object).expect("delete");
+        assert_eq!(s.stored_bytes(), 0);
+        assert!(s.reserve(1000).is_ok());
     }
 
     #[test]

@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 
 use crate::direct_io::{open_direct, AlignedBuf, BufferPool, DIRECT_ALIGN, HUGE_PAGE};
 use crate::error::NodeError;
+use crate::faults::{failure_at, WriteFault};
 use crate::store::{preallocate, ShardAddr, Store};
 
 /// Bytes gathered before each write: one huge page (a multiple of [`DIRECT_ALIGN`]).
@@ -128,6 +129,50 @@ impl<S: ShardSource> ShardSource for Idle<S> {
     }
 }
 
+/// A source that fails as an injected [`WriteFault`] says, once enough bytes came in.
+pub(crate) struct Faulty<S> {
+    src: S,
+    fault: WriteFault,
+    read: u64,
+}
+
+impl<S> Faulty<S> {
+    /// `src`, failing per `fault`.
+    pub(crate) fn new(src: S, fault: WriteFault) -> Self {
+        Self {
+            src,
+            fault,
+            read: 0,
+        }
+    }
+}
+
+impl<S: ShardSource> ShardSource for Faulty<S> {
+    async fn read_into(&mut self, dst: &mut [u8]) -> Result<usize, NodeError> {
+        if let Some(e) = failure_at(self.fault, self.read) {
+            return Err(e);
+        }
+        // Stop exactly at the failure point, so only part of the body is consumed.
+        let cap = match self.fault {
+            WriteFault::FailAfter(n) | WriteFault::ResetAfter(n) => {
+                usize::try_from(n - self.read).unwrap_or(usize::MAX)
+            }
+            WriteFault::DiskFull => 0,
+        };
+        let want = dst.len().min(cap);
+        let n = self.src.read_into(&mut dst[..want]).await?;
+        self.read += n as u64;
+        Ok(n)
+    }
+
+    async fn has_more(&mut self) -> Result<bool, NodeError> {
+        if let Some(e) = failure_at(self.fault, self.read) {
+            return Err(e);
+        }
+        self.src.has_more().await
+    }
+}
+
 enum Msg {
     /// A full buffer ([`WRITE_BUF`] bytes) to append.
     Data(AlignedBuf),
@@ -139,7 +184,9 @@ enum Msg {
 ///
 /// Nothing becomes visible unless the header names `addr`, every block's crc32c matches
 /// and the file is exactly as long as the header says (and as `declared_len`, when the
-/// sender declared one); otherwise the temp file is removed.
+/// sender declared one); otherwise the temp file is removed. A file that would take the
+/// node over its capacity is refused ([`NodeError::OverCapacity`]) before its blocks are
+/// read.
 pub(crate) async fn write_shard<S: ShardSource>(
     store: Arc<Store>,
     addr: ShardAddr,
@@ -178,6 +225,13 @@ pub(crate) async fn write_shard<S: ShardSource>(
             });
         }
     }
+    // Held until the writer is done: concurrent writes cannot overbook the capacity.
+    let _room = store
+        .reserve(file_len)
+        .map_err(|free| NodeError::OverCapacity {
+            need: file_len,
+            free,
+        })?;
     let mut checker = BlockChecker::new(header.layout);
     checker.feed(&buf.filled()[header_len..])?;
 
@@ -340,7 +394,9 @@ fn write_blocking(
 ) -> Result<u64, NodeError> {
     let (tmp, file) = store.create_temp(&addr)?;
     let mut guard = TempGuard(Some(tmp.clone()));
-    preallocate(&file, file_len)?;
+    if !store.faults().no_fallocate {
+        preallocate(&file, file_len)?;
+    }
     let mut out = ShardFile::new(file, &tmp);
     while let Some(msg) = rx.blocking_recv() {
         match msg {
@@ -358,6 +414,7 @@ fn write_blocking(
                 finished?;
                 store.commit(&tmp, &addr)?;
                 guard.0 = None;
+                crate::publish_space(store);
                 return Ok(file_len);
             }
         }

@@ -183,3 +183,132 @@ pub fn error_kind(resp: &reqwest::Response) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
 }
+
+/// `GET /v1/info` of a node.
+pub async fn info(node: &TestNode, http: &reqwest::Client) -> cairn_common::protocol::NodeInfo {
+    let r = node
+        .signed(http, reqwest::Method::GET, "/v1/info?challenge=t")
+        .send()
+        .await
+        .expect("info");
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    serde_json::from_slice(&r.bytes().await.expect("body")).expect("info json")
+}
+
+/// The value of an unlabelled sample `name` on a node's `/metrics` (None if absent).
+pub async fn metric(addr: SocketAddr, http: &reqwest::Client, name: &str) -> Option<f64> {
+    let text = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().expect("metric value"))
+}
+
+/// A `cairn-node` process (the real binary), for what an in-process node cannot show:
+/// its own metrics registry, its environment, a file system of its own.
+pub struct ProcNode {
+    pub addr: SocketAddr,
+    child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl ProcNode {
+    /// Runs `prefix... cairn-node --listen ADDR --data DATA args...` with `env`, and waits
+    /// for its `/health`. `prefix` may wrap it (e.g. in a namespace); `data` is then
+    /// interpreted inside it.
+    pub async fn spawn(
+        prefix: &[&str],
+        data: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: PathBuf,
+    ) -> Self {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let bin = env!("CARGO_BIN_EXE_cairn-node");
+        let mut argv: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
+        argv.push(bin.into());
+        argv.extend(["--listen".into(), addr.to_string(), "--data".into()]);
+        argv.push(data.display().to_string());
+        argv.extend(args.iter().map(|s| s.to_string()));
+        let logfile = std::fs::File::create(&log).expect("log file");
+        let mut cmd = std::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .env("CAIRN_CLUSTER_SECRET", SECRET)
+            .env_remove("CAIRN_NODE_FAULTS")
+            .env_remove("CAIRN_NODE_CAPACITY")
+            .stdin(std::process::Stdio::null())
+            .stdout(logfile.try_clone().expect("log"))
+            .stderr(logfile);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn cairn-node");
+        let mut node = Self { addr, child, log };
+        let http = reqwest::Client::new();
+        for _ in 0..200 {
+            if let Ok(r) = http.get(format!("http://{addr}/health")).send().await {
+                if r.status().is_success() {
+                    return node;
+                }
+            }
+            if let Ok(Some(status)) = node.child.try_wait() {
+                panic!("cairn-node exited {status}: {}", node.log_text());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let _ = node.child.kill();
+        panic!("cairn-node not ready: {}", node.log_text());
+    }
+
+    /// The process id of the node.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the process logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A request signed with the test cluster secret.
+    pub fn signed(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        path_and_query: &str,
+    ) -> reqwest::RequestBuilder {
+        let (date, tag) = ClusterKey::new(SECRET).sign(method.as_str(), path_and_query);
+        client
+            .request(method, format!("http://{}{}", self.addr, path_and_query))
+            .header(DATE_HEADER, date)
+            .header(AUTH_HEADER, tag)
+    }
+
+    /// `GET /v1/info`.
+    pub async fn info(&self, http: &reqwest::Client) -> cairn_common::protocol::NodeInfo {
+        let r = self
+            .signed(http, reqwest::Method::GET, "/v1/info?challenge=t")
+            .send()
+            .await
+            .expect("info");
+        assert_eq!(r.status(), reqwest::StatusCode::OK);
+        serde_json::from_slice(&r.bytes().await.expect("body")).expect("info json")
+    }
+}
+
+impl Drop for ProcNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
