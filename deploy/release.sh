@@ -29,7 +29,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
-export PATH="$HOME/.cargo/bin:$PATH"
+# pip puts cargo-zigbuild in ~/.local/bin when it installs for the user.
+export PATH="$HOME/.cargo/bin:$HOME/.local/bin:$PATH"
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 export CARGO_TARGET_DIR=${CAIRN_RELEASE_TARGET_DIR:-$PWD/target/release-build}
 DIST=${DIST:-$PWD/dist}

@@ -26,7 +26,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
-export PATH="$HOME/.cargo/bin:$PATH"
+# pip puts cargo-zigbuild in ~/.local/bin when it installs for the user.
+export PATH="$HOME/.cargo/bin:$HOME/.local/bin:$PATH"
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 export CARGO_TARGET_DIR=${CAIRN_CROSS_TARGET_DIR:-$PWD/target/cross}
 
