@@ -41,24 +41,7 @@ pub struct TransferOpts {
     pub bandwidth_limit: Option<u64>,
 }
 
-/// Parses `123`, `64KiB`, `16MiB`, `1GiB`, `10M`, `2G` (binary units).
-pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("bad size {s:?}: expected e.g. 16MiB"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("bad size unit in {s:?}: use B, KiB, MiB or GiB")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} is too large"))
-}
+pub use cairn_common::daemon::parse_size;
 
 /// Paces uploads to a byte rate.
 #[derive(Debug)]

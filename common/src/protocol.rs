@@ -52,6 +52,8 @@ pub const MAX_OUTCOME_LINE: usize = 256;
 pub const ERROR_HEADER: &str = "x-cairn-error";
 /// `ERROR_HEADER` value for a block that failed its checksum.
 pub const ERR_CORRUPT_BLOCK: &str = "corrupt-block";
+/// `ERROR_HEADER` value for a shard refused for lack of room (status 507).
+pub const ERR_DISK_FULL: &str = "disk-full";
 /// `ERROR_HEADER` value for a shard the node does not have.
 pub const ERR_NO_SUCH_SHARD: &str = "no-such-shard";
 

@@ -81,6 +81,8 @@ pub enum S3Error {
     SlowDown(String),
     #[error("Service unavailable: {0}")]
     ServiceUnavailable(String),
+    #[error("Not enough free space on the storage nodes: {0}")]
+    InsufficientStorage(String),
     #[error("We encountered an internal error. Please try again.")]
     Internal(String),
 }
@@ -125,6 +127,7 @@ impl S3Error {
             MethodNotAllowed => ("MethodNotAllowed", StatusCode::METHOD_NOT_ALLOWED),
             SlowDown(_) => ("SlowDown", StatusCode::SERVICE_UNAVAILABLE),
             ServiceUnavailable(_) => ("ServiceUnavailable", StatusCode::SERVICE_UNAVAILABLE),
+            InsufficientStorage(_) => ("InsufficientStorage", StatusCode::INSUFFICIENT_STORAGE),
             Internal(_) => ("InternalError", StatusCode::INTERNAL_SERVER_ERROR),
         }
     }
@@ -163,6 +166,7 @@ impl From<StoreError> for S3Error {
         match e {
             StoreError::NotEnoughNodes(msg) => S3Error::SlowDown(msg),
             StoreError::Unavailable(msg) => S3Error::ServiceUnavailable(msg),
+            StoreError::Full(msg) => S3Error::InsufficientStorage(msg),
             StoreError::BodyTooShort => S3Error::IncompleteBody,
             StoreError::BodyTooLong => {
                 S3Error::InvalidRequest("request body is longer than its declared length".into())

@@ -93,6 +93,13 @@ pub struct Args {
     /// up, and a read rebuilds its shard from parity.
     #[arg(long, default_value = "30s", value_parser = cairn_common::daemon::parse_duration)]
     pub node_timeout: Duration,
+    /// Free space every node keeps: no new shard goes to a node it would leave with
+    /// less than the larger of this and `--reserve-percent` of its capacity (e.g. `1GiB`).
+    #[arg(long, default_value = "1GiB", value_parser = cairn_common::daemon::parse_size)]
+    pub reserve_bytes: u64,
+    /// Free space every node keeps, in percent of its capacity (see `--reserve-bytes`).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(0..=50))]
+    pub reserve_percent: u8,
 }
 
 /// How long `rebuild-catalog` waits on a node that stopped answering.
@@ -243,6 +250,10 @@ pub async fn serve(
         .with_context(|| format!("opening catalog in {}", args.meta.display()))?;
     let client = NodeClient::new(ClusterKey::new(&args.cluster_secret), args.node_timeout);
     let cluster = Cluster::new(client, args.nodes.clone());
+    cluster.set_reserve(store::cluster::Reserve {
+        bytes: args.reserve_bytes,
+        percent: args.reserve_percent,
+    });
     for id in catalog.gone_nodes()? {
         cluster.declare_gone(id);
     }

@@ -80,28 +80,7 @@ pub struct Args {
     pub faults: Faults,
 }
 
-/// Parses a byte count such as `1048576`, `40MiB`, `64GiB` or `64G` (binary units:
-/// K, M, G and T with or without `B` / `iB`).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let num: u64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        _ => {
-            return Err(format!(
-                "bad size unit in {s:?} (use B, KiB, MiB, GiB, TiB)"
-            ))
-        }
-    };
-    num.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("size {s:?} is too large"))
-}
+pub use cairn_common::daemon::parse_size;
 
 fn parse_capacity(s: &str) -> Result<u64, String> {
     match parse_size(s)? {

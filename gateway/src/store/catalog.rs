@@ -1,13 +1,21 @@
 //! The catalog: buckets and committed object records in sled.
 //!
 //! Trees: `buckets` (name → [`BucketRecord`] JSON) and `objects` (`bucket \0 key` →
-//! [`ObjectRecord`] JSON). A record is written only after all of an object's shards are
-//! durable, and every mutation is flushed before it is acknowledged.
+//! [`ObjectRecord`] JSON), `versions` (object id → `bucket \0 key`, to find the record
+//! that points to a shard), multipart `uploads` and `parts`. A record is written only
+//! after all of an object's shards are durable, and every mutation is flushed before it
+//! is acknowledged.
+//!
+//! **The deletion rule**: nothing may delete a shard that a record still points to.
+//! [`Catalog::references_shard`] and [`Catalog::references_version`] answer that from
+//! the records themselves, and every shard delete (failed writes, replaced versions,
+//! repair, rebalance, garbage collection) asks them right before it is sent.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use cairn_common::ids::{NodeId, ObjectId};
+use cairn_common::protocol::ShardRef;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
@@ -173,7 +181,14 @@ pub struct Catalog {
     completed: sled::Tree,
     /// Storage nodes an operator declared gone: never given shards again.
     gone_nodes: sled::Tree,
+    /// Object id → `bucket \0 key` of the record that may hold it. Written before the
+    /// record, removed after it, and always checked against the record: a stale entry
+    /// only costs a lookup.
+    versions: sled::Tree,
 }
+
+/// Key in the `meta` tree marking that `versions` indexes every object.
+const VERSIONS_INDEXED: &[u8] = b"versions-indexed";
 
 fn part_key(upload: &ObjectId, part: u32) -> Vec<u8> {
     let mut k = upload.0.to_vec();
@@ -202,7 +217,8 @@ impl Catalog {
         let parts = db.open_tree("parts")?;
         let completed = db.open_tree("completed")?;
         let gone_nodes = db.open_tree("gone_nodes")?;
-        Ok(Self {
+        let versions = db.open_tree("versions")?;
+        let catalog = Self {
             db,
             buckets,
             objects,
@@ -210,7 +226,76 @@ impl Catalog {
             parts,
             completed,
             gone_nodes,
-        })
+            versions,
+        };
+        catalog.index_versions()?;
+        Ok(catalog)
+    }
+
+    /// Builds the `versions` index of a catalog written before it existed (once).
+    fn index_versions(&self) -> Result<(), StoreError> {
+        let meta = self.db.open_tree("meta")?;
+        if meta.contains_key(VERSIONS_INDEXED)? {
+            return Ok(());
+        }
+        let mut n = 0usize;
+        for item in self.objects.iter() {
+            let (okey, v) = item?;
+            let rec: ObjectRecord = serde_json::from_slice(&v)?;
+            self.versions.insert(rec.id.0, okey)?;
+            n += 1;
+        }
+        meta.insert(VERSIONS_INDEXED, b"1".as_slice())?;
+        self.db.flush()?;
+        if n > 0 {
+            tracing::info!(objects = n, "catalog: object versions indexed");
+        }
+        Ok(())
+    }
+
+    /// The committed record holding version `id`, if any.
+    fn record_of_version(&self, id: &ObjectId) -> Result<Option<ObjectRecord>, StoreError> {
+        let Some(okey) = self.versions.get(id.0)? else {
+            return Ok(None);
+        };
+        let Some(v) = self.objects.get(&okey)? else {
+            return Ok(None);
+        };
+        let rec: ObjectRecord = serde_json::from_slice(&v)?;
+        Ok((rec.id == *id).then_some(rec))
+    }
+
+    /// Drops the index entry of version `id` if it still points to `okey`.
+    fn unindex_version(&self, id: &ObjectId, okey: &[u8]) -> Result<(), StoreError> {
+        // Lost race (the entry moved to another key): nothing to do.
+        let _ = self
+            .versions
+            .compare_and_swap(id.0, Some(okey), None::<&[u8]>)?;
+        Ok(())
+    }
+
+    /// Whether a committed object or a multipart upload in progress still has version
+    /// `id` (then none of its shards may be deleted wholesale).
+    pub fn references_version(&self, id: &ObjectId) -> Result<bool, StoreError> {
+        Ok(self.uploads.contains_key(id.0)? || self.record_of_version(id)?.is_some())
+    }
+
+    /// Whether a record (a committed object, or a part of an upload in progress) says
+    /// that `node` holds `shard`.
+    pub fn references_shard(&self, node: &NodeId, shard: &ShardRef) -> Result<bool, StoreError> {
+        let holds = |seg: &SegmentRecord| {
+            seg.segment == shard.segment && seg.nodes.get(shard.index as usize) == Some(node)
+        };
+        if self.uploads.contains_key(shard.object.0)? {
+            for (_, part) in self.parts(&shard.object)? {
+                if holds(&part.segment) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(self
+            .record_of_version(&shard.object)?
+            .is_some_and(|rec| rec.segments.iter().any(holds)))
     }
 
     /// Makes every write so far durable. Not sled's `flush_async`: with several polled at
@@ -289,6 +374,7 @@ impl Catalog {
     ) -> Result<Option<ObjectRecord>, StoreError> {
         let okey = object_key(bucket, key);
         let value = serde_json::to_vec(rec)?;
+        self.versions.insert(rec.id.0, okey.as_slice())?;
         let old = loop {
             let current = self.objects.get(&okey)?;
             let parsed: Option<ObjectRecord> = match &current {
@@ -304,11 +390,12 @@ impl Catalog {
                 Err(_) => continue, // raced with another writer: check again
             }
         };
+        let old: Option<ObjectRecord> = old.and_then(|v| serde_json::from_slice(&v).ok());
+        if let Some(old) = old.as_ref().filter(|o| o.id != rec.id) {
+            self.unindex_version(&old.id, &okey)?;
+        }
         self.flush().await?;
-        Ok(match old {
-            Some(v) => serde_json::from_slice(&v).ok(),
-            None => None,
-        })
+        Ok(old)
     }
 
     /// Removes a record (durably), returning it.
@@ -317,12 +404,16 @@ impl Catalog {
         bucket: &str,
         key: &str,
     ) -> Result<Option<ObjectRecord>, StoreError> {
-        let old = self.objects.remove(object_key(bucket, key))?;
+        let okey = object_key(bucket, key);
+        let old: Option<ObjectRecord> = self
+            .objects
+            .remove(&okey)?
+            .and_then(|v| serde_json::from_slice(&v).ok());
+        if let Some(old) = &old {
+            self.unindex_version(&old.id, &okey)?;
+        }
         self.flush().await?;
-        Ok(match old {
-            Some(v) => serde_json::from_slice(&v).ok(),
-            None => None,
-        })
+        Ok(old)
     }
 
     /// Objects of `bucket` with keys starting with `prefix` and greater than `after`,
@@ -439,6 +530,7 @@ impl Catalog {
             .scan_prefix(upload.0)
             .keys()
             .collect::<Result<_, _>>()?;
+        self.versions.insert(upload.0, okey.as_slice())?;
         let old = (&self.objects, &self.uploads, &self.parts, &self.completed)
             .transaction(|(objects, uploads, parts, completed)| {
                 let current = objects.get(okey.as_slice())?;
@@ -475,11 +567,12 @@ impl Catalog {
                     sled::transaction::TransactionError::Abort(e) => e,
                 },
             )?;
+        let old: Option<ObjectRecord> = old.and_then(|v| serde_json::from_slice(&v).ok());
+        if let Some(old) = old.as_ref().filter(|o| o.id != *upload) {
+            self.unindex_version(&old.id, &okey)?;
+        }
         self.flush().await?;
-        Ok(match old {
-            Some(v) => serde_json::from_slice(&v).ok(),
-            None => None,
-        })
+        Ok(old)
     }
 
     /// The remembered result of a completed upload.
@@ -637,6 +730,154 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn segment(number: u32, nodes: &[NodeId]) -> SegmentRecord {
+        SegmentRecord {
+            segment: number,
+            len: 10,
+            k: 2,
+            m: 1,
+            block_size: 1 << 20,
+            nodes: nodes.to_vec(),
+        }
+    }
+
+    fn shard(object: ObjectId, segment: u32, index: u8) -> ShardRef {
+        ShardRef {
+            object,
+            segment,
+            index,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_deletion_rule_follows_every_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let catalog = Catalog::open(dir.path()).expect("open");
+        let nodes: Vec<NodeId> = (0..4).map(|_| NodeId::random()).collect();
+        let (a, b, c) = (nodes[0], nodes[1], nodes[2]);
+
+        // A committed object: its shards, on their nodes only, and its version.
+        let v1 = ObjectId::random();
+        let rec = ObjectRecord {
+            id: v1,
+            size: 10,
+            modified_ms: 0,
+            meta: ObjectMeta::default(),
+            segments: vec![segment(7, &[a, b, c])],
+        };
+        catalog
+            .put_object("bkt", "key", &rec, &WriteCondition::None)
+            .await
+            .expect("put");
+        assert!(catalog.references_version(&v1).expect("ask"));
+        assert!(catalog.references_shard(&b, &shard(v1, 7, 1)).expect("ask"));
+        assert!(!catalog.references_shard(&a, &shard(v1, 7, 1)).expect("ask"));
+        assert!(!catalog.references_shard(&b, &shard(v1, 8, 1)).expect("ask"));
+
+        // Overwritten: the old version is garbage, the new one is not.
+        let v2 = ObjectId::random();
+        let rec2 = ObjectRecord {
+            id: v2,
+            segments: vec![segment(9, &[c, b, a])],
+            ..rec.clone()
+        };
+        catalog
+            .put_object("bkt", "key", &rec2, &WriteCondition::None)
+            .await
+            .expect("overwrite");
+        assert!(!catalog.references_version(&v1).expect("ask"));
+        assert!(!catalog.references_shard(&b, &shard(v1, 7, 1)).expect("ask"));
+        assert!(catalog.references_shard(&c, &shard(v2, 9, 0)).expect("ask"));
+
+        // A multipart upload: recorded parts are referenced, other attempts are not.
+        let up = ObjectId::random();
+        let urec = UploadRecord {
+            bucket: "bkt".into(),
+            key: "big".into(),
+            meta: ObjectMeta::default(),
+            created_ms: 0,
+            checksum_algorithm: None,
+            checksum_type: None,
+        };
+        catalog.create_upload(&up, &urec).await.expect("create");
+        let part = PartRecord {
+            etag: "e".into(),
+            size: 10,
+            modified_ms: 0,
+            segment: segment(11, &[a, b, c]),
+            checksum: None,
+        };
+        catalog.put_part(&up, 1, &part).await.expect("part");
+        assert!(catalog.references_version(&up).expect("ask"));
+        assert!(catalog
+            .references_shard(&a, &shard(up, 11, 0))
+            .expect("ask"));
+        assert!(!catalog
+            .references_shard(&a, &shard(up, 12, 0))
+            .expect("ask"));
+
+        // Completed: the object record keeps the part's shards referenced.
+        let done = CompletedRecord {
+            bucket: "bkt".into(),
+            key: "big".into(),
+            etag: "e-1".into(),
+            checksum: None,
+            completed_ms: 0,
+        };
+        let orec = ObjectRecord {
+            id: up,
+            size: 10,
+            modified_ms: 0,
+            meta: ObjectMeta::default(),
+            segments: vec![part.segment.clone()],
+        };
+        catalog
+            .complete_upload(&up, &orec, &done, &WriteCondition::None)
+            .await
+            .expect("complete");
+        assert!(catalog
+            .references_shard(&a, &shard(up, 11, 0))
+            .expect("ask"));
+
+        // Deleted: nothing of it is referenced any more.
+        catalog.delete_object("bkt", "big").await.expect("delete");
+        assert!(!catalog.references_version(&up).expect("ask"));
+        assert!(!catalog
+            .references_shard(&a, &shard(up, 11, 0))
+            .expect("ask"));
+    }
+
+    #[tokio::test]
+    async fn a_catalog_without_the_version_index_gets_it_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = ObjectId::random();
+        let node = NodeId::random();
+        {
+            // Written as a catalog that predates the index: objects only.
+            let db = sled::open(dir.path()).expect("sled");
+            let rec = ObjectRecord {
+                id,
+                size: 10,
+                modified_ms: 0,
+                meta: ObjectMeta::default(),
+                segments: vec![segment(3, &[node])],
+            };
+            db.open_tree("objects")
+                .expect("tree")
+                .insert(
+                    object_key("bkt", "old"),
+                    serde_json::to_vec(&rec).expect("json"),
+                )
+                .expect("insert");
+            db.flush().expect("flush");
+        }
+        let catalog = Catalog::open(dir.path()).expect("open");
+        assert!(catalog.references_version(&id).expect("ask"));
+        assert!(catalog
+            .references_shard(&node, &shard(id, 3, 0))
+            .expect("ask"));
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn many_commits_flushing_at_once_all_complete() {

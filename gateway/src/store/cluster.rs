@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use cairn_common::ids::NodeId;
+use cairn_common::placement::Candidate;
 use cairn_common::protocol::{NodeInfo, ShardRef};
 
 use super::node_client::NodeClient;
@@ -34,6 +35,51 @@ pub struct NodeState {
     /// An operator declared it gone: it gets no new shards, and its shards are rebuilt
     /// elsewhere at once (read from it meanwhile if it is still up).
     pub gone: bool,
+    /// It refused a shard for lack of room: no new shards until then, whatever free
+    /// space it reports (a node may report wrongly).
+    pub full_until: Option<Instant>,
+    /// Shard bytes placed on it since its last reported free space.
+    pub placed_bytes: u64,
+}
+
+/// Free space a node keeps: it gets no new shard that would leave it less than the larger
+/// of `bytes` and `percent` of its capacity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reserve {
+    /// Absolute reserve in bytes.
+    pub bytes: u64,
+    /// Reserve as a percentage of the node's capacity.
+    pub percent: u8,
+}
+
+impl Default for Reserve {
+    /// The larger of 1 GiB and 5%.
+    fn default() -> Self {
+        Self {
+            bytes: 1 << 30,
+            percent: 5,
+        }
+    }
+}
+
+impl Reserve {
+    /// The bytes a node of `capacity` keeps free.
+    pub fn of(&self, capacity: u64) -> u64 {
+        self.bytes
+            .max((capacity as u128 * self.percent as u128 / 100) as u64)
+    }
+}
+
+/// How long a node that refused a shard for lack of room gets no new shards.
+const FULL_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Nodes that can take a new shard, and how many are live at all.
+#[derive(Clone, Debug, Default)]
+pub struct Candidates {
+    /// Live nodes with room, weighted by capacity.
+    pub with_room: Vec<Candidate>,
+    /// Live nodes (with room or not).
+    pub live: usize,
 }
 
 /// Live view of the cluster.
@@ -54,6 +100,8 @@ struct Inner {
     gone: HashSet<NodeId>,
     /// When this gateway started: nodes never seen since count as down from then.
     started: Instant,
+    /// Free space each node keeps.
+    reserve: Reserve,
 }
 
 impl Cluster {
@@ -65,6 +113,7 @@ impl Cluster {
             suspects: HashSet::new(),
             gone: HashSet::new(),
             started: Instant::now(),
+            reserve: Reserve::default(),
         };
         Self {
             inner: Arc::new(RwLock::new(inner)),
@@ -79,6 +128,11 @@ impl Cluster {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the free space every node keeps (default: [`Reserve::default`]).
+    pub fn set_reserve(&self, reserve: Reserve) {
+        self.write().reserve = reserve;
     }
 
     /// The client used to talk to nodes.
@@ -130,6 +184,8 @@ impl Cluster {
                         down_since: None,
                         replaced: false,
                         gone: false,
+                        full_until: None,
+                        placed_bytes: 0,
                     });
                     if !st.up {
                         tracing::info!(node = %info.node_id, %addr, "storage node up");
@@ -146,6 +202,12 @@ impl Cluster {
                     if newly_bad {
                         self.repair_wanted.notify_one();
                     }
+                    let node = info.node_id.to_string();
+                    metrics::gauge!("cairn_node_capacity_bytes", "node" => node.clone())
+                        .set(info.capacity_bytes as f64);
+                    metrics::gauge!("cairn_node_free_bytes", "node" => node)
+                        .set(info.free_bytes as f64);
+                    st.placed_bytes = 0;
                     st.info = Some(info);
                 }
                 Err(e) => {
@@ -192,6 +254,56 @@ impl Cluster {
             .collect();
         v.sort();
         v
+    }
+
+    /// Live nodes that can take a new shard of `shard_len` bytes and keep their reserve,
+    /// weighted by capacity for placement.
+    pub fn candidates(&self, shard_len: u64) -> Candidates {
+        let g = self.read();
+        let now = Instant::now();
+        let mut out = Candidates::default();
+        let mut ids: Vec<&NodeState> = g
+            .nodes
+            .values()
+            .filter(|n| n.up && !g.gone.contains(&n.id))
+            .collect();
+        ids.sort_by_key(|n| n.id);
+        for n in ids {
+            out.live += 1;
+            let Some(info) = &n.info else { continue };
+            if n.full_until.is_some_and(|t| t > now) {
+                continue;
+            }
+            let free = info.free_bytes.saturating_sub(n.placed_bytes);
+            if free.saturating_sub(shard_len) < g.reserve.of(info.capacity_bytes) {
+                continue;
+            }
+            out.with_room.push(Candidate {
+                id: n.id,
+                weight: info.capacity_bytes,
+            });
+        }
+        out
+    }
+
+    /// Counts `bytes` against a node's reported free space until its next probe.
+    pub fn debit(&self, id: &NodeId, bytes: u64) {
+        if let Some(n) = self.write().nodes.get_mut(id) {
+            n.placed_bytes = n.placed_bytes.saturating_add(bytes);
+        }
+    }
+
+    /// A node refused a shard for lack of room: it gets no new shards for a while.
+    pub fn mark_full(&self, id: &NodeId) {
+        let mut g = self.write();
+        if let Some(n) = g.nodes.get_mut(id) {
+            if n.full_until.is_none_or(|t| t <= Instant::now()) {
+                cairn_common::log_limited!(warn, key = id; node = %id, addr = %n.addr, "storage node is full: no new shards for it for a while");
+                metrics::counter!("cairn_node_full_refusals_total", "node" => id.to_string())
+                    .increment(1);
+            }
+            n.full_until = Some(Instant::now() + FULL_BACKOFF);
+        }
     }
 
     /// Address of an up node.

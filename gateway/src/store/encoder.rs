@@ -8,11 +8,13 @@
 //! card) slows the loop, which stops reading the body, which fills the client's TCP window.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use cairn_common::erasure::Codec;
 use cairn_common::ids::{NodeId, ObjectId};
+use cairn_common::protocol::ERR_DISK_FULL;
 use cairn_common::request_id;
 use cairn_common::shard::{block_crc, block_crc_append, Layout, ShardHeader, CRC_LEN};
 use futures::{Stream, StreamExt};
@@ -20,6 +22,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::cluster::Cluster;
+use super::node_client::NodeCallError;
 use super::{BodyError, StoreError};
 
 /// Bytes queued per shard stream, not yet taken by its request to the node.
@@ -47,21 +50,61 @@ struct ShardSink {
     tx: mpsc::UnboundedSender<(Bytes, OwnedSemaphorePermit)>,
     /// Free bytes of the queue; a piece holds its share until the transfer takes it.
     room: Arc<Semaphore>,
-    task: JoinHandle<Result<(), String>>,
+    task: JoinHandle<Result<(), NodeCallError>>,
+    /// The transfer ended early (the node failed or refused): later pieces are dropped.
+    dead: AtomicBool,
 }
 
 impl ShardSink {
-    /// Queues `piece`, waiting while the queue is full.
-    async fn send(&self, piece: Bytes) -> Result<(), StoreError> {
-        let gone =
-            || StoreError::Unavailable(format!("storage node {} stopped taking data", self.node));
+    /// Queues `piece`, waiting while the queue is full. A transfer that has ended takes
+    /// nothing more: the sink is marked dead and the piece dropped; the segment goes on
+    /// while at most `m` shards are lost ([`write_segment`]).
+    async fn send(&self, piece: Bytes) {
+        if self.dead.load(Ordering::Relaxed) {
+            return;
+        }
         let share = piece.len().clamp(1, SHARD_QUEUE_BYTES) as u32;
-        let permit = Arc::clone(&self.room)
-            .acquire_many_owned(share)
-            .await
-            .map_err(|_| gone())?;
-        self.tx.send((piece, permit)).map_err(|_| gone())
+        let sent = match Arc::clone(&self.room).acquire_many_owned(share).await {
+            Ok(permit) => self.tx.send((piece, permit)).is_ok(),
+            Err(_) => false,
+        };
+        if !sent {
+            self.dead.store(true, Ordering::Relaxed);
+        }
     }
+
+    /// Whether a piece could not be queued: the transfer ended before its shard was
+    /// whole. (A transfer that took every byte may drop its queue before the last
+    /// stripe is done; that is not a failure.)
+    fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Relaxed)
+    }
+}
+
+/// A shard of a segment that did not land on its node.
+#[derive(Debug)]
+pub struct FailedShard {
+    /// Shard index.
+    pub index: u8,
+    /// The node it was meant for.
+    pub node: NodeId,
+    /// Why.
+    pub error: NodeCallError,
+}
+
+impl FailedShard {
+    /// Whether the node refused for lack of room.
+    pub fn is_full(&self) -> bool {
+        matches!(&self.error, NodeCallError::Refused { status: 507, .. })
+            || matches!(&self.error, NodeCallError::Refused { kind, .. } if kind == ERR_DISK_FULL)
+    }
+}
+
+/// A segment written with every shard durable except `failed` (at most `m` of them).
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Shards whose node failed or refused them.
+    pub failed: Vec<FailedShard>,
 }
 
 /// Pulls the body, feeding leftovers of one stripe into the next.
@@ -98,14 +141,18 @@ where
 }
 
 /// Writes one segment: streams `spec.layout.segment_len` bytes of `body` as k+m shards
-/// to `targets` (node `i` gets shard `i`). Returns once every node has its shard durably.
+/// to `targets` (node `i` gets shard `i`). Returns once every node still taking its
+/// shard has it durably. A node that fails or refuses its shard (full disk) part way
+/// does not stop the others while at most `m` shards are lost: the caller gets them in
+/// [`Written::failed`] and must restore full redundancy before committing. With more
+/// lost, the segment fails (`Full` if every lost node was full).
 pub async fn write_segment<S>(
     cluster: &Cluster,
     spec: &SegmentSpec<'_>,
     targets: &[(NodeId, String)],
     body: &mut S,
     last_segment: bool,
-) -> Result<(), StoreError>
+) -> Result<Written, StoreError>
 where
     S: Stream<Item = Result<Bytes, BodyError>> + Unpin,
 {
@@ -147,13 +194,13 @@ where
             client
                 .put_shard(&addr, &object, segment, i as u8, file_len, stream)
                 .await
-                .map_err(|e| e.to_string())
         }));
         sinks.push(ShardSink {
             node: *node,
             tx,
             room,
             task,
+            dead: AtomicBool::new(false),
         });
     }
 
@@ -161,50 +208,78 @@ where
     if let Err(e) = result {
         // Stop the healthy transfers *before* closing their shard streams: a node whose
         // stream ended short would fail too, and must not be blamed. Only a node whose
-        // transfer dropped its end of the stream (so the send failed) has failed.
-        let failed: Vec<bool> = sinks.iter().map(|s| s.tx.is_closed()).collect();
-        for (s, failed) in sinks.iter().zip(&failed) {
-            if !failed {
+        // transfer ended by itself (so its sink is dead) has failed.
+        let dead: Vec<bool> = sinks
+            .iter()
+            .map(|s| s.is_dead() || s.tx.is_closed())
+            .collect();
+        for (s, dead) in sinks.iter().zip(&dead) {
+            if !dead {
                 s.task.abort();
             }
         }
-        if matches!(e, StoreError::Unavailable(_)) {
-            for (s, failed) in sinks.into_iter().zip(failed) {
-                if !failed {
-                    continue;
-                }
-                if let Ok(Err(msg)) = s.task.await {
-                    cluster.mark_down(&s.node);
-                    return Err(StoreError::Unavailable(format!(
-                        "storage node {}: {msg}",
-                        s.node
-                    )));
+        let mut failed = Vec::new();
+        for (i, (s, dead)) in sinks.into_iter().zip(dead).enumerate() {
+            if dead {
+                if let Ok(Err(error)) = s.task.await {
+                    failed.push(FailedShard {
+                        index: i as u8,
+                        node: s.node,
+                        error,
+                    });
                 }
             }
         }
+        blame(cluster, &failed);
+        if matches!(e, StoreError::Unavailable(_)) && !failed.is_empty() {
+            return Err(too_many_lost(&failed));
+        }
         return Err(e);
     }
-    let mut sinks_done = Vec::with_capacity(sinks.len());
-    for s in sinks {
+    let mut failed = Vec::new();
+    for (i, s) in sinks.into_iter().enumerate() {
         drop(s.tx);
-        sinks_done.push((s.node, s.task));
-    }
-    let mut first_err = None;
-    for (node, task) in sinks_done {
-        let r = match task.await {
+        let r = match s.task.await {
             Ok(r) => r,
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(NodeCallError::Transport(e.to_string())),
         };
-        if let Err(msg) = r {
-            cluster.mark_down(&node);
-            first_err.get_or_insert(StoreError::Unavailable(format!(
-                "storage node {node}: {msg}"
-            )));
+        if let Err(error) = r {
+            failed.push(FailedShard {
+                index: i as u8,
+                node: s.node,
+                error,
+            });
         }
     }
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok(()),
+    blame(cluster, &failed);
+    if failed.len() > m {
+        return Err(too_many_lost(&failed));
+    }
+    Ok(Written { failed })
+}
+
+/// Marks each node that lost its shard full (it refused for lack of room) or down.
+fn blame(cluster: &Cluster, failed: &[FailedShard]) {
+    for f in failed {
+        if f.is_full() {
+            cluster.mark_full(&f.node);
+        } else {
+            cluster.mark_down(&f.node);
+        }
+    }
+}
+
+/// The error for a segment that lost more shards than it has parity.
+fn too_many_lost(failed: &[FailedShard]) -> StoreError {
+    let why = failed
+        .iter()
+        .map(|f| format!("storage node {}: {}", f.node, f.error))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if failed.iter().all(FailedShard::is_full) {
+        StoreError::Full(why)
+    } else {
+        StoreError::Unavailable(why)
     }
 }
 
@@ -285,18 +360,17 @@ where
                     codec.encode_piece(i, &piece, &mut out)?;
                 }
                 off = end;
-                sink.send(piece).await?;
+                sink.send(piece).await;
             }
             // Zeros add nothing to parity, and block 0 is never padded: it holds
             // ceil(stripe / k) <= stripe bytes.
             while off < blen {
                 let n = (blen - off).min(ZEROS.len());
                 crc = block_crc_append(crc, &ZEROS[..n]);
-                sink.send(Bytes::from_static(&ZEROS[..n])).await?;
+                sink.send(Bytes::from_static(&ZEROS[..n])).await;
                 off += n;
             }
-            sink.send(Bytes::copy_from_slice(&crc.to_le_bytes()))
-                .await?;
+            sink.send(Bytes::copy_from_slice(&crc.to_le_bytes())).await;
         }
         for c in parity.chunks_mut(slot) {
             let crc = block_crc(&c[..blen]);
@@ -304,7 +378,12 @@ where
         }
         let parity = parity.freeze();
         for (j, sink) in sinks[k..].iter().enumerate() {
-            sink.send(parity.slice(j * slot..(j + 1) * slot)).await?;
+            sink.send(parity.slice(j * slot..(j + 1) * slot)).await;
+        }
+        if sinks.iter().filter(|s| s.is_dead()).count() > m {
+            return Err(StoreError::Unavailable(
+                "more storage nodes failed than the segment has parity".into(),
+            ));
         }
         spare_parity.keep(parity);
         metrics::counter!("cairn_stripes_encoded_total").increment(1);

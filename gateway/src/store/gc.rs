@@ -136,6 +136,11 @@ pub async fn pass(service: &ObjectService, grace: Duration) -> Result<PassReport
             }
         }
         for object in dead.difference(&young) {
+            // The catalog is asked again right before each delete: a record committed
+            // since `refs` was read wins (the deletion rule, see `catalog`).
+            if service.catalog.references_version(object)? {
+                continue;
+            }
             match client.delete_object(&addr, object).await {
                 Ok(()) => {
                     report.objects += 1;
@@ -152,6 +157,9 @@ pub async fn pass(service: &ObjectService, grace: Duration) -> Result<PassReport
                 && !refs.shards.contains(&(node, e.shard))
             {
                 let s = e.shard;
+                if service.catalog.references_shard(&node, &s)? {
+                    continue;
+                }
                 match client
                     .delete_shard(&addr, &s.object, s.segment, s.index)
                     .await

@@ -30,6 +30,9 @@ pub enum StoreError {
     NotEnoughNodes(String),
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// Too few live nodes have room for the write (the cluster is full).
+    #[error("{0}")]
+    Full(String),
     #[error("request body ended before its declared length")]
     BodyTooShort,
     #[error("request body is longer than its declared length")]

@@ -222,15 +222,20 @@ impl NodeClient {
     /// request fails the call: a powered-off node sends no reset, and a wait on it would
     /// never end.
     pub fn new(key: ClusterKey, stall: Duration) -> Self {
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
-            // Sent bytes unacknowledged (or a zero window) this long: the kernel drops
-            // the connection, whatever the call is waiting for.
-            .tcp_user_timeout(stall)
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+            // Idle pooled connections to a node that lost power are found dead by the
+            // kernel's keepalive probes instead of on their next use.
+            .tcp_keepalive(stall);
+        // Linux: sent bytes unacknowledged (or a zero window) this long and the kernel
+        // drops the connection, whatever the call is waiting for. macOS has no
+        // TCP_USER_TIMEOUT; there the application-level stall timeouts of every call
+        // (`send`, shard uploads and reads below) bound the same waits on their own.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let builder = builder.tcp_user_timeout(stall);
+        let http = builder.build().unwrap_or_else(|_| reqwest::Client::new());
         Self { http, key, stall }
     }
 

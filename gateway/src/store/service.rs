@@ -4,15 +4,18 @@
 //! under a fresh [`ObjectId`] and returns a [`StagedObject`]; nothing is visible yet. Then
 //! [`ObjectService::commit`] writes and flushes the catalog record, atomically replacing
 //! any previous version, whose shards are deleted afterwards. A write that fails or is
-//! abandoned before commit leaves only unreferenced shards, which are deleted right away
-//! when possible (and are orphans for garbage collection otherwise).
+//! abandoned before commit leaves only unreferenced shards: exactly the shards of that
+//! attempt (object, segment, index) are deleted right away when possible (and are
+//! orphans for garbage collection otherwise). Every delete first asks the catalog
+//! whether a record still points to the shard ([`Catalog::references_shard`]).
 
 use bytes::Bytes;
 use cairn_common::ids::{NodeId, ObjectId};
 use cairn_common::placement;
+use cairn_common::protocol::ShardRef;
 use cairn_common::request_id;
 use cairn_common::shard::Layout;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use super::catalog::{
@@ -45,6 +48,13 @@ enum Garbage {
 
 /// Chosen `(k, m, [(node, address); k+m])` for a new segment.
 type Placement = (u8, u8, Vec<(NodeId, String)>);
+
+/// Room counted for a shard file's header (its bucket and key included) on top of its
+/// blocks when checking a node's free space.
+const SHARD_HEADER_ROOM: u64 = 4096;
+
+/// Times a segment is written again after nodes failed part way, before giving up.
+const MAX_REWRITES: u32 = 2;
 
 /// Object data written to nodes but not yet committed.
 #[derive(Debug)]
@@ -79,27 +89,52 @@ impl ObjectService {
         }
     }
 
-    /// Chooses geometry and nodes for a new segment among the live nodes.
-    fn place(&self, object: &ObjectId, segment: u32) -> Result<Placement, StoreError> {
-        let live = self.cluster.live_nodes();
-        let (k, m) = placement::choose_geometry(live.len(), self.geometry.k, self.geometry.m)
-            .map_err(|e| StoreError::NotEnoughNodes(e.to_string()))?;
-        let ranked = placement::rank(object, segment, &live);
-        let mut targets = Vec::with_capacity(k as usize + m as usize);
-        for id in ranked.into_iter().take(k as usize + m as usize) {
-            let addr = self
-                .cluster
-                .addr_if_up(&id)
-                .ok_or_else(|| StoreError::Unavailable(format!("node {id} went down")))?;
-            targets.push((id, addr));
+    /// Chooses geometry and nodes for a new segment of `len` bytes among the live nodes
+    /// with room for a shard, and counts the shards against their free space.
+    fn place(&self, object: &ObjectId, segment: u32, len: u64) -> Result<Placement, StoreError> {
+        let Geometry {
+            k: want,
+            m,
+            block_size,
+        } = self.geometry;
+        let mut k = want;
+        loop {
+            // Narrower stripes mean bigger shards: fewer nodes may have room for them.
+            let shard = Layout::new(k, m, block_size, len)?.shard_body_len() + SHARD_HEADER_ROOM;
+            let c = self.cluster.candidates(shard);
+            if c.live < m as usize + 1 {
+                return Err(StoreError::NotEnoughNodes(format!(
+                    "{} nodes up, {} needed",
+                    c.live,
+                    m as usize + 1
+                )));
+            }
+            let fits = placement::choose_geometry(c.with_room.len(), want, m).map_err(|_| {
+                StoreError::Full(format!(
+                    "{} of {} live storage nodes have room for a {shard}-byte shard and their reserve; {} needed",
+                    c.with_room.len(),
+                    c.live,
+                    m as usize + 1
+                ))
+            })?;
+            if fits.0 < k {
+                k = fits.0;
+                continue;
+            }
+            let ranked = placement::rank(object, segment, &c.with_room);
+            let mut targets = Vec::with_capacity(k as usize + m as usize);
+            for id in ranked.into_iter().take(k as usize + m as usize) {
+                let addr = self
+                    .cluster
+                    .addr_if_up(&id)
+                    .ok_or_else(|| StoreError::Unavailable(format!("node {id} went down")))?;
+                targets.push((id, addr));
+            }
+            for (id, _) in &targets {
+                self.cluster.debit(id, shard);
+            }
+            return Ok((k, m, targets));
         }
-        if targets.len() < k as usize + m as usize {
-            return Err(StoreError::NotEnoughNodes(format!(
-                "{} nodes up",
-                targets.len()
-            )));
-        }
-        Ok((k, m, targets))
     }
 
     /// Writes `len` bytes of `body` as one segment of a new object version.
@@ -124,7 +159,12 @@ impl ObjectService {
         })
     }
 
-    /// Writes one segment of object version `id`.
+    /// Writes one segment of object version `id`, durably and at full redundancy.
+    ///
+    /// A node that fails or fills up part way does not fail the write while the others
+    /// still hold `k` shards: the segment is then read back (rebuilt from parity) and
+    /// written again under a fresh segment number onto nodes that can take it, and only
+    /// the short attempt's shards are deleted.
     #[allow(clippy::too_many_arguments)]
     pub async fn write_segment<S>(
         &self,
@@ -139,7 +179,66 @@ impl ObjectService {
     where
         S: Stream<Item = Result<Bytes, BodyError>> + Unpin,
     {
-        let (k, m, targets) = self.place(&id, segment)?;
+        let started = std::time::Instant::now();
+        let (mut seg, mut short) = self
+            .write_attempt(id, segment, bucket, key, len, body, last)
+            .await?;
+        let mut rewrites = 0;
+        while short {
+            rewrites += 1;
+            if rewrites > MAX_REWRITES {
+                self.delete_segment_later(id, seg);
+                return Err(StoreError::Unavailable(
+                    "storage nodes kept failing while a segment was written".into(),
+                ));
+            }
+            metrics::counter!("cairn_segment_rewrites_total").increment(1);
+            tracing::info!(object = %id, segment = seg.segment, "a node failed or filled up during the write: writing the segment again on nodes with room");
+            let rec = ObjectRecord {
+                id,
+                size: len,
+                modified_ms: 0,
+                meta: ObjectMeta::default(),
+                segments: vec![seg.clone()],
+            };
+            let mut again = Box::pin(
+                self.read(&rec, 0, len)
+                    .map(|r| r.map_err(|e| Box::new(e) as BodyError)),
+            );
+            let number = self.catalog.unique_u32()?;
+            let next = self
+                .write_attempt(id, number, bucket, key, len, &mut again, true)
+                .await;
+            drop(again);
+            self.delete_segment_later(id, seg);
+            (seg, short) = next?;
+        }
+        crate::failpoint::hit(crate::failpoint::SEGMENT_DURABLE);
+        if seg.k < self.geometry.k {
+            metrics::counter!("cairn_degraded_writes_total").increment(1);
+        }
+        metrics::histogram!("cairn_segment_write_seconds").record(started.elapsed().as_secs_f64());
+        Ok(seg)
+    }
+
+    /// One attempt at writing a segment: its record, and whether some of its shards
+    /// did not land (it is readable but short of redundancy). A failed attempt's shards
+    /// are deleted.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_attempt<S>(
+        &self,
+        id: ObjectId,
+        segment: u32,
+        bucket: &str,
+        key: &str,
+        len: u64,
+        body: &mut S,
+        last: bool,
+    ) -> Result<(SegmentRecord, bool), StoreError>
+    where
+        S: Stream<Item = Result<Bytes, BodyError>> + Unpin,
+    {
+        let (k, m, targets) = self.place(&id, segment, len)?;
         let layout = Layout::new(k, m, self.geometry.block_size, len)?;
         let spec = SegmentSpec {
             object: id,
@@ -148,26 +247,22 @@ impl ObjectService {
             bucket,
             key,
         };
-        let started = std::time::Instant::now();
         let result = encoder::write_segment(&self.cluster, &spec, &targets, body, last).await;
-        let nodes: Vec<NodeId> = targets.iter().map(|(n, _)| *n).collect();
-        if let Err(e) = result {
-            self.delete_shards_later(id, nodes);
-            return Err(e);
-        }
-        crate::failpoint::hit(crate::failpoint::SEGMENT_DURABLE);
-        if k < self.geometry.k {
-            metrics::counter!("cairn_degraded_writes_total").increment(1);
-        }
-        metrics::histogram!("cairn_segment_write_seconds").record(started.elapsed().as_secs_f64());
-        Ok(SegmentRecord {
+        let seg = SegmentRecord {
             segment,
             len,
             k,
             m,
             block_size: self.geometry.block_size,
-            nodes,
-        })
+            nodes: targets.iter().map(|(n, _)| *n).collect(),
+        };
+        match result {
+            Ok(written) => Ok((seg, !written.failed.is_empty())),
+            Err(e) => {
+                self.delete_segment_later(id, seg);
+                Err(e)
+            }
+        }
     }
 
     /// Makes a staged object the visible version of `bucket/key`.
@@ -293,14 +388,11 @@ impl ObjectService {
         enough_copies(results, (m + 1).min(nodes.len()), "manifest")
     }
 
-    /// Drops a staged object that will not be committed.
+    /// Drops a staged object that will not be committed: exactly its segments' shards.
     pub fn discard(&self, staged: StagedObject) {
-        let nodes: Vec<NodeId> = staged
-            .segments
-            .iter()
-            .flat_map(|s| s.nodes.iter().copied())
-            .collect();
-        self.delete_shards_later(staged.id, nodes);
+        for seg in staged.segments {
+            self.delete_segment_later(staged.id, seg);
+        }
     }
 
     /// Starts a multipart upload; its id is also the object id its parts are written under.
@@ -385,11 +477,10 @@ impl ObjectService {
         }
         let parts = self.catalog.abort_upload(&upload).await?;
         metrics::gauge!("cairn_multipart_uploads_open").decrement(1.0);
-        let nodes: Vec<NodeId> = parts
-            .iter()
-            .flat_map(|(_, p)| p.segment.nodes.iter().copied())
-            .collect();
-        self.delete_shards_later(upload, nodes);
+        // Part attempts still in flight leave orphans, which garbage collection removes.
+        for (_, part) in parts {
+            self.delete_segment_later(upload, part.segment);
+        }
         Ok(true)
     }
 
@@ -472,6 +563,7 @@ impl ObjectService {
     /// garbage collection.
     fn delete_later(&self, id: ObjectId, jobs: Vec<(NodeId, Garbage)>) {
         let cluster = self.cluster.clone();
+        let catalog = self.catalog.clone();
         let leases = self.leases.clone();
         // Under the id of the request that freed the shards (none for background work).
         tokio::spawn(request_id::propagate(async move {
@@ -481,6 +573,11 @@ impl ObjectService {
                 let Some(addr) = cluster.addr(&node) else {
                     continue;
                 };
+                if let Some(why) = still_referenced(&catalog, &node, &id, &what) {
+                    tracing::warn!(%id, %node, why, "shard delete refused: the catalog still points to it");
+                    metrics::counter!("cairn_deletes_refused_total").increment(1);
+                    continue;
+                }
                 let client = cluster.client();
                 let r = match what {
                     Garbage::Version => client.delete_object(&addr, &id).await,
@@ -532,6 +629,32 @@ impl ObjectService {
             }
         }));
         futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+}
+
+/// Why a delete must not be sent: the catalog still points to what it would remove (or
+/// cannot be read, which counts as yes).
+fn still_referenced(
+    catalog: &Catalog,
+    node: &NodeId,
+    id: &ObjectId,
+    what: &Garbage,
+) -> Option<&'static str> {
+    let r = match what {
+        Garbage::Version => catalog.references_version(id),
+        Garbage::Shard { segment, index } => catalog.references_shard(
+            node,
+            &ShardRef {
+                object: *id,
+                segment: *segment,
+                index: *index,
+            },
+        ),
+    };
+    match r {
+        Ok(false) => None,
+        Ok(true) => Some("referenced"),
+        Err(_) => Some("catalog unreadable"),
     }
 }
 
