@@ -9,6 +9,7 @@
 # Environment knobs:
 #   SKIP_INSTALL=1     don't check/install apt and pip packages
 #   SKIP_BUILD=1       don't run cargo build (use the binaries already in target/release)
+#   SKIP_LINT=1        don't run cargo fmt --check and cargo clippy
 #   SKIP_CARGO_TEST=1  don't run cargo test
 #   SKIP_CROSS=1       don't run tests/cross.sh (aarch64 Linux build, macOS check); the
 #                      aarch64 tests (tests/test_aarch64.py) are then skipped. It runs for
@@ -96,6 +97,12 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 fi
 
 rc=0
+if [ "${SKIP_LINT:-0}" != 1 ]; then
+    step "cargo fmt --check; cargo clippy --all-targets -D warnings"
+    cargo fmt --all --check || { echo "cargo fmt: run cargo fmt --all" >&2; rc=1; }
+    cargo clippy --release --workspace --all-targets -- -D warnings || { echo "clippy failed" >&2; rc=1; }
+fi
+
 if [ "${SKIP_CARGO_TEST:-0}" != 1 ]; then
     step "cargo test --release --workspace"
     cargo test --release --workspace || { echo "cargo test failed" >&2; rc=1; }
