@@ -100,6 +100,10 @@ pub struct Args {
     /// Free space every node keeps, in percent of its capacity (see `--reserve-bytes`).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(0..=50))]
     pub reserve_percent: u8,
+    /// Bytes per second the background rebalance may move (after a node joins or
+    /// capacities change, shards move to where placement wants them); `0` turns it off.
+    #[arg(long, default_value = "8MiB", value_parser = cairn_common::daemon::parse_size)]
+    pub rebalance_rate: u64,
 }
 
 /// How long `rebuild-catalog` waits on a node that stopped answering.
@@ -284,6 +288,7 @@ pub async fn serve(
         args.gc_grace,
         (args.gc_grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(600)),
     ));
+    tokio::spawn(store::rebalance::run(service.clone(), args.rebalance_rate));
     tokio::spawn(store::stats::publish_forever(
         service.clone(),
         Duration::from_secs(10),

@@ -5,7 +5,8 @@
 //! shard streams), [`decoder`] (shard streams → verified, reconstructed bytes),
 //! [`cluster`] (which nodes are live) and [`node_client`] (the node protocol).
 //! Background work keeps the stored data healthy: [`repair`] (back to full redundancy),
-//! [`gc`] (orphan shards) and [`rebuild`] (a lost catalog, from the nodes).
+//! [`gc`] (orphan shards) and [`rebuild`] (a lost catalog, from the nodes) and [`rebalance`] (shards to where placement wants
+//! them after a node joins).
 
 pub mod catalog;
 pub mod cluster;
@@ -15,6 +16,7 @@ pub mod encoder;
 pub mod gc;
 pub mod leases;
 pub mod node_client;
+pub mod rebalance;
 pub mod rebuild;
 pub mod repair;
 pub mod service;

@@ -475,6 +475,24 @@ impl NodeClient {
         ))
     }
 
+    /// The encoded header of a stored shard (verified by the node).
+    pub async fn read_shard_header(
+        &self,
+        addr: &str,
+        object: &ObjectId,
+        segment: u32,
+        index: u8,
+    ) -> Result<Bytes, NodeCallError> {
+        let path = format!("{}/header", protocol::shard_path(object, segment, index));
+        let resp = self
+            .send(self.request(reqwest::Method::GET, addr, &path))
+            .await?;
+        tokio::time::timeout(self.stall, resp.bytes())
+            .await
+            .map_err(|_| self.silent(&path))?
+            .map_err(|e| NodeCallError::Transport(e.to_string()))
+    }
+
     /// Deletes one shard on a node.
     pub async fn delete_shard(
         &self,

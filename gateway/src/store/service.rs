@@ -513,6 +513,11 @@ impl ObjectService {
         self.delete_later(id, jobs.collect());
     }
 
+    /// Best-effort background delete of one shard on one node (a copy that was moved).
+    pub fn delete_shard_later(&self, id: ObjectId, node: NodeId, segment: u32, index: u8) {
+        self.delete_later(id, vec![(node, Garbage::Shard { segment, index })]);
+    }
+
     /// Removes `bucket/key`; returns whether it existed.
     pub async fn delete(&self, bucket: &str, key: &str) -> Result<bool, StoreError> {
         match self.catalog.delete_object(bucket, key).await? {

@@ -1,0 +1,88 @@
+"""Placement by capacity, and rebalance after a node joins.
+
+Shards go to nodes in proportion to their capacity (weighted rendezvous hashing). A node
+that joins (here: one that was away while everything was written) receives the shards
+placement now gives it, copied from the nodes that leave those segments; the old copies
+are deleted once the records point to the new ones. Nothing is unreadable meanwhile, and
+afterwards any one node may die.
+"""
+
+import os
+import time
+
+import json
+
+from harness.cluster import gateway_metric, http_get, wait_for
+from harness.data import MiB, sha256
+
+
+def shard_count(node) -> int:
+    return sum(len([f for f in files if f != "manifest"]) for _d, _s, files in os.walk(node.data_dir / "shards"))
+
+
+def big_capacity_seen(c, big) -> bool:
+    status, body = http_get(c.gateway.addr, "/_cairn/nodes", timeout=5)
+    if status != 200:
+        return False
+    return any(n["addr"] == big.addr and n.get("capacity_bytes") == 32 << 30 for n in json.loads(body))
+
+
+def test_shards_follow_capacity(cluster_factory):
+    # One big node among four small ones, 2+1: it should be in nearly every segment.
+    c = cluster_factory(
+        nodes=5,
+        ec="2+1",
+        gateway_args=["--reserve-bytes", "1MiB", "--reserve-percent", "0", "--rebalance-rate", "0"],
+        node_args=["--capacity", "2GiB"],
+    )
+    big = c.nodes[0]
+    argv = big.argv()
+    big.argv = lambda: [a if a != "2GiB" else "32GiB" for a in argv]
+    big.stop()
+    big.start()
+    c.wait_gateway_sees_nodes(5)
+    wait_for(lambda: big_capacity_seen(c, big), timeout=30, what="the gateway knows the big node's capacity")
+    s3 = c.client()
+    s3.create_bucket(Bucket="weights")
+    for i in range(60):
+        s3.put_object(Bucket="weights", Key=f"o{i}", Body=os.urandom(1000 + i))
+    counts = [shard_count(n) for n in c.nodes]
+    # Weights 32:2:2:2:2, three of five per segment: the big node wins a place in
+    # almost every segment, each small one in about half.
+    assert counts[0] >= 55, counts
+    assert all(n < counts[0] * 0.8 for n in counts[1:]), counts
+
+
+def test_a_joining_node_gets_its_share_and_nothing_is_lost(cluster_factory):
+    c = cluster_factory(nodes=4, ec="2+1", gateway_args=["--rebalance-rate", "64MiB"])
+    late = c.nodes[3]
+    late.kill()
+    wait_for(lambda: c.gateway_node_count() == 3, timeout=30, what="gateway sees 3 nodes up")
+    s3 = c.client()
+    s3.create_bucket(Bucket="rebal")
+    data = {}
+    for i in range(12):
+        body = os.urandom(3 * MiB + i)
+        s3.put_object(Bucket="rebal", Key=f"o{i}", Body=body)
+        data[f"o{i}"] = sha256(body)
+    assert shard_count(late) == 0
+    segments = 12
+    late.start()
+    c.wait_gateway_sees_nodes(4)
+    # Each segment wants the late node with probability 3/4: some must move to it, and
+    # the copies they leave behind are deleted (3 shards per segment in all).
+    wait_for(
+        lambda: shard_count(late) >= 4 and sum(shard_count(n) for n in c.nodes) == 3 * segments,
+        timeout=90,
+        what="shards moved to the joining node and old copies deleted",
+    )
+    assert gateway_metric(c, "cairn_rebalance_shards_total") >= 4
+    for key, digest in data.items():
+        assert sha256(s3.get_object(Bucket="rebal", Key=key)["Body"].read()) == digest, key
+    for victim in c.nodes:
+        victim.kill()
+        time.sleep(0.3)
+        for key, digest in data.items():
+            assert sha256(s3.get_object(Bucket="rebal", Key=key)["Body"].read()) == digest, f"{key} with {victim.name} down"
+        victim.start()
+        c.wait_gateway_sees_nodes(4)
