@@ -44,16 +44,18 @@ def shard_count(node) -> int:
     return sum(len(files) for _d, _s, files in os.walk(node.data_dir / "shards"))
 
 
-def upload_until_full(c: Cluster, tmp_path, n: int, size: int) -> dict:
-    """`aws s3 cp` of n objects of `size` bytes; every one must be acknowledged."""
-    c.aws("s3", "mb", "s3://fill")
+def upload_until_full(c: Cluster, tmp_path, n: int, size: int, prefix: str = "obj") -> dict:
+    """`aws s3 cp` of n objects of `size` bytes into bucket `fill` (made on first use);
+    every one must be acknowledged."""
+    if prefix == "obj":
+        c.aws("s3", "mb", "s3://fill")
     acked = {}
     for i in range(n):
-        src = tmp_path / f"obj{i}"
+        src = tmp_path / f"{prefix}{i}"
         data = os.urandom(size)
         src.write_bytes(data)
-        c.aws("s3", "cp", str(src), f"s3://fill/obj{i}")
-        acked[f"obj{i}"] = sha256(data)
+        c.aws("s3", "cp", str(src), f"s3://fill/{prefix}{i}")
+        acked[f"{prefix}{i}"] = sha256(data)
         src.unlink()
     return acked
 
@@ -63,6 +65,15 @@ def check_all(c: Cluster, acked: dict):
     for key, digest in acked.items():
         body = s3.get_object(Bucket="fill", Key=key)["Body"].read()
         assert sha256(body) == digest, f"{key} does not read back"
+
+
+def check_with_each_node_down(c: Cluster, victims, acked: dict):
+    for victim in victims:
+        victim.kill()
+        time.sleep(0.3)
+        check_all(c, acked)
+        victim.start()
+        c.wait_gateway_sees_nodes(4)
 
 
 def test_a_full_node_is_written_around_and_nothing_acknowledged_is_lost(small_fs_cluster, tmp_path):
@@ -76,27 +87,11 @@ def test_a_full_node_is_written_around_and_nothing_acknowledged_is_lost(small_fs
     assert free < 16 * MiB, f"node 0 never filled ({free} bytes free): the test proves nothing"
     # The full node is no longer chosen: more uploads leave its shard count alone.
     before = shard_count(small)
-    more = upload_until_full_more(c, tmp_path, 3, 12 * MiB)
+    more = upload_until_full(c, tmp_path, 3, 12 * MiB, prefix="more")
     assert shard_count(small) == before, "the full node still got shards"
     acked.update(more)
     # Every acknowledged object survives the loss of any one other node.
-    for victim in c.nodes[1:]:
-        victim.kill()
-        time.sleep(0.3)
-        check_all(c, acked)
-        victim.start()
-        c.wait_gateway_sees_nodes(4)
-
-
-def upload_until_full_more(c: Cluster, tmp_path, n: int, size: int) -> dict:
-    acked = {}
-    for i in range(n):
-        src = tmp_path / f"more{i}"
-        data = os.urandom(size)
-        src.write_bytes(data)
-        c.aws("s3", "cp", str(src), f"s3://fill/more{i}")
-        acked[f"more{i}"] = sha256(data)
-    return acked
+    check_with_each_node_down(c, c.nodes[1:], acked)
 
 
 def test_a_node_lying_about_its_free_space_fills_mid_write_without_losing_data(small_fs_cluster, tmp_path):
@@ -118,12 +113,7 @@ def test_a_node_lying_about_its_free_space_fills_mid_write_without_losing_data(s
     assert (gateway_metric(c, "cairn_segment_rewrites_total") or 0) > 0, "no segment was written around the full node"
     check_all(c, acked)
     # Full redundancy: any one other node may go.
-    for victim in c.nodes[1:]:
-        victim.kill()
-        time.sleep(0.3)
-        check_all(c, acked)
-        victim.start()
-        c.wait_gateway_sees_nodes(4)
+    check_with_each_node_down(c, c.nodes[1:], acked)
 
 
 def test_a_full_cluster_answers_507_at_once_and_keeps_what_it_stored(cluster_factory):
