@@ -85,7 +85,7 @@ def test_a_full_node_is_written_around_and_nothing_acknowledged_is_lost(small_fs
     st = os.statvfs(small.data_dir)
     free = st.f_bavail * st.f_frsize
     assert free < 16 * MiB, f"node 0 never filled ({free} bytes free): the test proves nothing"
-    # The full node is no longer chosen: more uploads leave its shard count alone.
+    # A full node is not chosen: more uploads leave its shard count alone.
     before = shard_count(small)
     more = upload_until_full(c, tmp_path, 3, 12 * MiB, prefix="more")
     assert shard_count(small) == before, "the full node still got shards"

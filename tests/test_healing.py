@@ -217,7 +217,7 @@ def test_bad_middle_block_found_by_a_read_is_repaired_then_another_node_can_die(
     for s in c.shard_files(bucket="bkt"):
         for b in range(s.stripes):
             s.read_block(b)
-    # Deleted with its segment, the shard is no longer reported bad.
+    # A shard deleted with its segment is not reported bad.
     victim_node = c.nodes[victim.node]
     wait_for(
         lambda: json.loads(victim_node.api().call("GET", "/v1/info?challenge=x").body)["bad_shards"] == [],

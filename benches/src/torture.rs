@@ -17,7 +17,7 @@
 //! * partial visible: a key holds something that was never acknowledged (an error was
 //!   answered) or that was acknowledged and then overwritten or deleted.
 //!
-//! Fault injection (`--faults MODE,...`, instead of the kill -9 rounds; issue 15): each mode
+//! Fault injection (`--faults MODE,...`, an alternative to the kill -9 rounds): each mode
 //! runs once on a fresh cluster for `--fault-secs` while the clients write, and retry as S3
 //! clients do (5xx and broken connections, `--retries` times, one multipart part at a time,
 //! parts of 5-8 MiB):

@@ -152,8 +152,8 @@ async fn reads_report_a_bad_header_first_middle_or_last_block() {
     assert!(!read_ok(&node, &http, &shards[1]).await);
     wait_reported(&node, &http, &bad).await;
 
-    // Rewritten (repair would write a fresh segment; an overwrite is a rewrite too) or
-    // deleted, a shard is no longer reported.
+    // A rewritten (repair writes a fresh segment; an overwrite is a rewrite too) or
+    // deleted shard is not reported.
     put(&node, &http, &shards[0]).await;
     assert!(read_ok(&node, &http, &shards[0]).await);
     let r = node

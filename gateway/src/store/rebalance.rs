@@ -1,7 +1,7 @@
-//! Rebalance: move shards until placement matches the nodes there are now.
+//! Rebalance: move shards until placement matches the current nodes.
 //!
 //! When a node joins, or capacities change, the weighted ranking ([`placement::rank`])
-//! of many committed segments no longer picks the nodes that hold them. A background
+//! of committed segments can pick nodes other than those holding them. A background
 //! pass finds such segments and moves one shard at a time: the shard file is copied
 //! from the node leaving the segment's set to the node joining it (verified blocks, the
 //! same shard identity), the new copy is durable before the record is swapped with a
@@ -69,7 +69,7 @@ pub async fn run(service: ObjectService, rate: u64) {
     }
 }
 
-/// Which shard of `seg` should move, if placement now ranks another node with room
+/// Which shard of `seg` should move, if placement ranks another node with room
 /// above one of its holders. Segments with a holder down are repair's.
 fn plan(service: &ObjectService, id: &ObjectId, seg: &SegmentRecord) -> Option<Move> {
     let cluster = &service.cluster;
