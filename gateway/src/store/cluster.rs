@@ -257,8 +257,9 @@ impl Cluster {
     }
 
     /// Live nodes that can take a new shard of `shard_len` bytes and keep their reserve,
-    /// weighted by capacity for placement.
-    pub fn candidates(&self, shard_len: u64) -> Candidates {
+    /// weighted by capacity for placement. Live nodes in `holding` (they already hold
+    /// the shard in question) count whatever their room.
+    pub fn candidates(&self, shard_len: u64, holding: &[NodeId]) -> Candidates {
         let g = self.read();
         let now = Instant::now();
         let mut out = Candidates::default();
@@ -271,11 +272,10 @@ impl Cluster {
         for n in ids {
             out.live += 1;
             let Some(info) = &n.info else { continue };
-            if n.full_until.is_some_and(|t| t > now) {
-                continue;
-            }
             let free = info.free_bytes.saturating_sub(n.placed_bytes);
-            if free.saturating_sub(shard_len) < g.reserve.of(info.capacity_bytes) {
+            let room = n.full_until.is_none_or(|t| t <= now)
+                && free.saturating_sub(shard_len) >= g.reserve.of(info.capacity_bytes);
+            if !room && !holding.contains(&n.id) {
                 continue;
             }
             out.with_room.push(Candidate {

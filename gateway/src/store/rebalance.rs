@@ -79,23 +79,9 @@ fn plan(service: &ObjectService, id: &ObjectId, seg: &SegmentRecord) -> Option<M
     let shard = Layout::new(seg.k, seg.m, seg.block_size, seg.len)
         .ok()?
         .shard_body_len();
-    let mut candidates = cluster.candidates(shard).with_room;
     // Holders count as candidates even when full: a shard stays where it is rather than
     // moving for lack of room elsewhere.
-    for holder in &seg.nodes {
-        if !candidates.iter().any(|c| c.id == *holder) {
-            let weight = cluster
-                .snapshot()
-                .into_iter()
-                .find(|n| n.id == *holder)
-                .and_then(|n| n.info.map(|i| i.capacity_bytes))
-                .unwrap_or(0);
-            candidates.push(placement::Candidate {
-                id: *holder,
-                weight,
-            });
-        }
-    }
+    let candidates = cluster.candidates(shard, &seg.nodes).with_room;
     let want: Vec<NodeId> = placement::rank(id, seg.segment, &candidates)
         .into_iter()
         .take(seg.nodes.len())

@@ -101,7 +101,7 @@ impl ObjectService {
         loop {
             // Narrower stripes mean bigger shards: fewer nodes may have room for them.
             let shard = Layout::new(k, m, block_size, len)?.shard_body_len() + SHARD_HEADER_ROOM;
-            let c = self.cluster.candidates(shard);
+            let c = self.cluster.candidates(shard, &[]);
             if c.live < m as usize + 1 {
                 return Err(StoreError::NotEnoughNodes(format!(
                     "{} nodes up, {} needed",
