@@ -42,6 +42,13 @@ pub struct SegmentRecord {
     pub block_size: u32,
     /// Node holding shard `i`, for `i` in `0..k+m`.
     pub nodes: Vec<NodeId>,
+    /// Shard file format the segment was written in (records from before the field are 1).
+    #[serde(default = "format_v1")]
+    pub format: u8,
+}
+
+fn format_v1() -> u8 {
+    1
 }
 
 /// What the client said about an object, kept with it and returned on GET/HEAD.
@@ -739,6 +746,7 @@ mod tests {
             m: 1,
             block_size: 1 << 20,
             nodes: nodes.to_vec(),
+            format: 2,
         }
     }
 

@@ -239,6 +239,11 @@ impl NodeClient {
         Self { http, key, stall }
     }
 
+    /// The cluster key this client signs with.
+    pub fn key(&self) -> &ClusterKey {
+        &self.key
+    }
+
     fn silent(&self, what: &str) -> NodeCallError {
         NodeCallError::Transport(format!("{what}: the node was silent for {:?}", self.stall))
     }

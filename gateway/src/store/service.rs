@@ -255,6 +255,7 @@ impl ObjectService {
             m,
             block_size: self.geometry.block_size,
             nodes: targets.iter().map(|(n, _)| *n).collect(),
+            format: cairn_common::shard::FORMAT_VERSION,
         };
         match result {
             Ok(written) => Ok((seg, !written.failed.is_empty())),
