@@ -87,6 +87,13 @@ impl ClusterKey {
         }
     }
 
+    /// Bearer token for the admin and metrics routes of the gateway and the nodes, unless
+    /// the operator sets one: derived from the secret, so every member knows it without
+    /// more configuration, and the secret cannot be recovered from it.
+    pub fn admin_token(&self) -> String {
+        hex::encode(&self.tag("ADMIN-TOKEN", "", 0)[..16])
+    }
+
     /// Proof that the holder knows the secret, bound to a challenge (used to admit nodes).
     pub fn prove(&self, challenge: &str) -> String {
         hex::encode(self.tag("PROVE", challenge, 0))

@@ -104,6 +104,10 @@ pub struct Args {
     /// capacities change, shards move to where placement wants them); `0` turns it off.
     #[arg(long, default_value = "8MiB", value_parser = cairn_common::daemon::parse_size)]
     pub rebalance_rate: u64,
+    /// Multipart uploads a bucket may have open at once; CreateMultipartUpload beyond it
+    /// is refused until uploads complete, abort or expire.
+    #[arg(long, default_value_t = 1000)]
+    pub max_uploads_per_bucket: usize,
 }
 
 /// How long `rebuild-catalog` waits on a node that stopped answering.
@@ -205,6 +209,8 @@ pub struct AppState {
     pub region: String,
     /// Address the gateway listens on.
     pub listen: std::net::SocketAddr,
+    /// Multipart uploads a bucket may have open at once.
+    pub max_uploads_per_bucket: usize,
 }
 
 /// Runs the gateway until SIGINT/SIGTERM (what `cairn-gateway` and `cairn gateway` do).
@@ -296,10 +302,8 @@ pub async fn serve(
     let client_timeout = args.client_timeout;
     let state = AppState {
         service,
-        keys: Arc::new(Keys {
-            access_key: args.access_key.clone(),
-            secret_key: args.secret_key.clone(),
-        }),
+        keys: Arc::new(Keys::new(args.access_key.clone(), args.secret_key.clone())),
+        max_uploads_per_bucket: args.max_uploads_per_bucket,
         region: args.region.clone(),
         listen: listener.local_addr()?,
     };

@@ -33,6 +33,16 @@ pub struct Keys {
     pub secret_key: String,
 }
 
+impl Keys {
+    /// The gateway's S3 credentials.
+    pub fn new(access_key: impl Into<String>, secret_key: impl Into<String>) -> Self {
+        Self {
+            access_key: access_key.into(),
+            secret_key: secret_key.into(),
+        }
+    }
+}
+
 /// How the request body is protected, as its signature declared.
 #[derive(Clone, Debug)]
 pub enum Payload {
