@@ -1,8 +1,12 @@
 //! Cluster membership: which storage nodes exist, where they are, and whether they are up.
 //!
 //! Nodes are known by their persistent id, learnt from `GET /v1/info` (which also proves
-//! that the node holds the cluster secret). A heartbeat probes every known address; a node
-//! that fails a probe or a transfer is marked down until a probe succeeds again.
+//! that the node holds the cluster secret). A heartbeat probes every known address, on
+//! connections of its own (never queued behind data transfers). A node is marked down
+//! when nothing listens at its address (connection refused), when it refuses the probe,
+//! after [`PROBE_FAILURES_TO_DOWN`] probes in a row that fail otherwise (a timeout may
+//! just be a busy gateway or node) with no answer to any other call meanwhile, or when a
+//! transfer to it fails; it is up again once a probe succeeds.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -12,7 +16,7 @@ use cairn_common::ids::NodeId;
 use cairn_common::placement::Candidate;
 use cairn_common::protocol::{NodeInfo, ShardRef};
 
-use super::node_client::NodeClient;
+use super::node_client::{NodeCallError, NodeClient};
 
 /// What the gateway knows of one node.
 #[derive(Clone, Debug)]
@@ -40,6 +44,59 @@ pub struct NodeState {
     pub full_until: Option<Instant>,
     /// Shard bytes placed on it since its last reported free space.
     pub placed_bytes: u64,
+    /// Probes in a row that failed without proving anything (timeouts, broken
+    /// connections) while the node answered nothing else.
+    pub probe_failures: u32,
+}
+
+/// Probes in a row that must fail, with no other sign of life from the node in between,
+/// before it is marked down (unless a failure is unambiguous, see [`ProbeFailure`]).
+pub const PROBE_FAILURES_TO_DOWN: u32 = 3;
+
+/// How a failed probe reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeFailure {
+    /// Nothing listens at the address, or the node refused the probe (bad credential or
+    /// proof, an error other than "busy"): down at once.
+    Unambiguous,
+    /// A timeout, a broken connection or a "busy" answer (429, 503): the node may be
+    /// dead, or it or the gateway just busy. Counts towards [`PROBE_FAILURES_TO_DOWN`].
+    Doubtful,
+    /// The gateway could not send the probe (out of its own file descriptors or ports):
+    /// says nothing about the node.
+    Local,
+}
+
+impl ProbeFailure {
+    /// How `e`, the error of a probe, reads.
+    pub fn of(e: &NodeCallError) -> Self {
+        match e {
+            // A node shedding load answers "busy": alive, like a timeout at worst.
+            NodeCallError::Refused {
+                status: 429 | 503, ..
+            } => Self::Doubtful,
+            NodeCallError::Unreachable(_) | NodeCallError::Refused { .. } => Self::Unambiguous,
+            NodeCallError::Local(_) => Self::Local,
+            NodeCallError::Transport(_) => Self::Doubtful,
+        }
+    }
+}
+
+/// Records a failed probe of an up node; true if it must now go down. `answered_since`:
+/// the node answered another call since this probe was sent (proof of life).
+fn probe_failed(failures: &mut u32, failure: ProbeFailure, answered_since: bool) -> bool {
+    match failure {
+        ProbeFailure::Unambiguous => true,
+        ProbeFailure::Local => false,
+        ProbeFailure::Doubtful if answered_since => {
+            *failures = 0;
+            false
+        }
+        ProbeFailure::Doubtful => {
+            *failures = failures.saturating_add(1);
+            *failures >= PROBE_FAILURES_TO_DOWN
+        }
+    }
 }
 
 /// Free space a node keeps: it gets no new shard that would leave it less than the larger
@@ -70,6 +127,11 @@ impl Reserve {
     }
 }
 
+/// Times a node went from up to down (probe or transfer), per node: flaps show here.
+fn down_events(id: &NodeId) -> metrics::Counter {
+    metrics::counter!("cairn_node_down_events_total", "node" => id.to_string())
+}
+
 /// How long a node that refused a shard for lack of room gets no new shards.
 const FULL_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -88,6 +150,9 @@ pub struct Cluster {
     inner: Arc<RwLock<Inner>>,
     client: NodeClient,
     repair_wanted: Arc<tokio::sync::Notify>,
+    /// One probe round at a time (heartbeat and discovery both start them), so one bad
+    /// moment counts as one failed probe.
+    probing: Arc<tokio::sync::Mutex<()>>,
 }
 
 struct Inner {
@@ -119,6 +184,7 @@ impl Cluster {
             inner: Arc::new(RwLock::new(inner)),
             client,
             repair_wanted: Arc::new(tokio::sync::Notify::new()),
+            probing: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -150,6 +216,8 @@ impl Cluster {
 
     /// Probes every known address once, concurrently.
     pub async fn probe_all(&self) {
+        let _round = self.probing.lock().await;
+        let asked = Instant::now();
         let addrs = self.read().addrs.clone();
         let probes = addrs.into_iter().map(|addr| {
             let client = self.client.clone();
@@ -186,7 +254,12 @@ impl Cluster {
                         gone: false,
                         full_until: None,
                         placed_bytes: 0,
+                        probe_failures: 0,
                     });
+                    if st.last_seen.is_none() {
+                        // Exported from the start, so operators see 0 rather than nothing.
+                        down_events(&info.node_id).increment(0);
+                    }
                     if !st.up {
                         tracing::info!(node = %info.node_id, %addr, "storage node up");
                     }
@@ -194,6 +267,7 @@ impl Cluster {
                     st.up = true;
                     st.down_since = None;
                     st.replaced = false;
+                    st.probe_failures = 0;
                     st.last_seen = Some(Instant::now());
                     let newly_bad = info
                         .bad_shards
@@ -211,11 +285,20 @@ impl Cluster {
                     st.info = Some(info);
                 }
                 Err(e) => {
+                    let failure = ProbeFailure::of(&e);
+                    let answered_since = self.client.last_answer(&addr).is_some_and(|t| t >= asked);
                     for n in g.nodes.values_mut() {
-                        if n.addr == addr && n.up {
-                            cairn_common::log_limited!(warn, key = n.id; node = %n.id, %addr, error = %e, "storage node down");
+                        if n.addr != addr || !n.up {
+                            continue;
+                        }
+                        if probe_failed(&mut n.probe_failures, failure, answered_since) {
+                            cairn_common::log_limited!(warn, key = n.id; node = %n.id, %addr, error = %e, failed_probes = n.probe_failures, "storage node down");
                             n.up = false;
                             n.down_since = Some(Instant::now());
+                            n.probe_failures = 0;
+                            down_events(&n.id).increment(1);
+                        } else {
+                            tracing::debug!(node = %n.id, %addr, error = %e, ?failure, answered_since, failed_probes = n.probe_failures, "a probe failed; the node stays up");
                         }
                     }
                 }
@@ -332,7 +415,9 @@ impl Cluster {
                 cairn_common::log_limited!(warn, key = id; node = %id, addr = %n.addr, "storage node marked down after a failed transfer");
                 n.up = false;
                 n.down_since = Some(Instant::now());
+                n.probe_failures = 0;
                 metrics::gauge!("cairn_node_up", "node" => id.to_string()).set(0.0);
+                down_events(id).increment(1);
             }
         }
     }
@@ -423,5 +508,67 @@ impl Cluster {
             .collect();
         v.sort_by_key(|n| n.id);
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubtful_failures_take_several_probes_in_a_row() {
+        let mut failures = 0;
+        for _ in 1..PROBE_FAILURES_TO_DOWN {
+            assert!(!probe_failed(&mut failures, ProbeFailure::Doubtful, false));
+        }
+        assert!(probe_failed(&mut failures, ProbeFailure::Doubtful, false));
+    }
+
+    #[test]
+    fn an_answer_to_other_traffic_is_proof_of_life() {
+        let mut failures = 0;
+        for _ in 0..10 {
+            assert!(!probe_failed(&mut failures, ProbeFailure::Doubtful, false));
+            assert!(!probe_failed(&mut failures, ProbeFailure::Doubtful, true));
+            assert_eq!(failures, 0);
+        }
+    }
+
+    #[test]
+    fn a_refused_connection_or_probe_is_down_at_once() {
+        let mut failures = 0;
+        assert!(probe_failed(&mut failures, ProbeFailure::Unambiguous, true));
+        let gone = NodeCallError::Unreachable("connection refused".into());
+        assert_eq!(ProbeFailure::of(&gone), ProbeFailure::Unambiguous);
+        let refused = NodeCallError::Refused {
+            status: 403,
+            kind: "bad-proof".into(),
+        };
+        assert_eq!(ProbeFailure::of(&refused), ProbeFailure::Unambiguous);
+        let timeout = NodeCallError::Transport("operation timed out".into());
+        assert_eq!(ProbeFailure::of(&timeout), ProbeFailure::Doubtful);
+    }
+
+    #[test]
+    fn the_gateway_short_of_resources_counts_nothing() {
+        let mut failures = 0;
+        for _ in 0..10 {
+            assert!(!probe_failed(&mut failures, ProbeFailure::Local, false));
+        }
+        assert_eq!(failures, 0);
+        let local = NodeCallError::Local("Too many open files".into());
+        assert_eq!(ProbeFailure::of(&local), ProbeFailure::Local);
+    }
+
+    #[test]
+    fn a_success_between_failures_starts_the_count_again() {
+        let mut failures = 0;
+        assert!(!probe_failed(&mut failures, ProbeFailure::Doubtful, false));
+        assert!(!probe_failed(&mut failures, ProbeFailure::Doubtful, false));
+        // what probe_all does on a successful probe
+        failures = 0;
+        assert!(!probe_failed(&mut failures, ProbeFailure::Doubtful, false));
+        assert!(!probe_failed(&mut failures, ProbeFailure::Doubtful, false));
+        assert!(probe_failed(&mut failures, ProbeFailure::Doubtful, false));
     }
 }

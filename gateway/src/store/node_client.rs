@@ -1,6 +1,8 @@
 //! Client side of the storage node protocol ([`cairn_common::protocol`]).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cairn_common::auth::{ClusterKey, AUTH_HEADER, DATE_HEADER};
@@ -197,12 +199,42 @@ mod raw {
     }
 }
 
+/// How long a health probe may take, connecting included.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Talks to storage nodes, signing every request with the cluster key.
 #[derive(Clone)]
 pub struct NodeClient {
+    /// Data traffic: shards, manifests, listings.
     http: reqwest::Client,
+    /// Health probes only, on connections of their own: a probe never waits behind data
+    /// transfers in `http`'s pool, so a gateway busy moving data still asks promptly.
+    probe_http: reqwest::Client,
     key: ClusterKey,
     stall: Duration,
+    life: Arc<LifeSigns>,
+}
+
+/// When each node address last answered a call: data traffic is proof of life too.
+#[derive(Default)]
+struct LifeSigns(Mutex<HashMap<String, Instant>>);
+
+impl LifeSigns {
+    fn record(&self, addr: &str) {
+        let now = Instant::now();
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match g.get_mut(addr) {
+            Some(t) => *t = now,
+            None => {
+                g.insert(addr.to_string(), now);
+            }
+        }
+    }
+
+    fn last(&self, addr: &str) -> Option<Instant> {
+        let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.get(addr).copied()
+    }
 }
 
 /// What a failed node call means for the caller.
@@ -211,9 +243,64 @@ pub enum NodeCallError {
     /// The node could not be reached or the transfer broke.
     #[error("transport: {0}")]
     Transport(String),
+    /// Nothing listens at the node's address (connection refused): its process is gone.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The gateway could not make the call for want of its own resources (file
+    /// descriptors, local ports, memory): this says nothing about the node.
+    #[error("local: {0}")]
+    Local(String),
     /// The node refused with a status and an error kind.
     #[error("status {status}: {kind}")]
     Refused { status: u16, kind: String },
+}
+
+impl NodeCallError {
+    /// Classifies a failed HTTP call: a refused connection and a shortage of the
+    /// gateway's own resources are told apart from other transport failures.
+    fn from_http(e: &reqwest::Error) -> Self {
+        // reqwest's own message hides the cause ("error sending request"): name it.
+        let mut msg = e.to_string();
+        let mut source = std::error::Error::source(e);
+        let mut io_kind = None;
+        while let Some(s) = source {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                io_kind.get_or_insert_with(|| classify_io(io));
+            }
+            source = s.source();
+        }
+        match io_kind {
+            Some(IoCause::Refused) => Self::Unreachable(msg),
+            Some(IoCause::Local) => Self::Local(msg),
+            _ => Self::Transport(msg),
+        }
+    }
+}
+
+/// What an I/O error on a node connection says about its cause.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IoCause {
+    /// Nothing listens there.
+    Refused,
+    /// The gateway ran short of its own resources.
+    Local,
+    /// Anything else (a reset, a timeout, a broken pipe).
+    Other,
+}
+
+fn classify_io(e: &std::io::Error) -> IoCause {
+    // EMFILE (24) and ENFILE (23) have these numbers on Linux and macOS alike; std has
+    // no stable ErrorKind for them.
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => IoCause::Refused,
+        std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::OutOfMemory => IoCause::Local,
+        _ if matches!(e.raw_os_error(), Some(EMFILE | ENFILE)) => IoCause::Local,
+        _ => IoCause::Other,
+    }
 }
 
 impl NodeClient {
@@ -236,7 +323,33 @@ impl NodeClient {
         #[cfg(any(target_os = "linux", target_os = "android"))]
         let builder = builder.tcp_user_timeout(stall);
         let http = builder.build().unwrap_or_else(|_| reqwest::Client::new());
-        Self { http, key, stall }
+        // One kept-alive connection per node for probes: it stays warm between
+        // heartbeats, so a probe needs no new connection through a node's busy accept
+        // queue either.
+        let probe_builder = reqwest::Client::builder()
+            .connect_timeout(PROBE_TIMEOUT)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1)
+            .tcp_nodelay(true)
+            .tcp_keepalive(stall);
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let probe_builder = probe_builder.tcp_user_timeout(stall);
+        let probe_http = probe_builder
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Self {
+            http,
+            probe_http,
+            key,
+            stall,
+            life: Arc::default(),
+        }
+    }
+
+    /// When the node at `addr` last answered any call of this client (data traffic or
+    /// probe), whatever the answer: it was alive then.
+    pub fn last_answer(&self, addr: &str) -> Option<Instant> {
+        self.life.last(addr)
     }
 
     /// The cluster key this client signs with.
@@ -249,9 +362,13 @@ impl NodeClient {
     }
 
     /// The response to `req`, a small request sent from memory, within `stall`.
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, NodeCallError> {
+    async fn send(
+        &self,
+        addr: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, NodeCallError> {
         match tokio::time::timeout(self.stall, req.send()).await {
-            Ok(r) => Self::check(r).await,
+            Ok(r) => self.check(addr, r).await,
             Err(_) => Err(self.silent("request")),
         }
     }
@@ -262,9 +379,18 @@ impl NodeClient {
         addr: &str,
         path_and_query: &str,
     ) -> reqwest::RequestBuilder {
+        self.request_on(&self.http, method, addr, path_and_query)
+    }
+
+    fn request_on(
+        &self,
+        http: &reqwest::Client,
+        method: reqwest::Method,
+        addr: &str,
+        path_and_query: &str,
+    ) -> reqwest::RequestBuilder {
         let (date, tag) = self.key.sign(method.as_str(), path_and_query);
-        let req = self
-            .http
+        let req = http
             .request(method, format!("http://{addr}{path_and_query}"))
             .header(DATE_HEADER, date)
             .header(AUTH_HEADER, tag);
@@ -275,10 +401,15 @@ impl NodeClient {
         }
     }
 
+    /// The response if it is a success, else the refusal it carries. Any answer is
+    /// recorded as a sign of the node's life.
     async fn check(
+        &self,
+        addr: &str,
         resp: Result<reqwest::Response, reqwest::Error>,
     ) -> Result<reqwest::Response, NodeCallError> {
-        let resp = resp.map_err(|e| NodeCallError::Transport(e.to_string()))?;
+        let resp = resp.map_err(|e| NodeCallError::from_http(&e))?;
+        self.life.record(addr);
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -306,24 +437,26 @@ impl NodeClient {
         if let Some(body) = body {
             req = req.body(body);
         }
-        self.send(req).await.map(|_| ())
+        self.send(addr, req).await.map(|_| ())
     }
 
     /// Asks a node who it is, with a fresh challenge, and checks its proof of the secret.
+    /// This is the health probe: it goes on the probe connections, never queued behind
+    /// data transfers, and takes at most [`PROBE_TIMEOUT`].
     pub async fn info(&self, addr: &str) -> Result<NodeInfo, NodeCallError> {
         let challenge = hex::encode(rand::random::<[u8; 16]>());
         let path = format!("/v1/info?challenge={challenge}");
-        let resp = Self::check(
-            self.request(reqwest::Method::GET, addr, &path)
-                .timeout(Duration::from_secs(3))
-                .send()
-                .await,
-        )
-        .await?;
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| NodeCallError::Transport(e.to_string()))?;
+        let req = self.request_on(&self.probe_http, reqwest::Method::GET, addr, &path);
+        // tokio's timeout looks at the answer before the clock: on a gateway too busy to
+        // poll the probe in time, an answer that has arrived still counts.
+        let body = tokio::time::timeout(PROBE_TIMEOUT, async {
+            let resp = self.check(addr, req.send().await).await?;
+            resp.bytes().await.map_err(|e| NodeCallError::from_http(&e))
+        })
+        .await
+        .map_err(|_| {
+            NodeCallError::Transport(format!("probe: no answer within {PROBE_TIMEOUT:?}"))
+        })??;
         let info: NodeInfo = serde_json::from_slice(&body)
             .map_err(|e| NodeCallError::Transport(format!("bad node info: {e}")))?;
         if !self.key.check_proof(&challenge, &info.proof) {
@@ -365,7 +498,7 @@ impl NodeClient {
             .header("content-length", len)
             .body(reqwest::Body::wrap_stream(body));
         tokio::select! {
-            r = req.send() => Self::check(r).await.map(|_| ()),
+            r = req.send() => self.check(addr, r).await.map(|_| ()),
             _ = async {
                 let _ = sent_rx.await;
                 tokio::time::sleep(self.stall).await;
@@ -395,12 +528,13 @@ impl NodeClient {
         let resp = tokio::time::timeout(self.stall, req.send())
             .await
             .map_err(|_| self.silent("raw shard upload"))?
-            .map_err(|e| NodeCallError::Transport(e.to_string()))?;
+            .map_err(|e| NodeCallError::from_http(&e))?;
+        self.life.record(addr);
         if resp.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
             // A refusal (credential, path) carries its kind; anything else is a node
             // that does not speak raw uploads.
             let status = resp.status().as_u16();
-            Self::check(Ok(resp)).await?;
+            self.check(addr, Ok(resp)).await?;
             return Err(NodeCallError::Refused {
                 status,
                 kind: "no-upgrade".into(),
@@ -428,7 +562,11 @@ impl NodeClient {
                 format!("no outcome for {:?}", self.stall),
             )),
         };
-        match (UploadOutcome::parse(&line), sent, read) {
+        let outcome = UploadOutcome::parse(&line);
+        if outcome.is_some() {
+            self.life.record(addr);
+        }
+        match (outcome, sent, read) {
             (Some(o), _, _) if o.is_stored() => Ok(()),
             (Some(o), _, _) => Err(NodeCallError::Refused {
                 status: o.status,
@@ -455,7 +593,7 @@ impl NodeClient {
     ) -> Result<impl Stream<Item = Result<Bytes, NodeCallError>> + use<>, NodeCallError> {
         let path = protocol::shard_read_path(object, segment, index, from, count);
         let resp = self
-            .send(self.request(reqwest::Method::GET, addr, &path))
+            .send(addr, self.request(reqwest::Method::GET, addr, &path))
             .await?;
         // Each piece must come within `stall` of being asked for (the reader's own pauses,
         // waiting on the S3 client, do not count).
@@ -490,7 +628,7 @@ impl NodeClient {
     ) -> Result<Bytes, NodeCallError> {
         let path = format!("{}/header", protocol::shard_path(object, segment, index));
         let resp = self
-            .send(self.request(reqwest::Method::GET, addr, &path))
+            .send(addr, self.request(reqwest::Method::GET, addr, &path))
             .await?;
         tokio::time::timeout(self.stall, resp.bytes())
             .await
@@ -566,7 +704,7 @@ impl NodeClient {
         path: &str,
     ) -> Result<T, NodeCallError> {
         let resp = self
-            .send(self.request(reqwest::Method::GET, addr, path))
+            .send(addr, self.request(reqwest::Method::GET, addr, path))
             .await?;
         let body = tokio::time::timeout(self.stall, resp.bytes())
             .await
