@@ -21,6 +21,27 @@ pub enum S3Error {
     RequestTimeTooSkewed,
     #[error("The authorization header is malformed: {0}")]
     AuthorizationHeaderMalformed(String),
+    /// `x-amz-*` headers (named, comma-separated) that the signature does not cover.
+    #[error("There were headers present in the request which were not signed")]
+    HeadersNotSigned(String),
+    /// The `Authorization` header's credential scope names another region.
+    #[error("The authorization header is malformed; the region '{got}' is wrong; expecting '{expected}'")]
+    WrongRegion { got: String, expected: String },
+    /// A presigned URL's `X-Amz-Credential` names another region.
+    #[error("Error parsing the X-Amz-Credential parameter; the region '{got}' is wrong; expecting '{expected}'")]
+    WrongRegionPresigned { got: String, expected: String },
+    #[error("Your metadata headers exceed the maximum allowed metadata size")]
+    MetadataTooLarge { size: usize, max: usize },
+    #[error("The specified location-constraint is not valid")]
+    InvalidLocationConstraint(String),
+    #[error("The {0} location constraint is incompatible for the region specific endpoint this request was sent to.")]
+    IllegalLocationConstraint(String),
+    /// A `versionId` other than `null`: Cairn keeps no versions, so it issued no such id.
+    #[error("Invalid version id specified")]
+    InvalidVersionId(String),
+    /// The bucket has as many multipart uploads open as `--max-uploads-per-bucket` allows.
+    #[error("This bucket already has {0} multipart uploads in progress, the most allowed; complete or abort some (ListMultipartUploads lists them) before starting another")]
+    TooManyUploads(usize),
     #[error("The specified bucket does not exist")]
     NoSuchBucket,
     #[error("The specified key does not exist.")]
@@ -96,9 +117,24 @@ impl S3Error {
             InvalidAccessKeyId => ("InvalidAccessKeyId", StatusCode::FORBIDDEN),
             SignatureDoesNotMatch => ("SignatureDoesNotMatch", StatusCode::FORBIDDEN),
             RequestTimeTooSkewed => ("RequestTimeTooSkewed", StatusCode::FORBIDDEN),
-            AuthorizationHeaderMalformed(_) => {
+            AuthorizationHeaderMalformed(_) | WrongRegion { .. } => {
                 ("AuthorizationHeaderMalformed", StatusCode::BAD_REQUEST)
             }
+            HeadersNotSigned(_) => ("AccessDenied", StatusCode::FORBIDDEN),
+            WrongRegionPresigned { .. } => {
+                ("AuthorizationQueryParametersError", StatusCode::BAD_REQUEST)
+            }
+            MetadataTooLarge { .. } => ("MetadataTooLarge", StatusCode::BAD_REQUEST),
+            InvalidLocationConstraint(_) => ("InvalidLocationConstraint", StatusCode::BAD_REQUEST),
+            IllegalLocationConstraint(_) => (
+                "IllegalLocationConstraintException",
+                StatusCode::BAD_REQUEST,
+            ),
+            InvalidVersionId(_) => ("InvalidArgument", StatusCode::BAD_REQUEST),
+            // Not 503 SlowDown: SDKs retry that a few times at once and then fail anyway,
+            // while an upload slot frees only when the client (or expiry) ends an upload.
+            // A 400 is not retried, and the message says what to do.
+            TooManyUploads(_) => ("InvalidRequest", StatusCode::BAD_REQUEST),
             NoSuchBucket => ("NoSuchBucket", StatusCode::NOT_FOUND),
             NoSuchKey => ("NoSuchKey", StatusCode::NOT_FOUND),
             InvalidBucketName => ("InvalidBucketName", StatusCode::BAD_REQUEST),
@@ -132,6 +168,29 @@ impl S3Error {
         }
     }
 
+    /// Elements S3 adds to this error's XML document beyond Code, Message, Resource and
+    /// RequestId.
+    pub fn extra_elements(&self) -> Vec<(&'static str, String)> {
+        use S3Error::*;
+        match self {
+            HeadersNotSigned(names) => vec![("HeadersNotSigned", names.clone())],
+            WrongRegion { expected, .. } | WrongRegionPresigned { expected, .. } => {
+                vec![("Region", expected.clone())]
+            }
+            MetadataTooLarge { size, max } => vec![
+                ("Size", size.to_string()),
+                ("MaxSizeAllowed", max.to_string()),
+            ],
+            InvalidLocationConstraint(c) => vec![("LocationConstraint", c.clone())],
+            IllegalLocationConstraint(c) => vec![("LocationConstraint", c.clone())],
+            InvalidVersionId(v) => vec![
+                ("ArgumentName", "versionId".into()),
+                ("ArgumentValue", v.clone()),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
     /// Renders the error for a request on `resource`.
     pub fn to_response(&self, resource: &str, request_id: &str, head: bool) -> Response {
         let (code, status) = self.code_and_status();
@@ -144,7 +203,13 @@ impl S3Error {
         let body = if head || status == StatusCode::NOT_MODIFIED {
             String::new()
         } else {
-            crate::s3::xml::error_body(code, &self.to_string(), resource, request_id)
+            crate::s3::xml::error_body_with(
+                code,
+                &self.to_string(),
+                resource,
+                request_id,
+                &self.extra_elements(),
+            )
         };
         let mut resp = (status, body).into_response();
         let h = resp.headers_mut();

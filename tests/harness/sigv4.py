@@ -61,10 +61,13 @@ def sign_headers(
     headers: dict | None = None,
     when: _dt.datetime | None = None,
     service: str = "s3",
+    sign_content_sha256: bool = True,
 ) -> dict:
     """Headers (including Authorization) for a header-signed request to `url`.
 
-    `url` must already be URI-encoded (as from `s3_path`).
+    `url` must already be URI-encoded (as from `s3_path`). With `sign_content_sha256`
+    false, `x-amz-content-sha256` is sent but left out of SignedHeaders (the payload hash
+    still ends the canonical request, as SigV4 wants).
     """
     when = when or _now()
     parts = urlsplit(url)
@@ -74,7 +77,7 @@ def sign_headers(
     hdrs["host"] = parts.netloc
     hdrs["x-amz-date"] = amz_date
     hdrs["x-amz-content-sha256"] = payload_hash
-    signed = sorted(hdrs)
+    signed = sorted(k for k in hdrs if sign_content_sha256 or k != "x-amz-content-sha256")
     canonical_headers = "".join(f"{k}:{' '.join(hdrs[k].strip().split())}\n" for k in signed)
     creq = "\n".join(
         [

@@ -1,11 +1,107 @@
 //! Bucket operations.
 
+use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
+use quick_xml::events::Event;
+use serde::Deserialize;
 
+use super::body::{declared_length, CheckedBody};
 use super::{xml, Ctx};
 use crate::error::S3Error;
 use crate::store::catalog::BucketRecord;
+
+/// Largest CreateBucket body accepted (a real CreateBucketConfiguration is under 300
+/// bytes).
+const MAX_CREATE_BODY: usize = 16 * 1024;
+
+#[derive(Debug, Deserialize)]
+struct CreateBucketConfiguration {
+    #[serde(rename = "LocationConstraint", default)]
+    location_constraint: Option<String>,
+}
+
+/// Parses a CreateBucket body (`<CreateBucketConfiguration>`) into the location
+/// constraint it names, if any; anything else is MalformedXML.
+pub fn parse_create_bucket(raw: &[u8]) -> Result<Option<String>, S3Error> {
+    let text = std::str::from_utf8(raw).map_err(|_| S3Error::MalformedXml)?;
+    let doc = xml::request_document(text)?;
+    // The deserializer does not look at the root's name: check it here.
+    let mut reader = quick_xml::Reader::from_str(&doc);
+    loop {
+        match reader.read_event().map_err(|_| S3Error::MalformedXml)? {
+            Event::Start(e) | Event::Empty(e)
+                if e.local_name().as_ref() == b"CreateBucketConfiguration" =>
+            {
+                break
+            }
+            Event::Start(_) | Event::Empty(_) | Event::Eof => return Err(S3Error::MalformedXml),
+            _ => {}
+        }
+    }
+    let conf: CreateBucketConfiguration =
+        quick_xml::de::from_str(&doc).map_err(|_| S3Error::MalformedXml)?;
+    Ok(conf
+        .location_constraint
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty()))
+}
+
+/// Whether `c` is shaped like an AWS region (`eu-west-1`, `us-gov-east-1`, or the old
+/// `EU`).
+fn looks_like_region(c: &str) -> bool {
+    let parts: Vec<&str> = c.split('-').collect();
+    c == "EU"
+        || (parts.len() >= 3
+            && parts.iter().all(|p| {
+                !p.is_empty()
+                    && p.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            })
+            && parts
+                .last()
+                .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())))
+}
+
+/// A location constraint is fine when absent or the gateway's own region. As S3 does
+/// on a regional endpoint, another region is IllegalLocationConstraintException, and a
+/// value that is no region at all InvalidLocationConstraint.
+pub fn check_location_constraint(constraint: Option<&str>, region: &str) -> Result<(), S3Error> {
+    match constraint {
+        None => Ok(()),
+        Some(c) if c == region => Ok(()),
+        Some(c) if looks_like_region(c) => Err(S3Error::IllegalLocationConstraint(c.into())),
+        Some(c) => Err(S3Error::InvalidLocationConstraint(c.into())),
+    }
+}
+
+/// Reads a CreateBucket body (at most [`MAX_CREATE_BODY`] bytes, checked against the
+/// signature like any body) and checks its location constraint.
+async fn check_create_body(ctx: &Ctx, body: Body) -> Result<(), S3Error> {
+    let len = match declared_length(&ctx.headers, &ctx.payload) {
+        Ok(n) => n,
+        // No length and no chunked framing: no body at all.
+        Err(S3Error::MissingContentLength)
+            if ctx.headers.get(http::header::TRANSFER_ENCODING).is_none() =>
+        {
+            0
+        }
+        Err(e) => return Err(e),
+    };
+    if len > MAX_CREATE_BODY as u64 {
+        return Err(S3Error::InvalidRequest(format!(
+            "request body larger than {MAX_CREATE_BODY} bytes"
+        )));
+    }
+    let raw = CheckedBody::new(body, &ctx.headers, &ctx.payload, len)?
+        .collect(MAX_CREATE_BODY)
+        .await?;
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let constraint = parse_create_bucket(&raw)?;
+    check_location_constraint(constraint.as_deref(), &ctx.state.region)
+}
 
 /// Whether `name` follows S3's bucket naming rules.
 pub fn valid_bucket_name(name: &str) -> bool {
@@ -49,11 +145,12 @@ pub async fn list_buckets(ctx: &Ctx) -> Result<Response, S3Error> {
     )))
 }
 
-/// CreateBucket.
-pub async fn create_bucket(ctx: &Ctx, bucket: &str) -> Result<Response, S3Error> {
+/// CreateBucket (an optional CreateBucketConfiguration body, validated).
+pub async fn create_bucket(ctx: &Ctx, bucket: &str, body: Body) -> Result<Response, S3Error> {
     if !valid_bucket_name(bucket) {
         return Err(S3Error::InvalidBucketName);
     }
+    check_create_body(ctx, body).await?;
     let created = ctx.state.service.create_bucket(bucket).await?;
     if !created {
         return Err(S3Error::BucketAlreadyOwnedByYou);
@@ -101,7 +198,54 @@ pub async fn get_versioning(ctx: &Ctx, bucket: &str) -> Result<Response, S3Error
 
 #[cfg(test)]
 mod tests {
-    use super::valid_bucket_name;
+    use super::*;
+
+    #[test]
+    fn create_bucket_bodies() {
+        let doc = |c: &str| {
+            format!(
+                r#"<CreateBucketConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><LocationConstraint>{c}</LocationConstraint></CreateBucketConfiguration>"#
+            )
+        };
+        assert_eq!(
+            parse_create_bucket(doc("eu-west-1").as_bytes()).expect("parse"),
+            Some("eu-west-1".into())
+        );
+        assert_eq!(
+            parse_create_bucket(doc("").as_bytes()).expect("parse"),
+            None
+        );
+        assert_eq!(
+            parse_create_bucket(b"<CreateBucketConfiguration/>").expect("parse"),
+            None
+        );
+        for bad in [
+            &b"<CreateBucketConfiguration>"[..],
+            b"not xml",
+            b"<Other><LocationConstraint>x</LocationConstraint></Other>",
+            b"\xff\xfe",
+        ] {
+            assert!(parse_create_bucket(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_location_constraint(None, "us-east-1").is_ok());
+        assert!(check_location_constraint(Some("home"), "home").is_ok());
+        let code = |c| {
+            check_location_constraint(Some(c), "us-east-1")
+                .map_err(|e| e.code_and_status().0)
+                .err()
+        };
+        assert_eq!(
+            code("eu-west-1"),
+            Some("IllegalLocationConstraintException")
+        );
+        assert_eq!(
+            code("us-gov-east-1"),
+            Some("IllegalLocationConstraintException")
+        );
+        assert_eq!(code("EU"), Some("IllegalLocationConstraintException"));
+        assert_eq!(code("nowhere"), Some("InvalidLocationConstraint"));
+        assert_eq!(code("us-east-1"), None);
+    }
 
     #[test]
     fn bucket_names() {

@@ -10,7 +10,8 @@ use super::body::{CheckedBody, MAX_PUT_SIZE};
 use super::bucket::require_bucket;
 use super::multipart::{part_number, record_part, upload_of};
 use super::object::{
-    check_read_preconditions, check_write_preconditions, meta_from_headers, MAX_KEY_LEN,
+    check_read_preconditions, check_version_id, check_write_preconditions, meta_from_headers,
+    MAX_KEY_LEN,
 };
 use super::sigv4::Payload;
 use super::{xml, Ctx};
@@ -18,9 +19,17 @@ use crate::error::S3Error;
 use crate::store::catalog::ObjectRecord;
 
 /// Parses an `x-amz-copy-source` value (`[/]bucket/key[?versionId=...]`, percent-encoded)
-/// into bucket and key.
+/// into bucket and key, leaving any version id aside.
 pub fn parse_copy_source(raw: &str) -> Result<(String, String), S3Error> {
-    let raw = raw.split_once("?versionId=").map(|(p, _)| p).unwrap_or(raw);
+    parse_copy_source_version(raw).map(|(b, k, _)| (b, k))
+}
+
+/// Parses an `x-amz-copy-source` value into bucket, key and version id (if given).
+pub fn parse_copy_source_version(raw: &str) -> Result<(String, String, Option<String>), S3Error> {
+    let (raw, version) = match raw.split_once("?versionId=") {
+        Some((p, v)) => (p, Some(v.to_string())),
+        None => (raw, None),
+    };
     let decoded = percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| S3Error::InvalidArgument("copy source is not valid UTF-8".into()))?;
@@ -29,7 +38,7 @@ pub fn parse_copy_source(raw: &str) -> Result<(String, String), S3Error> {
         .split_once('/')
         .filter(|(b, k)| !b.is_empty() && !k.is_empty())
         .ok_or_else(|| S3Error::InvalidArgument("copy source must be bucket/key".into()))?;
-    Ok((bucket.to_string(), key.to_string()))
+    Ok((bucket.to_string(), key.to_string(), version))
 }
 
 /// Resolves `x-amz-copy-source-range` (`bytes=a-b`, both inclusive) against a source of
@@ -60,7 +69,8 @@ fn source(ctx: &Ctx) -> Result<(String, String, ObjectRecord), S3Error> {
     let raw = ctx
         .header("x-amz-copy-source")
         .ok_or_else(|| S3Error::InvalidArgument("missing copy source".into()))?;
-    let (bucket, key) = parse_copy_source(raw)?;
+    let (bucket, key, version) = parse_copy_source_version(raw)?;
+    check_version_id(version.as_deref())?;
     require_bucket(ctx, &bucket)?;
     let rec = ctx
         .state
@@ -133,6 +143,11 @@ pub async fn copy_object(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response,
             "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata".into(),
         ));
     }
+    let replaced = if replace {
+        Some(meta_from_headers(&ctx.headers)?)
+    } else {
+        None
+    };
     let cond = check_write_preconditions(ctx, bucket, key)?;
     let mut body = source_body(ctx, &rec, 0, rec.size)?;
     let service = &ctx.state.service;
@@ -141,11 +156,7 @@ pub async fn copy_object(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response,
         service.discard(staged);
         return Err(S3Error::Internal("copy source ended early".into()));
     };
-    let mut meta = if replace {
-        meta_from_headers(&ctx.headers)
-    } else {
-        rec.meta.clone()
-    };
+    let mut meta = replaced.unwrap_or_else(|| rec.meta.clone());
     meta.etag = hex::encode(digests.md5);
     if !replace {
         // A multipart source's composite checksum does not describe the single-part copy.

@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use super::body::{declared_length, CheckedBody};
 use super::bucket::require_bucket;
+use super::object::check_version_id;
 use super::{xml, Ctx};
 use crate::error::S3Error;
 
@@ -26,17 +27,35 @@ struct DeleteRequest {
 struct DeleteObject {
     #[serde(rename = "Key")]
     key: String,
+    #[serde(rename = "VersionId", default)]
+    version_id: Option<String>,
 }
 
 /// Parses a DeleteObjects document into its quiet flag and keys (1 to 1000 of them).
 pub fn parse_delete(raw: &[u8]) -> Result<(bool, Vec<String>), S3Error> {
+    let (quiet, objects) = parse_delete_versions(raw)?;
+    Ok((quiet, objects.into_iter().map(|(k, _)| k).collect()))
+}
+
+/// A key to delete and the `VersionId` it names, if any.
+pub type VersionedKey = (String, Option<String>);
+
+/// Parses a DeleteObjects document into its quiet flag and keys, each with the
+/// `VersionId` it names, if any.
+pub fn parse_delete_versions(raw: &[u8]) -> Result<(bool, Vec<VersionedKey>), S3Error> {
     let text = std::str::from_utf8(raw).map_err(|_| S3Error::MalformedXml)?;
     let req: DeleteRequest = quick_xml::de::from_str(&xml::request_document(text)?)
         .map_err(|_| S3Error::MalformedXml)?;
     if req.objects.is_empty() || req.objects.len() > MAX_KEYS {
         return Err(S3Error::MalformedXml);
     }
-    Ok((req.quiet, req.objects.into_iter().map(|o| o.key).collect()))
+    Ok((
+        req.quiet,
+        req.objects
+            .into_iter()
+            .map(|o| (o.key, o.version_id))
+            .collect(),
+    ))
 }
 
 /// DeleteObjects. The body's integrity header may be Content-MD5 or any
@@ -47,10 +66,19 @@ pub async fn delete_objects(ctx: &Ctx, bucket: &str, body: Body) -> Result<Respo
     let raw = CheckedBody::new(body, &ctx.headers, &ctx.payload, len)?
         .collect(MAX_BODY)
         .await?;
-    let (quiet, keys) = parse_delete(&raw)?;
+    let (quiet, keys) = parse_delete_versions(&raw)?;
     let mut s = xml::document("DeleteResult");
-    for key in &keys {
-        match ctx.state.service.delete(bucket, key).await {
+    for (key, version) in &keys {
+        let deleted = match check_version_id(version.as_deref()) {
+            Ok(()) => ctx
+                .state
+                .service
+                .delete(bucket, key)
+                .await
+                .map_err(S3Error::from),
+            Err(e) => Err(e),
+        };
+        match deleted {
             Ok(_) => {
                 if !quiet {
                     s.push_str("<Deleted>");
@@ -59,7 +87,6 @@ pub async fn delete_objects(ctx: &Ctx, bucket: &str, body: Body) -> Result<Respo
                 }
             }
             Err(e) => {
-                let e = S3Error::from(e);
                 let (code, _) = e.code_and_status();
                 s.push_str("<Error>");
                 xml::elem(&mut s, "Key", key);

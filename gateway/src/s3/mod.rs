@@ -18,7 +18,7 @@ pub mod xml;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::response::Response;
 use cairn_common::request_id::{self, RequestId};
 use http::HeaderMap;
@@ -80,6 +80,11 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
             .get(http::header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() == b"0");
     let query = router::parse_query(parts.uri.query());
+    // Set by the accept loop; absent (tests, other servers) it is "unknown".
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
     // At ERROR level so that the span (and its id) is on every line that is logged at all.
     let span =
         tracing::error_span!("s3", request_id = %request_id, method = %parts.method, path = %path);
@@ -88,12 +93,23 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
     let op = endpoint.as_ref().map(|e| e.name()).unwrap_or("Invalid");
     let result = async {
         let endpoint = endpoint?;
-        let payload = sigv4::authenticate(
+        let payload = match sigv4::authenticate_in(
             &state.keys,
+            &state.region,
             parts.method.as_str(),
             &path_and_query,
             &parts.headers,
-        )?;
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                let key = state.keys.key_label(&path_and_query, &parts.headers);
+                let delay = state.keys.failures.record(peer, key, &e);
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                return Err(e);
+            }
+        };
         let ctx = Ctx {
             state: state.clone(),
             headers: parts.headers,
@@ -134,7 +150,7 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
 async fn dispatch(ctx: Ctx, endpoint: Endpoint, body: Body) -> Result<Response, S3Error> {
     match endpoint {
         Endpoint::ListBuckets => bucket::list_buckets(&ctx).await,
-        Endpoint::CreateBucket { bucket } => bucket::create_bucket(&ctx, &bucket).await,
+        Endpoint::CreateBucket { bucket } => bucket::create_bucket(&ctx, &bucket, body).await,
         Endpoint::HeadBucket { bucket } => bucket::head_bucket(&ctx, &bucket).await,
         Endpoint::DeleteBucket { bucket } => bucket::delete_bucket(&ctx, &bucket).await,
         Endpoint::GetBucketLocation { bucket } => bucket::get_location(&ctx, &bucket).await,

@@ -51,12 +51,18 @@ fn upload_algorithm(rec: &UploadRecord) -> Option<Algorithm> {
     rec.checksum_algorithm.as_deref().and_then(Algorithm::parse)
 }
 
+/// Held from counting a bucket's open uploads to registering a new one, so concurrent
+/// CreateMultipartUploads cannot together pass `--max-uploads-per-bucket` (each holds it
+/// for one catalog insert and flush).
+static CREATE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// CreateMultipartUpload.
 pub async fn create(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response, S3Error> {
     require_bucket(ctx, bucket)?;
     if key.len() > MAX_KEY_LEN {
         return Err(S3Error::KeyTooLong);
     }
+    let meta = meta_from_headers(&ctx.headers)?;
     let algorithm = match ctx.header("x-amz-checksum-algorithm") {
         Some(a) => Some(Algorithm::parse(a).ok_or_else(|| {
             S3Error::InvalidArgument(format!("unsupported checksum algorithm {a:?}"))
@@ -94,12 +100,19 @@ pub async fn create(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response, S3Er
     let rec = UploadRecord {
         bucket: bucket.to_string(),
         key: key.to_string(),
-        meta: meta_from_headers(&ctx.headers),
+        meta,
         created_ms: now_ms(),
         checksum_algorithm: algorithm.map(|a| a.name().to_string()),
         checksum_type: checksum_type.clone(),
     };
-    let id = ctx.state.service.create_upload(&rec).await?;
+    let id = {
+        let _one_at_a_time = CREATE_LOCK.lock().await;
+        let limit = ctx.state.max_uploads_per_bucket;
+        if ctx.state.service.catalog.count_uploads(bucket, limit)? >= limit {
+            return Err(S3Error::TooManyUploads(limit));
+        }
+        ctx.state.service.create_upload(&rec).await?
+    };
     let mut s = xml::document("InitiateMultipartUploadResult");
     xml::elem(&mut s, "Bucket", bucket);
     xml::elem(&mut s, "Key", key);

@@ -26,8 +26,41 @@ const KEPT_HEADERS: &[&str] = &[
 
 use super::header_str as header;
 
-/// Client-supplied metadata of a PUT (everything but the ETag and checksums).
-pub fn meta_from_headers(h: &HeaderMap) -> ObjectMeta {
+/// Most bytes of user metadata S3 accepts: the UTF-8 bytes of every `x-amz-meta-*` name
+/// (without the prefix) and value, added up.
+pub const MAX_USER_META: usize = 2048;
+
+/// Refuses user metadata larger than [`MAX_USER_META`] (MetadataTooLarge).
+pub fn check_user_meta_size(h: &HeaderMap) -> Result<(), S3Error> {
+    let size: usize = h
+        .iter()
+        .filter_map(|(name, value)| {
+            let m = name.as_str().strip_prefix("x-amz-meta-")?;
+            Some(m.len() + value.as_bytes().len())
+        })
+        .sum();
+    if size > MAX_USER_META {
+        return Err(S3Error::MetadataTooLarge {
+            size,
+            max: MAX_USER_META,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a `versionId` other than `null` (the id S3 gives objects of an unversioned
+/// bucket): Cairn keeps no versions, so any other id is none it could have issued.
+pub fn check_version_id(version: Option<&str>) -> Result<(), S3Error> {
+    match version {
+        None | Some("null") => Ok(()),
+        Some(v) => Err(S3Error::InvalidVersionId(v.to_string())),
+    }
+}
+
+/// Client-supplied metadata of a PUT (everything but the ETag and checksums); user
+/// metadata over [`MAX_USER_META`] is refused.
+pub fn meta_from_headers(h: &HeaderMap) -> Result<ObjectMeta, S3Error> {
+    check_user_meta_size(h)?;
     let mut headers = BTreeMap::new();
     for name in KEPT_HEADERS {
         if let Some(v) = header(h, name) {
@@ -52,13 +85,13 @@ pub fn meta_from_headers(h: &HeaderMap) -> ObjectMeta {
             }
         }
     }
-    ObjectMeta {
+    Ok(ObjectMeta {
         etag: String::new(),
         content_type: header(h, "content-type").map(String::from),
         headers,
         user_meta,
         checksums: BTreeMap::new(),
-    }
+    })
 }
 
 /// PutObject: stream, erasure-code, verify, then commit.
@@ -72,6 +105,7 @@ pub async fn put_object(
     if key.len() > MAX_KEY_LEN {
         return Err(S3Error::KeyTooLong);
     }
+    let mut meta = meta_from_headers(&ctx.headers)?;
     let cond = check_write_preconditions(ctx, bucket, key)?;
     let (len, mut body) = CheckedBody::for_upload(body, &ctx.headers, &ctx.payload)?;
     let service = &ctx.state.service;
@@ -80,7 +114,6 @@ pub async fn put_object(
         service.discard(staged);
         return Err(S3Error::IncompleteBody);
     };
-    let mut meta = meta_from_headers(&ctx.headers);
     meta.etag = hex::encode(digests.md5);
     if let Some((alg, value)) = &digests.checksum {
         meta.checksums.insert(alg.name().to_string(), value.clone());
@@ -308,6 +341,7 @@ pub async fn get_object(
     head: bool,
 ) -> Result<Response, S3Error> {
     require_bucket(ctx, bucket)?;
+    check_version_id(ctx.query.get("versionId").map(String::as_str))?;
     let rec = ctx
         .state
         .service
@@ -374,6 +408,7 @@ pub async fn get_object(
 /// DeleteObject: succeeds whether or not the key exists.
 pub async fn delete_object(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response, S3Error> {
     require_bucket(ctx, bucket)?;
+    check_version_id(ctx.query.get("versionId").map(String::as_str))?;
     ctx.state.service.delete(bucket, key).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

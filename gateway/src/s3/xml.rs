@@ -35,10 +35,24 @@ pub fn elem(out: &mut String, tag: &str, text: &str) {
 
 /// The `<Error>` document.
 pub fn error_body(code: &str, message: &str, resource: &str, request_id: &str) -> String {
+    error_body_with(code, message, resource, request_id, &[])
+}
+
+/// The `<Error>` document with the error's own extra elements (`<Region>`...).
+pub fn error_body_with(
+    code: &str,
+    message: &str,
+    resource: &str,
+    request_id: &str,
+    extra: &[(&str, String)],
+) -> String {
     let mut s = String::from(DECL);
     s.push_str("<Error>");
     elem(&mut s, "Code", code);
     elem(&mut s, "Message", message);
+    for (tag, text) in extra {
+        elem(&mut s, tag, text);
+    }
     elem(&mut s, "Resource", resource);
     elem(&mut s, "RequestId", request_id);
     s.push_str("</Error>");

@@ -488,6 +488,28 @@ impl Catalog {
         Ok(out)
     }
 
+    /// Multipart uploads in progress into `bucket`, counted up to `limit` (enough to
+    /// enforce a cap: the scan stops there). Reads only each record's bucket name.
+    pub fn count_uploads(&self, bucket: &str, limit: usize) -> Result<usize, StoreError> {
+        #[derive(Deserialize)]
+        struct BucketOf<'a> {
+            #[serde(borrow)]
+            bucket: std::borrow::Cow<'a, str>,
+        }
+        let mut n = 0;
+        for item in self.uploads.iter() {
+            if n >= limit {
+                break;
+            }
+            let (_, v) = item?;
+            let rec: BucketOf<'_> = serde_json::from_slice(&v)?;
+            if rec.bucket == bucket {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Records a part (durably), returning the part it replaced.
     pub async fn put_part(
         &self,

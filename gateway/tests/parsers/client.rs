@@ -28,10 +28,7 @@ pub const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
 
 /// The gateway's key pair.
 pub fn keys() -> Keys {
-    Keys {
-        access_key: ACCESS_KEY.into(),
-        secret_key: SECRET_KEY.into(),
-    }
+    Keys::new(ACCESS_KEY, SECRET_KEY)
 }
 
 /// The client's identity.

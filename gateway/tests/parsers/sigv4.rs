@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
-use cairn_gateway::s3::sigv4::{authenticate, Payload};
+use cairn_gateway::s3::sigv4::{authenticate, authenticate_in, Payload};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::utf8_percent_encode;
 use proptest::collection::vec;
@@ -421,4 +421,54 @@ fn signed_headers_without_host_are_refused() {
     let mut h = HeaderMap::new();
     h.insert("x-amz-date", HeaderValue::from_str(&date).expect("date"));
     assert!(authenticate(&keys(), "GET", &url, &h).is_err());
+}
+
+/// An `x-amz-*` header the signature does not cover is refused (AccessDenied, naming
+/// it), in both forms; the same header signed is accepted.
+#[test]
+fn unsigned_amz_headers_are_refused() {
+    let now = SystemTime::now();
+    let copy = vec![("x-amz-copy-source".to_string(), "/b/other".to_string())];
+    let (h, _) = signed_headers("PUT", "/b/k", &copy, "UNSIGNED-PAYLOAD", now);
+    assert!(authenticate_in(&keys(), REGION, "PUT", "/b/k", &h).is_ok());
+
+    let (mut h, _) = signed_headers("PUT", "/b/k", &[], "UNSIGNED-PAYLOAD", now);
+    h.insert("x-amz-copy-source", HeaderValue::from_static("/b/other"));
+    let err = authenticate_in(&keys(), REGION, "PUT", "/b/k", &h).expect_err("unsigned");
+    assert_eq!(err.code_and_status().0, "AccessDenied");
+    assert_eq!(
+        err.extra_elements(),
+        vec![("HeadersNotSigned", "x-amz-copy-source".to_string())]
+    );
+
+    let url = presigned("GET", "/b/k", now, Duration::from_secs(60));
+    assert!(authenticate_in(&keys(), REGION, "GET", &url, &host_only()).is_ok());
+    let mut h = host_only();
+    h.insert("x-amz-meta-a", HeaderValue::from_static("1"));
+    let err = authenticate_in(&keys(), REGION, "GET", &url, &h).expect_err("unsigned");
+    assert_eq!(err.code_and_status().0, "AccessDenied");
+    // A presigned request's body is never signed: x-amz-content-sha256 may go unsigned.
+    let mut h = host_only();
+    h.insert(
+        "x-amz-content-sha256",
+        HeaderValue::from_static("UNSIGNED-PAYLOAD"),
+    );
+    assert!(authenticate_in(&keys(), REGION, "GET", &url, &h).is_ok());
+}
+
+/// A credential scope naming another region than the gateway's is refused with S3's
+/// codes (header and presigned forms).
+#[test]
+fn other_regions_are_refused() {
+    let now = SystemTime::now();
+    let (h, _) = signed_headers("GET", "/b/k", &[], "UNSIGNED-PAYLOAD", now);
+    let err = authenticate_in(&keys(), "eu-west-1", "GET", "/b/k", &h).expect_err("region");
+    assert_eq!(err.code_and_status().0, "AuthorizationHeaderMalformed");
+    assert_eq!(
+        err.extra_elements(),
+        vec![("Region", "eu-west-1".to_string())]
+    );
+    let url = presigned("GET", "/b/k", now, Duration::from_secs(60));
+    let err = authenticate_in(&keys(), "eu-west-1", "GET", &url, &host_only()).expect_err("region");
+    assert_eq!(err.code_and_status().0, "AuthorizationQueryParametersError");
 }
