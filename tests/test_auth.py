@@ -316,7 +316,7 @@ def test_unsigned_header_tampering_is_detected(cairn_cluster, obj):
 
 
 def test_health_needs_no_auth_but_s3_does(cairn_cluster):
-    r = sigv4.request("GET", cairn_cluster.endpoint + "/health")
+    r = sigv4.request("GET", cairn_cluster.endpoint + "/_cairn/health")
     assert r.status == 200
     r = sigv4.request("GET", cairn_cluster.endpoint + "/")
     assert r.status == 403

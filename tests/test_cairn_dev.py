@@ -34,7 +34,7 @@ def start_dev(tmp_path, help_text, name, extra=()):
     p = ManagedProcess(name, argv, env, tmp_path / f"{name}.log", cwd=tmp_path)
     p.spawn()
     try:
-        wait_http_ok(p, f"127.0.0.1:{port}", "/health", timeout=60)
+        wait_http_ok(p, f"127.0.0.1:{port}", "/_cairn/health", timeout=60)
     except Exception:
         kill_tree(p)
         raise

@@ -372,7 +372,7 @@ def test_parts_of_an_upload_in_progress_are_repaired(cluster_factory):
 
 def node_ids(cluster):
     """{node addr: id} from the gateway's node list."""
-    status, body = http_get(cluster.gateway.addr, "/_cairn/nodes")
+    status, body = cluster.gateway.admin_get("/_cairn/nodes")
     assert status == 200
     return {n["addr"]: n["id"] for n in json.loads(body)}
 

@@ -63,9 +63,11 @@ def _spawn(ns: str, args: list[str], env: dict[str, str], log: Path) -> subproce
     )
 
 
-def _get(ns: str, url: str) -> str | None:
+def _get(ns: str, url: str, secret: str) -> str | None:
+    """GET a gateway's internal route with the admin token of cluster `secret`."""
+    auth = f"Authorization: Bearer {_cluster.admin_token(secret)}"
     r = subprocess.run(
-        ["ip", "netns", "exec", ns, "curl", "-sf", "--max-time", "2", url],
+        ["ip", "netns", "exec", ns, "curl", "-sf", "--max-time", "2", "-H", auth, url],
         capture_output=True,
         text=True,
     )
@@ -118,7 +120,7 @@ def test_gateway_discovers_nodes_and_refuses_a_node_without_the_secret(netns, tm
         )
         seen: dict[str, str] = {}
         while time.monotonic() < deadline:
-            body = _get(netns, "http://127.0.0.1:9300/_cairn/nodes")
+            body = _get(netns, "http://127.0.0.1:9300/_cairn/nodes", secret)
             if body:
                 seen = {n["id"]: n["state"] for n in json.loads(body)}
                 if all(seen.get(i) == "up" for i in node_ids):
@@ -133,12 +135,12 @@ def test_gateway_discovers_nodes_and_refuses_a_node_without_the_secret(netns, tm
         assert "127.0.0.1:9309" in gw_log, "the rogue node's announcement was never seen"
         # Give the gateway a few more heartbeats to (wrongly) admit the rogue node.
         time.sleep(2.5)
-        body = _get(netns, "http://127.0.0.1:9300/_cairn/nodes")
+        body = _get(netns, "http://127.0.0.1:9300/_cairn/nodes", secret)
         assert body is not None
         states = {n["id"]: n["state"] for n in json.loads(body)}
         assert rogue_id not in states, f"node without the secret was admitted: {states}"
         assert set(states) == set(node_ids)
-        sd = json.loads(_get(netns, "http://127.0.0.1:9300/sd/prometheus") or "[]")
+        sd = json.loads(_get(netns, "http://127.0.0.1:9300/_cairn/sd/prometheus", secret) or "[]")
         targets = {t for g in sd for t in g["targets"]}
         assert {"127.0.0.1:9301", "127.0.0.1:9302"} <= targets and "127.0.0.1:9309" not in targets
     finally:
@@ -212,7 +214,7 @@ def test_discovery_across_namespaces_and_a_node_that_moves(veth_pair, tmp_path):
         )
 
     def nodes_view() -> dict[str, tuple[str, str]]:
-        body = _get(gw_ns, "http://127.0.0.1:9300/_cairn/nodes")
+        body = _get(gw_ns, "http://127.0.0.1:9300/_cairn/nodes", secret)
         return {n["id"]: (n["addr"], n["state"]) for n in json.loads(body)} if body else {}
 
     def wait_view(want: dict[str, tuple[str, str]], what: str, timeout: float = 30):

@@ -1,4 +1,4 @@
-"""/health and /metrics (Prometheus text) of the gateway and nodes."""
+"""Health and Prometheus metrics of the gateway (`/_cairn/health`, `/_cairn/metrics`) and the nodes (`/health`, `/metrics`)."""
 
 import os
 import re
@@ -33,10 +33,13 @@ def names(samples):
     return sorted({n for n, _ in samples})
 
 
-def test_gateway_health_and_metrics_need_no_auth(cairn_cluster):
-    r = request("GET", cairn_cluster.endpoint + "/health")
+def test_gateway_health_is_open_and_metrics_need_the_admin_token(cairn_cluster):
+    r = request("GET", cairn_cluster.endpoint + "/_cairn/health")
     assert r.status == 200
-    r = request("GET", cairn_cluster.endpoint + "/metrics")
+    r = request("GET", cairn_cluster.endpoint + "/_cairn/metrics")
+    assert r.status == 403, r.status
+    r = request("GET", cairn_cluster.endpoint + "/_cairn/metrics",
+                headers={"Authorization": f"Bearer {cairn_cluster.admin_token}"})
     assert r.status == 200
     assert r.headers.get("content-type", "").startswith("text/plain"), r.headers
     parse(r.body.decode())

@@ -23,7 +23,7 @@ def node_info(node) -> dict:
 
 def gateway_nodes(cluster) -> dict:
     """{node addr: entry} of the gateway's `/_cairn/nodes`."""
-    status, body = http_get(cluster.gateway.addr, "/_cairn/nodes", timeout=5)
+    status, body = cluster.gateway.admin_get("/_cairn/nodes")
     assert status == 200
     return {n["addr"]: n for n in json.loads(body)}
 

@@ -101,7 +101,11 @@ def test_prometheus_finds_nodes_through_the_gateway_not_typed_addresses():
         for sc in jobs.values()
         for c in sc.get("http_sd_configs", [])
     ]
-    assert sd == ["http://gateway:9000/sd/prometheus"], sd
+    assert sd == ["http://gateway:9000/_cairn/sd/prometheus"], sd
+    # The gateway's internal routes need its admin token: discovery and scrapes send it.
+    cairn = jobs["cairn"]
+    assert cairn.get("authorization", {}).get("credentials_file"), cairn
+    assert cairn["http_sd_configs"][0].get("authorization", {}).get("credentials_file"), cairn
     for sc in jobs.values():
         for sc_static in sc.get("static_configs", []):
             for t in sc_static.get("targets", []):
@@ -398,15 +402,15 @@ def test_systemd_unit():
 
 def _sd_groups(gateway) -> list[dict]:
     try:
-        status, body = http_get(gateway.addr, "/sd/prometheus", timeout=5)
+        status, body = gateway.admin_get("/_cairn/sd/prometheus")
     except OSError as e:
-        pytest.fail(f"gateway /sd/prometheus: {e!r}")
+        pytest.fail(f"gateway /_cairn/sd/prometheus: {e!r}")
     if status != 200:
         pytest.fail(
-            f"the gateway does not serve Prometheus HTTP service discovery yet: GET /sd/prometheus "
-            f"answered {status} {body[:200]!r}. Issue #6 asks for it: "
+            f"the gateway does not serve Prometheus HTTP service discovery: GET /_cairn/sd/prometheus "
+            f"(admin token) answered {status} {body[:200]!r}. Expected "
             '[{"targets":["host:port"],"labels":{"job":"cairn-node","cairn_node_id":"<id>"}}, ..., '
-            '{"targets":["<gateway host:port>"],"labels":{"job":"cairn-gateway"}}] (unauthenticated).'
+            '{"targets":["<gateway host:port>"],"labels":{"job":"cairn-gateway","__metrics_path__":"/_cairn/metrics"}}].'
         )
     return json.loads(body)
 
@@ -431,7 +435,9 @@ def test_prometheus_scrapes_cluster_via_gateway_sd(cairn_cluster, tmp_path):
     assert gateways == [c.gateway.addr], f"SD lists the gateway as {gateways}, expected {c.gateway.addr}"
 
     prom = Prometheus(tmp_path / "prometheus", {})
-    prom.start(lambda addr: loopback_config(c.gateway.addr, addr, tmp_path / "file_sd"))
+    token_file = tmp_path / "admin-token"
+    token_file.write_text(c.admin_token)
+    prom.start(lambda addr: loopback_config(c.gateway.addr, addr, tmp_path / "file_sd", credentials_file=token_file))
     try:
         _check_scrapes(c, prom, nodes)
     except BaseException:
@@ -454,7 +460,7 @@ def _check_scrapes(c: Cluster, prom: Prometheus, sd_nodes: dict[str, str]):
                   for j, i in want}
         return not missing, detail
 
-    poll("every node and the gateway scraped `up` via /sd/prometheus", targets_up, timeout=20)
+    poll("every node and the gateway scraped `up` via /_cairn/sd/prometheus", targets_up, timeout=20)
     ts = prom.active_targets()
     for t in ts:
         if t["labels"].get("job") == "cairn-node":

@@ -21,7 +21,7 @@ def shard_count(node) -> int:
 
 
 def big_capacity_seen(c, big) -> bool:
-    status, body = http_get(c.gateway.addr, "/_cairn/nodes", timeout=5)
+    status, body = c.gateway.admin_get("/_cairn/nodes")
     if status != 200:
         return False
     return any(n["addr"] == big.addr and n.get("capacity_bytes") == 32 << 30 for n in json.loads(body))

@@ -30,7 +30,8 @@ pub struct ClusterSpec {
     pub nodes: usize,
     /// Erasure geometry, e.g. `3+1`.
     pub ec: String,
-    /// How long each process may take to answer `/health`.
+    /// How long each process may take to become healthy (a node's `/health`, the
+    /// gateway's `/_cairn/health`).
     pub ready_timeout: Duration,
     /// Extra arguments and environment of node `i` (nodes past the end get none).
     pub node_extra: Vec<Extra>,
@@ -60,15 +61,17 @@ pub struct Proc {
     pub name: String,
     /// Address it listens on.
     pub addr: SocketAddr,
+    /// Where it says it is healthy.
+    health: &'static str,
     log: PathBuf,
     cmd: Command,
     child: Child,
 }
 
 impl Proc {
-    /// A plain GET of `path` on the process (`/metrics`, `/health`): (status, body).
+    /// A plain GET of `path` on the process (a node's `/metrics`, `/health`): (status, body).
     pub async fn http_get(&self, path: &str) -> Result<(u16, String)> {
-        http_get(self.addr, path).await
+        http_get(self.addr, path, None).await
     }
 
     /// Whether the process is running (not exited, not killed).
@@ -180,11 +183,13 @@ pub struct Cluster {
     pub secret_key: String,
     /// Data directory of each node (same order as `nodes`).
     pub node_data: Vec<PathBuf>,
+    /// Bearer token of the gateway's internal routes (`/_cairn/...`).
+    pub admin_token: String,
 }
 
 impl Cluster {
     /// Starts the nodes, waits for their `/health`, then starts the gateway and waits until
-    /// it is healthy and sees every node up (`cairn_nodes_up` in its `/metrics`).
+    /// it is healthy and sees every node up (`cairn_nodes_up` in its `/_cairn/metrics`).
     pub async fn start(spec: &ClusterSpec) -> Result<Self> {
         let node_bin = find_bin(&spec.bin_dir, "cairn-node")?;
         let gw_bin = find_bin(&spec.bin_dir, "cairn-gateway")?;
@@ -210,7 +215,7 @@ impl Cluster {
             if let Some(extra) = spec.node_extra.get(i) {
                 extra.apply(&mut cmd);
             }
-            nodes.push(spawn(format!("node{i}"), *addr, cmd, &logs)?);
+            nodes.push(spawn(format!("node{i}"), *addr, NODE_HEALTH, cmd, &logs)?);
             node_data.push(data);
         }
         for n in &mut nodes {
@@ -232,13 +237,22 @@ impl Cluster {
             .env("CAIRN_SECRET_KEY", &secret_key)
             .env("CAIRN_CLUSTER_SECRET", &cluster_secret);
         spec.gateway_extra.apply(&mut cmd);
-        let gateway = spawn("gateway".into(), addrs[0], cmd, &logs)?;
+        let gateway = spawn("gateway".into(), addrs[0], GATEWAY_HEALTH, cmd, &logs)?;
+        // The gateway's own default unless the caller gave it one.
+        let admin_token = spec
+            .gateway_extra
+            .env
+            .iter()
+            .find(|(k, _)| k == "CAIRN_ADMIN_TOKEN")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| cairn_common::auth::ClusterKey::new(&cluster_secret).admin_token());
         let mut cluster = Cluster {
             gateway,
             nodes,
             access_key,
             secret_key,
             node_data,
+            admin_token,
         };
         wait_healthy(&mut cluster.gateway, spec.ready_timeout).await?;
         cluster.wait_nodes_up(spec.ready_timeout).await?;
@@ -250,9 +264,10 @@ impl Cluster {
         format!("http://{}", self.gateway.addr)
     }
 
-    /// A plain GET of the gateway's `path` (`/metrics`, `/_cairn/nodes`): (status, body).
+    /// A GET of the gateway's `path` (`/_cairn/metrics`, `/_cairn/nodes`) with the admin
+    /// token: (status, body).
     pub async fn gateway_get(&self, path: &str) -> Result<(u16, String)> {
-        http_get(self.gateway.addr, path).await
+        http_get(self.gateway.addr, path, Some(&self.admin_token)).await
     }
 
     /// Fails (with its log) if any process has exited.
@@ -264,7 +279,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// Polls the gateway's `/metrics` until `cairn_nodes_up` equals the node count and no
+    /// Polls the gateway's `/_cairn/metrics` until `cairn_nodes_up` equals the node count and no
     /// per-node `cairn_node_up` gauge is 0 (a failed transfer flips that one at once, while
     /// the summary waits for the next heartbeat).
     pub async fn wait_nodes_up(&mut self, timeout: Duration) -> Result<()> {
@@ -273,7 +288,7 @@ impl Cluster {
         let mut last = None;
         loop {
             self.gateway.check_alive()?;
-            if let Ok((200, body)) = http_get(self.gateway.addr, "/metrics").await {
+            if let Ok((200, body)) = self.gateway_get("/_cairn/metrics").await {
                 last = body
                     .lines()
                     .find_map(|l| l.strip_prefix("cairn_nodes_up "))
@@ -336,7 +351,13 @@ pub fn find_bin(dir: &Path, name: &str) -> Result<PathBuf> {
     }
 }
 
-fn spawn(name: String, addr: SocketAddr, mut cmd: Command, logs: &Path) -> Result<Proc> {
+fn spawn(
+    name: String,
+    addr: SocketAddr,
+    health: &'static str,
+    mut cmd: Command,
+    logs: &Path,
+) -> Result<Proc> {
     let log = logs.join(format!("{name}.log"));
     let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let err = out
@@ -363,6 +384,7 @@ fn spawn(name: String, addr: SocketAddr, mut cmd: Command, logs: &Path) -> Resul
     Ok(Proc {
         name,
         addr,
+        health,
         log,
         cmd,
         child,
@@ -385,7 +407,7 @@ async fn wait_healthy(p: &mut Proc, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         p.check_alive()?;
-        if let Ok((200, _)) = http_get(p.addr, "/health").await {
+        if let Ok((200, _)) = http_get(p.addr, p.health, None).await {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -401,10 +423,17 @@ async fn wait_healthy(p: &mut Proc, timeout: Duration) -> Result<()> {
 }
 
 /// A bounded plain HTTP/1.0 GET: (status, body).
-async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+/// Where a node says it is healthy.
+const NODE_HEALTH: &str = "/health";
+/// Where the gateway says it is healthy.
+const GATEWAY_HEALTH: &str = "/_cairn/health";
+
+/// A plain HTTP/1.0 GET, with `Authorization: Bearer <bearer>` if given: (status, body).
+async fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> Result<(u16, String)> {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await?;
         let mut buf = Vec::new();
         s.take(4 << 20).read_to_end(&mut buf).await?;

@@ -1497,9 +1497,9 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 }
 
 /// Segments repair re-striped (`cairn_repair_segments_total{result="ok"}`) and repair
-/// attempts of any result, from the gateway's `/metrics`.
+/// attempts of any result, from the gateway's `/_cairn/metrics`.
 async fn repair_counts(cluster: &Cluster) -> Option<(u64, u64)> {
-    let (200, text) = cluster.gateway_get("/metrics").await.ok()? else {
+    let (200, text) = cluster.gateway_get("/_cairn/metrics").await.ok()? else {
         return None;
     };
     let mut ok = 0.0;
@@ -1564,7 +1564,7 @@ async fn wait_full_redundancy(
     let mut quiet: Option<(Instant, u64)> = None;
     loop {
         cluster.check_alive()?;
-        let text = match cluster.gateway_get("/metrics").await {
+        let text = match cluster.gateway_get("/_cairn/metrics").await {
             Ok((200, t)) => t,
             _ => String::new(),
         };

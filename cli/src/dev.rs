@@ -1,8 +1,9 @@
 //! `cairn dev`: a whole Cairn cluster on this machine, for trying it out and for tests.
 //!
 //! Starts N storage nodes and one gateway as child processes of this binary (`cairn node`
-//! and `cairn gateway`), waits until each answers `/health`, prints the endpoint, the
-//! credentials and an aws-cli example, and on Ctrl-C (or SIGTERM) stops them all.
+//! and `cairn gateway`), waits until each is healthy (a node's `/health`, the gateway's
+//! `/_cairn/health`), prints the endpoint, the credentials, the admin token and an
+//! aws-cli example, and on Ctrl-C (or SIGTERM) stops them all.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -75,12 +76,17 @@ fn cluster_secret(data: &Path) -> anyhow::Result<String> {
     Ok(secret)
 }
 
-fn healthy(addr: &SocketAddr) -> bool {
+/// Where a node says it is healthy.
+const NODE_HEALTH: &str = "/health";
+/// Where the gateway says it is healthy.
+const GATEWAY_HEALTH: &str = "/_cairn/health";
+
+fn healthy(addr: &SocketAddr, path: &str) -> bool {
     let Ok(mut s) = TcpStream::connect_timeout(addr, Duration::from_millis(300)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    if s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
         .is_err()
     {
         return false;
@@ -89,13 +95,18 @@ fn healthy(addr: &SocketAddr) -> bool {
     matches!(s.read(&mut buf), Ok(n) if n >= 12 && &buf[9..12] == b"200")
 }
 
-fn wait_healthy(p: &mut Proc, addr: &SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+fn wait_healthy(
+    p: &mut Proc,
+    addr: &SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if let Ok(Some(status)) = p.child.try_wait() {
             bail!("{} exited during start-up ({status})", p.name);
         }
-        if healthy(addr) {
+        if healthy(addr, path) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -144,7 +155,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         node_addrs.push(addr);
     }
     for (p, addr) in procs.iter_mut().zip(&node_addrs) {
-        wait_healthy(p, addr, Duration::from_secs(20))?;
+        wait_healthy(p, addr, NODE_HEALTH, Duration::from_secs(20))?;
     }
     let nodes: Vec<String> = node_addrs.iter().map(|a| a.to_string()).collect();
     let child = Command::new(&exe)
@@ -169,7 +180,17 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         child,
     });
     let last = procs.len() - 1;
-    wait_healthy(&mut procs[last], &args.listen, Duration::from_secs(20))?;
+    wait_healthy(
+        &mut procs[last],
+        &args.listen,
+        GATEWAY_HEALTH,
+        Duration::from_secs(20),
+    )?;
+    // The gateway inherits CAIRN_ADMIN_TOKEN if set; else it derives one from the secret.
+    let admin_token = std::env::var("CAIRN_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| cairn_common::auth::ClusterKey::new(&secret).admin_token());
 
     let endpoint = format!("http://{}", args.listen);
     println!(
@@ -181,6 +202,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  access key  {}", args.access_key);
     println!("  secret key  {}", args.secret_key);
     println!("  region      {}", args.region);
+    println!("  admin token {admin_token}  (Bearer, for {endpoint}/_cairn/metrics, /_cairn/nodes, /_cairn/sd/prometheus)");
     println!("  data        {}", args.data.display());
     println!();
     println!("Try it:");
@@ -190,6 +212,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     );
     println!("  aws --endpoint-url {endpoint} s3 mb s3://checkpoints");
     println!("  aws --endpoint-url {endpoint} s3 cp ./model.safetensors s3://checkpoints/");
+    println!("  curl -H 'Authorization: Bearer {admin_token}' {endpoint}/_cairn/metrics");
     println!();
     println!("Press Ctrl-C to stop.");
     let _ = std::io::stdout().flush();

@@ -103,6 +103,105 @@ pub fn tune_allocator() {
     }
 }
 
+/// Hands heap memory that is free again back to the OS (glibc only).
+///
+/// A flood of connections leaves many small freed blocks spread over every thread's
+/// arena; glibc returns only what sits at the top of a heap, so without this the RSS of
+/// the flood's peak stays. `malloc_trim` releases the free pages anywhere in every arena.
+/// Other allocators (macOS's, musl's) return freed pages on their own: a no-op there.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists, under its locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Raises this process's open-files soft limit (`RLIMIT_NOFILE`) to its hard limit, so a
+/// server can hold as many connections as the system lets it, and returns the soft
+/// limit in force afterwards (None if it cannot be read). Children inherit it.
+///
+/// On macOS the soft limit may not exceed `kern.maxfilesperproc` (setrlimit refuses it
+/// when the hard limit is unlimited), so it is clamped to that, or to `OPEN_MAX` if the
+/// sysctl cannot be read.
+pub fn raise_fd_limit() -> Option<u64> {
+    let Some(lim) = nofile_limits() else {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read the open-files limit");
+        return None;
+    };
+    let current: u64 = lim.rlim_cur;
+    let target = fd_limit_target(lim.rlim_max);
+    if target <= current {
+        return Some(current);
+    }
+    let raised = libc::rlimit {
+        rlim_cur: target,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: setrlimit only reads `raised`.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            soft = current,
+            wanted = target,
+            "cannot raise the open-files limit; keeping the soft limit"
+        );
+        return Some(current);
+    }
+    tracing::debug!(from = current, to = target, "open-files limit raised");
+    Some(target)
+}
+
+/// Whether `e` says the process or the system is out of file descriptors (EMFILE, ENFILE).
+pub fn is_out_of_fds(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
+/// This process's open-files soft limit (None if it cannot be read).
+pub fn fd_soft_limit() -> Option<u64> {
+    nofile_limits().map(|lim| lim.rlim_cur)
+}
+
+fn nofile_limits() -> Option<libc::rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the limits into `lim`, which outlives the call.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim)
+}
+
+/// The soft limit to ask for, given the hard limit `hard`.
+#[cfg(target_os = "macos")]
+fn fd_limit_target(hard: u64) -> u64 {
+    /// `OPEN_MAX` from <sys/syslimits.h>: what setrlimit always accepts.
+    const OPEN_MAX: u64 = 10240;
+    let mut per_proc: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>();
+    // SAFETY: the name is NUL-terminated and `per_proc`/`len` describe a c_int buffer
+    // that outlives the call; no new value is set (null, 0).
+    let ok = unsafe {
+        libc::sysctlbyname(
+            c"kern.maxfilesperproc".as_ptr(),
+            (&mut per_proc as *mut libc::c_int).cast(),
+            &mut len,
+            std::ptr::null_mut(),
+            0,
+        )
+    } == 0;
+    let cap = match u64::try_from(per_proc) {
+        Ok(n) if ok && n > 0 => n,
+        _ => OPEN_MAX,
+    };
+    hard.min(cap)
+}
+
+/// The soft limit to ask for, given the hard limit `hard`.
+#[cfg(not(target_os = "macos"))]
+fn fd_limit_target(hard: u64) -> u64 {
+    hard
+}
+
 /// Completes on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

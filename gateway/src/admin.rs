@@ -1,7 +1,9 @@
-//! Operational endpoints beside the S3 API. Read-only ones are open: health, Prometheus
-//! metrics, Prometheus HTTP service discovery (`/sd/...`: two-letter names are not valid
-//! buckets) and the node list. The one that changes something, declaring a node gone,
-//! needs a SigV4 signature with the S3 credentials, like any S3 request.
+//! Operational endpoints beside the S3 API, all under `/_cairn/` (a bucket name cannot
+//! contain `_`, so no bucket is ever shadowed). `/_cairn/health` is open and says only
+//! `ok`. Metrics, Prometheus service discovery and the node list need credentials: the
+//! admin token as `Authorization: Bearer <token>` (what Prometheus sends with
+//! `authorization: {credentials: ...}`), or a SigV4 signature with the S3 credentials.
+//! Declaring a node gone changes the cluster, so it takes a SigV4 signature only.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, Uri};
@@ -9,10 +11,100 @@ use axum::response::{IntoResponse, Response};
 use cairn_common::ids::NodeId;
 use cairn_common::request_id::RequestId;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::error::S3Error;
 use crate::s3::sigv4;
 use crate::AppState;
+
+/// The bearer token that opens the read-only admin routes.
+pub struct AdminToken {
+    /// SHA-256 of the token: comparing digests takes the same time whatever the length
+    /// or content of a guess.
+    digest: [u8; 32],
+}
+
+impl AdminToken {
+    /// Accepts `token`.
+    pub fn new(token: &str) -> Self {
+        Self {
+            digest: Sha256::digest(token.as_bytes()).into(),
+        }
+    }
+
+    /// Whether `given` is the token, in constant time.
+    pub fn matches(&self, given: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        bool::from(digest.ct_eq(&self.digest))
+    }
+}
+
+/// Checks an admin request's credentials: the bearer token, else SigV4.
+fn authorize(
+    state: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<(), S3Error> {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    if let Some(token) = bearer {
+        return if state.admin_token.matches(token) {
+            Ok(())
+        } else {
+            Err(S3Error::AccessDenied)
+        };
+    }
+    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+    sigv4::authenticate(&state.keys, method.as_str(), path_and_query, headers).map(|_| ())
+}
+
+/// Runs `handler` if the request carries admin credentials, else answers the S3 error.
+fn guarded(
+    state: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    handler: impl FnOnce() -> Response,
+) -> Response {
+    match authorize(state, method, uri, headers) {
+        Ok(()) => handler(),
+        Err(e) => {
+            let request_id = RequestId::generate().to_string();
+            e.to_response(uri.path(), &request_id, *method == Method::HEAD)
+        }
+    }
+}
+
+/// `GET /_cairn/health`: `ok` while the gateway serves (no credentials).
+pub async fn health() -> &'static str {
+    "ok"
+}
+
+/// `GET /_cairn/metrics`: the gateway's Prometheus metrics (admin credentials).
+pub async fn metrics(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    guarded(&state, &method, &uri, &headers, || {
+        (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            state.metrics.render(),
+        )
+            .into_response()
+    })
+}
 
 #[derive(Serialize)]
 struct SdGroup {
@@ -20,9 +112,21 @@ struct SdGroup {
     labels: std::collections::BTreeMap<&'static str, String>,
 }
 
-/// `GET /sd/prometheus`: every known node and this gateway as Prometheus HTTP SD targets,
-/// so Prometheus finds nodes without typed addresses.
-pub async fn prometheus_sd(State(state): State<AppState>, headers: HeaderMap) -> Response {
+/// `GET /_cairn/sd/prometheus` (admin credentials): every known node and this gateway as
+/// Prometheus HTTP SD targets, so Prometheus finds nodes without typed addresses. The
+/// gateway's target carries `__metrics_path__`, since its metrics are at `/_cairn/metrics`.
+pub async fn prometheus_sd(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    guarded(&state, &method, &uri, &headers, || {
+        sd_groups(&state, &headers)
+    })
+}
+
+fn sd_groups(state: &AppState, headers: &HeaderMap) -> Response {
     let mut groups = Vec::new();
     for n in state.service.cluster.snapshot() {
         if n.addr.is_empty() {
@@ -43,6 +147,7 @@ pub async fn prometheus_sd(State(state): State<AppState>, headers: HeaderMap) ->
         .unwrap_or_else(|| state.listen.to_string());
     let mut labels = std::collections::BTreeMap::new();
     labels.insert("job", "cairn-gateway".to_string());
+    labels.insert("__metrics_path__", "/_cairn/metrics".to_string());
     groups.push(SdGroup {
         targets: vec![me],
         labels,
@@ -63,8 +168,17 @@ struct NodeView {
     shards: Option<u64>,
 }
 
-/// `GET /_cairn/nodes` (`_` cannot start a bucket name, so this never shadows one): the gateway's view of the storage nodes.
-pub async fn nodes(State(state): State<AppState>) -> Response {
+/// `GET /_cairn/nodes` (admin credentials): the gateway's view of the storage nodes.
+pub async fn nodes(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    guarded(&state, &method, &uri, &headers, || node_list(&state))
+}
+
+fn node_list(state: &AppState) -> Response {
     let view: Vec<NodeView> = state
         .service
         .cluster

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod error;
 pub mod failpoint;
+pub mod listener;
 pub mod metrics_export;
 pub mod s3;
 pub mod store;
@@ -84,7 +85,8 @@ pub struct Args {
     pub gc_grace: Duration,
     /// A client that sends no byte of a request body for this long, while the gateway
     /// waits for one, gets `400 RequestTimeout` and its upload is dropped (S3 allows
-    /// about 20 s).
+    /// about 20 s). A connection must also deliver each request's headers within this
+    /// long (from accept, or from their first byte), and take response bytes no slower.
     #[arg(long, default_value = "20s", value_parser = cairn_common::daemon::parse_duration)]
     pub client_timeout: Duration,
     /// A storage node that takes no byte it is sent, sends no byte it owes, or leaves a
@@ -108,6 +110,19 @@ pub struct Args {
     /// is refused until uploads complete, abort or expire.
     #[arg(long, default_value_t = 1000)]
     pub max_uploads_per_bucket: usize,
+    /// Client connections held at once. A new one beyond it closes the oldest connection
+    /// with no request in progress, or is answered `503 SlowDown` when all are busy.
+    /// Default: half the open-files limit, between 64 and 16384.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// A kept-alive client connection with no new request for this long is closed.
+    #[arg(long, default_value = "60s", value_parser = cairn_common::daemon::parse_duration)]
+    pub keepalive_timeout: Duration,
+    /// Bearer token for `/_cairn/metrics`, `/_cairn/sd/prometheus` and `/_cairn/nodes`
+    /// (SigV4 with the S3 credentials works too). Default: derived from the cluster
+    /// secret, so the nodes know the same token (`cairn dev` prints it).
+    #[arg(long, env = "CAIRN_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 /// How long `rebuild-catalog` waits on a node that stopped answering.
@@ -211,12 +226,17 @@ pub struct AppState {
     pub listen: std::net::SocketAddr,
     /// Multipart uploads a bucket may have open at once.
     pub max_uploads_per_bucket: usize,
+    /// Opens the read-only admin routes.
+    pub admin_token: Arc<admin::AdminToken>,
+    /// The Prometheus exposition (`/_cairn/metrics`).
+    pub metrics: metrics_export::Exporter,
 }
 
 /// Runs the gateway until SIGINT/SIGTERM (what `cairn-gateway` and `cairn gateway` do).
 pub fn main_with(args: Args) -> anyhow::Result<()> {
     cairn_common::daemon::tune_allocator();
     cairn_common::daemon::init_tracing();
+    cairn_common::daemon::raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -300,20 +320,26 @@ pub async fn serve(
         Duration::from_secs(10),
     ));
     let client_timeout = args.client_timeout;
+    let cluster_key = ClusterKey::new(&args.cluster_secret);
+    let admin_token = match &args.admin_token {
+        Some(t) if !t.is_empty() => t.clone(),
+        _ => cluster_key.admin_token(),
+    };
     let state = AppState {
         service,
         keys: Arc::new(Keys::new(args.access_key.clone(), args.secret_key.clone())),
         max_uploads_per_bucket: args.max_uploads_per_bucket,
         region: args.region.clone(),
         listen: listener.local_addr()?,
+        admin_token: Arc::new(admin::AdminToken::new(&admin_token)),
+        metrics,
     };
+    // Internal routes live under `/_cairn/` (no bucket name contains `_`); every other
+    // path, `/metrics` and `/health` included, is S3.
     let app = Router::new()
-        .route("/health", get(|| async { "ok" }))
-        .route(
-            "/metrics",
-            get(move || std::future::ready(metrics.render())),
-        )
-        .route("/sd/prometheus", get(admin::prometheus_sd))
+        .route("/_cairn/health", get(admin::health))
+        .route("/_cairn/metrics", get(admin::metrics))
+        .route("/_cairn/sd/prometheus", get(admin::prometheus_sd))
         .route("/_cairn/nodes", get(admin::nodes))
         .route(
             "/_cairn/nodes/{id}",
@@ -326,10 +352,21 @@ pub async fn serve(
         }))
         .with_state(state);
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, nodes = cluster.live_nodes().len(), ec = ?args.ec, "gateway listening");
-    let listener = s3::idle::IdleWritesListener::new(listener, args.client_timeout);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let limits = listener::Limits {
+        max_connections: args.max_connections.unwrap_or_else(|| {
+            listener::default_max_connections(cairn_common::daemon::fd_soft_limit())
+        }),
+        header_timeout: args.client_timeout,
+        keepalive_timeout: args.keepalive_timeout,
+        write_timeout: args.client_timeout,
+    };
+    tracing::info!(
+        %addr,
+        nodes = cluster.live_nodes().len(),
+        ec = ?args.ec,
+        max_connections = limits.max_connections,
+        "gateway listening"
+    );
+    listener::serve(listener, app, limits, shutdown).await?;
     Ok(())
 }

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import hashlib
+import hmac
 import http.client
 import os
 import random
@@ -241,11 +243,11 @@ class ManagedProcess:
         return tail(self.log_path, lines)
 
 
-def http_get(addr: str, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+def http_get(addr: str, path: str, timeout: float = 2.0, headers: dict | None = None) -> tuple[int, bytes]:
     host, port = addr.rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=headers or {})
         r = conn.getresponse()
         return r.status, r.read()
     finally:
@@ -416,6 +418,12 @@ class Node(_Server):
         return f"<Node {self.index} {self.addr} {'up' if self.alive else 'down'}>"
 
 
+def admin_token(cluster_secret: str) -> str:
+    """The gateway's default admin token for `cluster_secret` (`ClusterKey::admin_token`)."""
+    mac = hmac.new(cluster_secret.encode(), b"CAIRN-HMAC-1\nADMIN-TOKEN\n\n0", hashlib.sha256)
+    return mac.hexdigest()[:32]
+
+
 class Gateway(_Server):
     name = "gateway"
 
@@ -423,6 +431,20 @@ class Gateway(_Server):
         super().__init__(cluster, port)
         self.meta_dir = cluster.root / "meta"
         self.meta_dir.mkdir(parents=True, exist_ok=True)
+
+    def wait_ready(self, timeout: float = START_TIMEOUT):
+        wait_http_ok(self.proc, self.addr, "/_cairn/health", timeout)
+
+    def admin_get(self, path: str, timeout: float = 5) -> tuple[int, bytes]:
+        """GET an internal route (`/_cairn/...`) with the admin token."""
+        return http_get(self.addr, path, timeout=timeout, headers={"Authorization": f"Bearer {self.cluster.admin_token}"})
+
+    def metrics(self) -> str:
+        """The gateway's Prometheus text (`/_cairn/metrics`, with the admin token)."""
+        status, body = self.admin_get("/_cairn/metrics")
+        if status != 200:
+            raise ClusterError(f"{self.name} /_cairn/metrics answered {status}: {body[:200]!r}")
+        return body.decode("utf-8", "replace")
 
     def argv(self):
         return [
@@ -475,6 +497,8 @@ class Cluster:
         self.access_key = access_key or "AK" + _random_key(18, string.ascii_uppercase + string.digits)
         self.secret_key = secret_key or _random_key(40, string.ascii_letters + string.digits + "/+")
         self.cluster_secret = cluster_secret or secrets.token_hex(32)
+        # Bearer token of the gateway's internal routes (its default, from the secret).
+        self.admin_token = admin_token(self.cluster_secret)
         self.region = REGION
         self.gateway_args = [str(a) for a in gateway_args]
         self.node_args = [str(a) for a in node_args]
@@ -661,7 +685,7 @@ class Cluster:
         """{node addr: "up"/"down"} as the gateway sees it right now (`GET /_cairn/nodes`),
         or None when the gateway has no such endpoint."""
         try:
-            status, body = http_get(self.gateway.addr, "/_cairn/nodes", timeout=5)
+            status, body = self.gateway.admin_get("/_cairn/nodes")
         except (OSError, http.client.HTTPException):
             return None
         if status != 200:

@@ -74,10 +74,12 @@ def _replace_strings(obj, old: str, new: str):
     return obj
 
 
-def loopback_config(gateway_addr: str, prometheus_addr: str, file_sd_dir: Path, interval: str = "1s") -> dict:
+def loopback_config(gateway_addr: str, prometheus_addr: str, file_sd_dir: Path, interval: str = "1s",
+                    credentials_file: Path | None = None) -> dict:
     """compose's prometheus.yml for a test cluster: the gateway's address rewritten, short
     intervals, rule paths made absolute, file-SD target lists read from `file_sd_dir` (so
-    a watcher listed in compose/ is never contacted). Nothing else changes."""
+    a watcher listed in compose/ is never contacted), and every `credentials_file` (the
+    gateway's admin token) pointed at `credentials_file`. Nothing else changes."""
     cfg = yaml.safe_load(PROMETHEUS_YML.read_text())
     assert COMPOSE_GATEWAY in PROMETHEUS_YML.read_text(), f"{PROMETHEUS_YML} no longer names {COMPOSE_GATEWAY}"
     cfg = _replace_strings(cfg, COMPOSE_GATEWAY, gateway_addr)
@@ -89,6 +91,9 @@ def loopback_config(gateway_addr: str, prometheus_addr: str, file_sd_dir: Path, 
     base = PROMETHEUS_YML.parent
     cfg["rule_files"] = [str((base / f).resolve()) for f in cfg.get("rule_files", [])]
     for sc in cfg.get("scrape_configs", []):
+        for auth in [sc.get("authorization")] + [sd.get("authorization") for sd in sc.get("http_sd_configs", [])]:
+            if auth and "credentials_file" in auth and credentials_file is not None:
+                auth["credentials_file"] = str(credentials_file)
         sc.pop("scrape_interval", None)
         sc.pop("scrape_timeout", None)
         for sd in sc.get("http_sd_configs", []):

@@ -8,7 +8,8 @@
 //! - [`IdleBody`] ends a request body that brings nothing while the gateway waits for it;
 //!   that becomes S3's `400 RequestTimeout`.
 //! - [`IdleWrites`] fails a connection write that cannot go out; hyper then closes the
-//!   connection and drops the response, which stops the read behind it.
+//!   connection and drops the response, which stops the read behind it. The S3 listener
+//!   ([`crate::listener`]) wraps every client connection in it.
 //!
 //! Only time spent waiting on the client counts: while the gateway itself is not reading
 //! or writing (its nodes are slow), no timer runs.
@@ -24,7 +25,6 @@ use axum::extract::Request;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 
 /// A deadline armed when a wait on the client starts and disarmed by any progress.
@@ -204,33 +204,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleWrites<T> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_shutdown(cx);
         this.watchdog.watch(cx, r)
-    }
-}
-
-/// The S3 listener: accepted connections come wrapped in [`IdleWrites`].
-pub struct IdleWritesListener {
-    inner: TcpListener,
-    limit: Duration,
-}
-
-impl IdleWritesListener {
-    /// Wraps `inner`, limiting each connection's write waits to `limit`.
-    pub fn new(inner: TcpListener, limit: Duration) -> Self {
-        Self { inner, limit }
-    }
-}
-
-impl axum::serve::Listener for IdleWritesListener {
-    type Io = IdleWrites<TcpStream>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
-        (IdleWrites::new(io, self.limit), addr)
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
     }
 }
 
