@@ -94,6 +94,11 @@ impl ClusterKey {
         hex::encode(&self.tag("ADMIN-TOKEN", "", 0)[..16])
     }
 
+    /// The key of shard header and block tags.
+    pub fn shard_key(&self) -> crate::shard::ShardKey {
+        crate::shard::ShardKey::derive(&self.0)
+    }
+
     /// Proof that the holder knows the secret, bound to a challenge (used to admit nodes).
     pub fn prove(&self, challenge: &str) -> String {
         hex::encode(self.tag("PROVE", challenge, 0))

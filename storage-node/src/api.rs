@@ -19,6 +19,7 @@ use cairn_common::protocol::{
     MAX_REPORTED_BAD, PROTOCOL_VERSION, SHARD_LENGTH_HEADER, SHARD_UPGRADE,
 };
 use cairn_common::request_id::{self, RequestId};
+use cairn_common::shard::ShardKey;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub store: Arc<Store>,
     /// Cluster secret for request credentials and info proofs.
     pub key: ClusterKey,
+    /// Key of shard header and block tags (derived from the cluster secret).
+    pub shard_key: ShardKey,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
     /// Shards the background scrub found bad.
@@ -321,12 +324,28 @@ async fn store_shard<S: ShardSource>(
     let start = Instant::now();
     let src = Idle::new(src, state.idle_timeout);
     let result = match fault {
-        None => write_shard(state.store.clone(), addr, declared_len, src).await,
+        None => {
+            write_shard(
+                state.store.clone(),
+                &state.shard_key,
+                addr,
+                declared_len,
+                src,
+            )
+            .await
+        }
         // Refused before a byte of the body is read, as a full disk found at once.
         Some(WriteFault::DiskFull) => Err(faults::injected_disk_full()),
         Some(f) => {
             let src = Faulty::new(src, f);
-            write_shard(state.store.clone(), addr, declared_len, src).await
+            write_shard(
+                state.store.clone(),
+                &state.shard_key,
+                addr,
+                declared_len,
+                src,
+            )
+            .await
         }
     };
     match &result {
@@ -385,8 +404,13 @@ async fn get_header(
     Path((object, segment, index)): Path<(String, String, String)>,
 ) -> Result<Response, NodeError> {
     let addr = parse_addr(&object, &segment, &index)?;
-    let bytes: Bytes =
-        crate::read::read_header(state.store.clone(), state.scrub.clone(), addr).await?;
+    let bytes: Bytes = crate::read::read_header(
+        state.store.clone(),
+        state.shard_key.clone(),
+        state.scrub.clone(),
+        addr,
+    )
+    .await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 

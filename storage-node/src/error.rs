@@ -51,6 +51,13 @@ pub enum NodeError {
         /// Stripe number of the bad block.
         block: u64,
     },
+    /// An uploaded block failed its tag: it was not written with the cluster's key (or
+    /// not for this shard and position); nothing was stored.
+    #[error("uploaded block {block} failed its authentication tag")]
+    ForgedUpload {
+        /// Stripe number of the forged block.
+        block: u64,
+    },
     /// An uploaded shard header is invalid or names a different shard than the path.
     #[error("bad shard header: {0}")]
     BadHeader(String),
@@ -103,7 +110,9 @@ impl NodeError {
             NodeError::BadRequest(_) => (StatusCode::BAD_REQUEST, ERR_BAD_REQUEST),
             NodeError::NoSuchShard => (StatusCode::NOT_FOUND, ERR_NO_SUCH_SHARD),
             NodeError::Corrupt(_) => (StatusCode::CONFLICT, ERR_CORRUPT_BLOCK),
-            NodeError::CorruptUpload { .. } => (StatusCode::BAD_REQUEST, ERR_CORRUPT_BLOCK),
+            NodeError::CorruptUpload { .. } | NodeError::ForgedUpload { .. } => {
+                (StatusCode::BAD_REQUEST, ERR_CORRUPT_BLOCK)
+            }
             NodeError::BadHeader(_) => (StatusCode::BAD_REQUEST, ERR_BAD_HEADER),
             NodeError::BadLength { .. } => (StatusCode::BAD_REQUEST, ERR_BAD_LENGTH),
             NodeError::BadRange { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, ERR_BAD_RANGE),

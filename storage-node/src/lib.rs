@@ -156,6 +156,7 @@ impl Node {
         Ok(Self {
             state: api::AppState {
                 store: Arc::new(store),
+                shard_key: cfg.key.shard_key(),
                 key: cfg.key,
                 metrics: handle,
                 scrub: Arc::new(ScrubState::default()),
@@ -194,6 +195,7 @@ pub async fn serve(
     let disk = tokio::spawn(refresh_disk_gauges(node.state.store.clone()));
     let scrub = tokio::spawn(scrub::run(
         node.state.store.clone(),
+        node.state.shard_key.clone(),
         node.state.scrub.clone(),
         node.scrub,
     ));

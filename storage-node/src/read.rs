@@ -17,7 +17,9 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cairn_common::shard::{verify_block, Layout, ShardError, ShardHeader, CRC_LEN};
+use cairn_common::shard::{
+    verify_block, verify_block_tag, Layout, ShardError, ShardHeader, ShardKey,
+};
 use tokio::sync::mpsc;
 
 use crate::direct_io::{open_direct, AlignedBuf, BufferPool, DIRECT_ALIGN};
@@ -112,16 +114,17 @@ pub async fn read_blocks(
     })
 }
 
-/// The stored header bytes of a shard, after checking them (a bad one is recorded in
-/// `bad`).
+/// The stored header bytes of a shard, after checking them, tag included (a bad one is
+/// recorded in `bad`).
 pub async fn read_header(
     store: Arc<Store>,
+    key: ShardKey,
     bad: Arc<ScrubState>,
     addr: ShardAddr,
 ) -> Result<Bytes, NodeError> {
     tokio::task::spawn_blocking(move || {
-        open_shard(&store, &addr)
-            .map(|(_, h)| h.encode())
+        open_shard(&store, &addr, Some(&key))
+            .map(|s| Bytes::from(s.raw_header))
             .inspect_err(|e| record(&bad, addr, e))
     })
     .await
@@ -135,17 +138,18 @@ fn record(bad: &ScrubState, addr: ShardAddr, e: &NodeError) {
     }
 }
 
-/// Re-reads a whole shard and checks its header and every block (for scrub), reusing a
-/// few buffers. After each block `pace(bytes)` is called; it returns `false` to stop early.
-/// `Ok(true)` means the whole shard was checked and is sound.
+/// Re-reads a whole shard and checks its header and every block, crc32c and tag under
+/// `key` (for scrub), reusing a few buffers. After each block `pace(bytes)` is called; it
+/// returns `false` to stop early. `Ok(true)` means the whole shard was checked and is sound.
 pub fn verify_shard(
     store: &Store,
+    key: &ShardKey,
     addr: &ShardAddr,
     mut pace: impl FnMut(u64) -> bool,
 ) -> Result<bool, NodeError> {
-    let mut reader = BlockReader::open(store, *addr)?;
+    let mut reader = BlockReader::open_checked(store, *addr, Some(key))?;
     for block in 0..reader.layout.stripes() {
-        let stored = reader.read_verified(block)?;
+        let stored = reader.read_authenticated(block, key)?;
         if !pace(stored.len() as u64) {
             return Ok(false);
         }
@@ -162,8 +166,20 @@ pub fn verify_shard(
     Ok(true)
 }
 
-/// Opens a shard file and reads and checks its header (including that it names `addr`).
-fn open_shard(store: &Store, addr: &ShardAddr) -> Result<(File, ShardHeader), NodeError> {
+/// A shard file opened with its header checked.
+struct OpenShard {
+    file: File,
+    header: ShardHeader,
+    raw_header: Vec<u8>,
+}
+
+/// Opens a shard file and reads and checks its header (including that it names `addr`,
+/// and its tag when `key` is given).
+fn open_shard(
+    store: &Store,
+    addr: &ShardAddr,
+    key: Option<&ShardKey>,
+) -> Result<OpenShard, NodeError> {
     let path = store.shard_path(addr);
     let mut file = match File::open(&path) {
         Ok(f) => f,
@@ -180,14 +196,22 @@ fn open_shard(store: &Store, addr: &ShardAddr) -> Result<(File, ShardHeader), No
     let len = ShardHeader::peek_len(&buf).map_err(corrupt)?;
     buf.resize(len, 0);
     read_exact_or_corrupt(&mut file, &mut buf[8..]).map_err(|e| e.map_corrupt(&corrupt))?;
-    let header = ShardHeader::decode(&buf).map_err(corrupt)?;
+    let header = match key {
+        Some(key) => ShardHeader::decode_verified(&buf, key),
+        None => ShardHeader::decode(&buf),
+    }
+    .map_err(corrupt)?;
     if header.object_id != addr.object
         || header.segment != addr.segment
         || header.shard_index != addr.index
     {
         return Err(corrupt(ShardError::BadHeader("header names another shard")));
     }
-    Ok((file, header))
+    Ok(OpenShard {
+        file,
+        header,
+        raw_header: buf,
+    })
 }
 
 enum ReadFail {
@@ -233,9 +257,19 @@ struct BlockReader {
 }
 
 impl BlockReader {
-    /// Opens the shard and checks its header.
+    /// Opens the shard and checks its header's crc32c: enough to find the blocks; the
+    /// gateway checks the tags of what it reads.
     fn open(store: &Store, addr: ShardAddr) -> Result<Self, NodeError> {
-        let (file, header) = open_shard(store, &addr)?;
+        Self::open_checked(store, addr, None)
+    }
+
+    /// Opens the shard and checks its header, and its tag when `key` is given.
+    fn open_checked(
+        store: &Store,
+        addr: ShardAddr,
+        key: Option<&ShardKey>,
+    ) -> Result<Self, NodeError> {
+        let OpenShard { file, header, .. } = open_shard(store, &addr, key)?;
         Ok(Self {
             addr,
             file,
@@ -246,16 +280,30 @@ impl BlockReader {
         })
     }
 
-    /// Reads block `block` (data and crc) and verifies its crc32c.
+    /// Reads block `block` (data and trailer) and verifies its crc32c.
     fn read_verified(&mut self, block: u64) -> Result<Bytes, NodeError> {
-        let len = self.layout.block_len(block) + CRC_LEN;
+        self.read_checked(block, None)
+    }
+
+    /// Reads block `block` and verifies its crc32c and its tag under `key`.
+    fn read_authenticated(&mut self, block: u64, key: &ShardKey) -> Result<Bytes, NodeError> {
+        self.read_checked(block, Some(key))
+    }
+
+    fn read_checked(&mut self, block: u64, key: Option<&ShardKey>) -> Result<Bytes, NodeError> {
+        let len = self.layout.stored_block_len(block);
         let offset = self.data_start + self.layout.block_file_offset(block);
         let stored = match self.read_direct(offset, len)? {
             Some(b) => b,
             None => self.read_buffered(offset, len)?,
         };
+        let shard = self.addr;
         let checked = if stored.len() == len {
-            verify_block(&stored, block).map(|_| ())
+            match key {
+                Some(key) => verify_block_tag(&stored, &self.layout, key, &shard, block),
+                None => verify_block(&stored, &self.layout, block),
+            }
+            .map(|_| ())
         } else {
             Err(ShardError::BlockChecksum { block })
         };
@@ -263,7 +311,7 @@ impl BlockReader {
             let addr = self.addr;
             cairn_common::log_limited!(warn, key = addr;
                 object = %addr.object, segment = addr.segment, index = addr.index, block,
-                "stored block failed its crc32c; not serving it"
+                error = %e, "stored block failed its check; not serving it"
             );
             m::checksum_failure();
             return Err(NodeError::Corrupt(e));
@@ -378,7 +426,11 @@ impl Drop for PooledBlock {
 mod tests {
     use super::*;
     use cairn_common::ids::ObjectId;
-    use cairn_common::shard::block_crc;
+    use cairn_common::shard::{block_crc, stored_block, CRC_LEN, TAG_LEN};
+
+    fn key() -> ShardKey {
+        ShardKey::derive(b"read tests")
+    }
 
     /// Stores a shard file whose blocks are not aligned to anything, and returns its
     /// address and each block's data.
@@ -396,14 +448,13 @@ mod tests {
             segment: 3,
             index: 1,
         };
-        let mut file = header.encode().to_vec();
+        let mut file = header.encode(&key()).to_vec();
         let mut blocks = Vec::new();
         for s in 0..layout.stripes() {
             let d: Vec<u8> = (0..layout.block_len(s))
                 .map(|i| (i as u64 * 13 + s) as u8)
                 .collect();
-            file.extend_from_slice(&d);
-            file.extend_from_slice(&block_crc(&d).to_le_bytes());
+            file.extend_from_slice(&stored_block(&layout, &key(), &addr, s, &d));
             blocks.push(d);
         }
         let path = store.shard_path(&addr);
@@ -412,10 +463,8 @@ mod tests {
         (addr, blocks)
     }
 
-    fn stored(data: &[u8]) -> Vec<u8> {
-        let mut v = data.to_vec();
-        v.extend_from_slice(&block_crc(data).to_le_bytes());
-        v
+    fn stored(layout: &Layout, addr: &ShardAddr, block: u64, data: &[u8]) -> Vec<u8> {
+        stored_block(layout, &key(), addr, block, data)
     }
 
     #[test]
@@ -432,12 +481,14 @@ mod tests {
         // Out of order and repeated, so buffers are reused for different offsets.
         for b in [0u64, 3, 1, 2, 3, 0] {
             let got = reader.read_verified(b).expect("direct read");
-            assert_eq!(&got[..], &stored(&blocks[b as usize])[..], "block {b}");
+            let want = stored(&layout, &addr, b, &blocks[b as usize]);
+            assert_eq!(&got[..], &want[..], "block {b}");
         }
         reader.direct = None;
         for b in 0..layout.stripes() {
             let got = reader.read_verified(b).expect("page-cache read");
-            assert_eq!(&got[..], &stored(&blocks[b as usize])[..], "block {b}");
+            let want = stored(&layout, &addr, b, &blocks[b as usize]);
+            assert_eq!(&got[..], &want[..], "block {b}");
         }
     }
 
@@ -450,7 +501,8 @@ mod tests {
         let path = store.shard_path(&addr);
         let mut bytes = std::fs::read(&path).expect("read");
         let header_len = bytes.len() - layout.shard_body_len() as usize;
-        bytes[header_len + (4096 + 4) + 10] ^= 1; // inside block 1
+        let trailer = CRC_LEN + TAG_LEN;
+        bytes[header_len + (4096 + trailer) + 10] ^= 1; // inside block 1
         std::fs::write(&path, &bytes).expect("write");
         for direct in [true, false] {
             let mut reader = BlockReader::open(&store, addr).expect("open");
@@ -464,7 +516,7 @@ mod tests {
             ));
         }
         assert!(matches!(
-            verify_shard(&store, &addr, |_| true),
+            verify_shard(&store, &key(), &addr, |_| true),
             Err(NodeError::Corrupt(_))
         ));
         // Cut the file inside its last block.
@@ -484,7 +536,7 @@ mod tests {
         let layout = Layout::new(3, 1, 5000, 40_000).expect("layout");
         let (addr, _) = store_shard(&store, layout);
         let mut paced = 0;
-        let sound = verify_shard(&store, &addr, |n| {
+        let sound = verify_shard(&store, &key(), &addr, |n| {
             paced += n;
             true
         });
@@ -495,8 +547,31 @@ mod tests {
         bytes.push(0);
         std::fs::write(&path, &bytes).expect("write");
         assert!(matches!(
-            verify_shard(&store, &addr, |_| true),
+            verify_shard(&store, &key(), &addr, |_| true),
             Err(NodeError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn scrub_finds_a_block_rewritten_with_a_valid_crc_forged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let layout = Layout::new(2, 1, 4096, 4 * 8192).expect("layout");
+        let (addr, _) = store_shard(&store, layout);
+        let path = store.shard_path(&addr);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let start = bytes.len() - layout.shard_body_len() as usize + layout.stored_block_len(0);
+        // Block 1's data rewritten, its crc32c recomputed: reads (crc only) pass it...
+        bytes[start + 7] ^= 0x55;
+        let crc = block_crc(&bytes[start..start + 4096]);
+        bytes[start + 4096..start + 4096 + CRC_LEN].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &bytes).expect("write");
+        let mut reader = BlockReader::open(&store, addr).expect("open");
+        reader.read_verified(1).expect("the crc32c holds");
+        // ...scrub, which checks tags, does not.
+        assert!(matches!(
+            verify_shard(&store, &key(), &addr, |_| true),
+            Err(NodeError::Corrupt(ShardError::BlockTag { block: 1 }))
         ));
     }
 }

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use cairn_common::ids::ObjectId;
 
 use crate::error::NodeError;
+use cairn_common::shard::ShardKey;
+
 use crate::read::verify_shard;
 use crate::store::{ShardAddr, Store};
 
@@ -109,7 +111,7 @@ impl ScrubState {
 }
 
 /// Runs scrub passes forever (until [`ScrubState::stop`]).
-pub async fn run(store: Arc<Store>, state: Arc<ScrubState>, cfg: ScrubConfig) {
+pub async fn run(store: Arc<Store>, key: ShardKey, state: Arc<ScrubState>, cfg: ScrubConfig) {
     if cfg.rate == 0 {
         return;
     }
@@ -118,8 +120,8 @@ pub async fn run(store: Arc<Store>, state: Arc<ScrubState>, cfg: ScrubConfig) {
         if state.stop.load(Ordering::Relaxed) {
             return;
         }
-        let (s, st) = (store.clone(), state.clone());
-        match tokio::task::spawn_blocking(move || pass(&s, &st, cfg.rate)).await {
+        let (s, st, k) = (store.clone(), state.clone(), key.clone());
+        match tokio::task::spawn_blocking(move || pass(&s, &k, &st, cfg.rate)).await {
             Ok(Ok(r)) => tracing::info!(
                 checked = r.checked,
                 bytes = r.bytes,
@@ -139,7 +141,12 @@ pub async fn run(store: Arc<Store>, state: Arc<ScrubState>, cfg: ScrubConfig) {
 }
 
 /// One blocking pass over every shard, reading at most `rate` bytes per second.
-pub fn pass(store: &Store, state: &ScrubState, rate: u64) -> Result<PassReport, NodeError> {
+pub fn pass(
+    store: &Store,
+    key: &ShardKey,
+    state: &ScrubState,
+    rate: u64,
+) -> Result<PassReport, NodeError> {
     let mut report = PassReport::default();
     let start = Instant::now();
     let shards = store.list_shards()?;
@@ -168,7 +175,7 @@ pub fn pass(store: &Store, state: &ScrubState, rate: u64) -> Result<PassReport, 
             }
             !state.stop.load(Ordering::Relaxed)
         };
-        match verify_shard(store, &addr, &mut pace) {
+        match verify_shard(store, key, &addr, &mut pace) {
             Ok(true) => {
                 report.checked += 1;
                 state.set(addr, false);
@@ -218,8 +225,12 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_common::shard::{block_crc, Layout, ShardHeader};
+    use cairn_common::shard::{stored_block, Layout, ShardHeader};
     use std::io::Write;
+
+    fn key() -> ShardKey {
+        ShardKey::derive(b"scrub tests")
+    }
 
     fn put(store: &Store, addr: ShardAddr) -> std::path::PathBuf {
         let layout = Layout::new(2, 1, 256, 2000).expect("layout");
@@ -232,11 +243,11 @@ mod tests {
             key: "k".into(),
         };
         let (tmp, mut f) = store.create_temp(&addr).expect("temp");
-        f.write_all(&header.encode()).expect("header");
+        f.write_all(&header.encode(&key())).expect("header");
         for s in 0..layout.stripes() {
             let data = vec![s as u8; layout.block_len(s)];
-            f.write_all(&data).expect("data");
-            f.write_all(&block_crc(&data).to_le_bytes()).expect("crc");
+            let stored = stored_block(&layout, &key(), &addr, s, &data);
+            f.write_all(&stored).expect("block");
         }
         drop(f);
         store.commit(&tmp, &addr).expect("commit");
@@ -256,7 +267,7 @@ mod tests {
             })
             .collect();
         let paths: Vec<_> = addrs.iter().map(|a| put(&store, *a)).collect();
-        let r = pass(&store, &state, u64::MAX).expect("pass");
+        let r = pass(&store, &key(), &state, u64::MAX).expect("pass");
         assert_eq!(r.checked, 3);
         assert!(r.bad.is_empty());
 
@@ -267,7 +278,7 @@ mod tests {
         let mut bytes = std::fs::read(&paths[2]).expect("read");
         bytes.push(0);
         std::fs::write(&paths[2], &bytes).expect("grow");
-        let r = pass(&store, &state, u64::MAX).expect("pass");
+        let r = pass(&store, &key(), &state, u64::MAX).expect("pass");
         assert_eq!(r.checked, 1);
         let mut want = vec![addrs[0], addrs[2]];
         want.sort();
@@ -279,7 +290,7 @@ mod tests {
         put(&store, addrs[0]);
         state.forget_object(&addrs[2].object);
         assert!(store.delete_object(&addrs[2].object).is_ok());
-        let r = pass(&store, &state, u64::MAX).expect("pass");
+        let r = pass(&store, &key(), &state, u64::MAX).expect("pass");
         assert_eq!(r.checked, 2);
         assert!(state.bad_shards().is_empty());
     }
@@ -296,7 +307,7 @@ mod tests {
         put(&store, addr);
         let t = Instant::now();
         // ~1040 bytes at 4 KiB/s: about a quarter second.
-        let r = pass(&store, &ScrubState::default(), 4096).expect("pass");
+        let r = pass(&store, &key(), &ScrubState::default(), 4096).expect("pass");
         assert_eq!(r.checked, 1);
         assert!(
             t.elapsed() >= Duration::from_millis(200),

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use axum::body::{Body, BodyDataStream};
 use bytes::{Buf, Bytes};
-use cairn_common::shard::{BlockVerifier, Layout, ShardError, ShardHeader};
+use cairn_common::protocol::ShardRef;
+use cairn_common::shard::{BlockVerifier, Layout, ShardError, ShardHeader, ShardKey};
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
@@ -182,13 +183,15 @@ enum Msg {
 
 /// Receives a shard file from `src` and stores it as `addr`. Returns the bytes stored.
 ///
-/// Nothing becomes visible unless the header names `addr`, every block's crc32c matches
-/// and the file is exactly as long as the header says (and as `declared_len`, when the
+/// Nothing becomes visible unless the header names `addr`, the header and every block
+/// pass their crc32c and (format 2) their tag under `key`, and the file is exactly as long
+/// as the header says (and as `declared_len`, when the
 /// sender declared one); otherwise the temp file is removed. A file that would take the
 /// node over its capacity is refused ([`NodeError::OverCapacity`]) before its blocks are
 /// read.
 pub(crate) async fn write_shard<S: ShardSource>(
     store: Arc<Store>,
+    key: &ShardKey,
     addr: ShardAddr,
     declared_len: Option<u64>,
     mut src: S,
@@ -200,7 +203,7 @@ pub(crate) async fn write_shard<S: ShardSource>(
     let header_len =
         ShardHeader::peek_len(buf.filled()).map_err(|e| NodeError::BadHeader(e.to_string()))?;
     fill_to(&mut src, &mut buf, header_len).await?;
-    let header = ShardHeader::decode(&buf.filled()[..header_len])
+    let header = ShardHeader::decode_verified(&buf.filled()[..header_len], key)
         .map_err(|e| NodeError::BadHeader(e.to_string()))?;
     if header.object_id != addr.object
         || header.segment != addr.segment
@@ -232,7 +235,7 @@ pub(crate) async fn write_shard<S: ShardSource>(
             need: file_len,
             free,
         })?;
-    let mut checker = BlockChecker::new(header.layout);
+    let mut checker = BlockChecker::new(header.layout, key, header.shard_ref());
     checker.feed(&buf.filled()[header_len..])?;
 
     // 2. The blocks, checked as they arrive, for a blocking writer.
@@ -494,8 +497,8 @@ impl ShardFile {
     }
 }
 
-/// Walks the block area of a shard as it arrives, checking each block's crc32c and the
-/// total length, whatever the chunk boundaries.
+/// Walks the block area of a shard as it arrives, checking each block's crc32c and tag
+/// and the total length, whatever the chunk boundaries.
 #[derive(Debug)]
 pub struct BlockChecker {
     layout: Layout,
@@ -503,11 +506,11 @@ pub struct BlockChecker {
 }
 
 impl BlockChecker {
-    /// A checker expecting exactly the blocks of `layout`.
-    pub fn new(layout: Layout) -> Self {
+    /// A checker expecting exactly the blocks of `layout`, tagged under `key` as `shard`.
+    pub fn new(layout: Layout, key: &ShardKey, shard: ShardRef) -> Self {
         Self {
             layout,
-            verifier: BlockVerifier::new(layout, 0, layout.stripes()),
+            verifier: BlockVerifier::authenticated(layout, 0, layout.stripes(), key, shard),
         }
     }
 
@@ -516,6 +519,7 @@ impl BlockChecker {
         match self.verifier.feed(data, |_| {}) {
             Ok(()) => Ok(()),
             Err(ShardError::BlockChecksum { block }) => Err(NodeError::CorruptUpload { block }),
+            Err(ShardError::BlockTag { block }) => Err(NodeError::ForgedUpload { block }),
             Err(_) => Err(NodeError::BadLength {
                 want: self.layout.shard_body_len(),
                 got: self.verifier.total() + data.len() as u64,
@@ -539,7 +543,22 @@ impl BlockChecker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_common::shard::block_crc;
+    use cairn_common::ids::ObjectId;
+    use cairn_common::shard::{block_crc, stored_block, CRC_LEN};
+
+    fn key() -> ShardKey {
+        ShardKey::derive(b"write tests")
+    }
+
+    const SHARD: ShardRef = ShardRef {
+        object: ObjectId([7; 16]),
+        segment: 2,
+        index: 1,
+    };
+
+    fn checker(layout: Layout) -> BlockChecker {
+        BlockChecker::new(layout, &key(), SHARD)
+    }
 
     fn body(layout: &Layout) -> Vec<u8> {
         let mut out = Vec::new();
@@ -547,8 +566,7 @@ mod tests {
             let data: Vec<u8> = (0..layout.block_len(s))
                 .map(|i| (i as u64 + s) as u8)
                 .collect();
-            out.extend_from_slice(&data);
-            out.extend_from_slice(&block_crc(&data).to_le_bytes());
+            out.extend_from_slice(&stored_block(layout, &key(), &SHARD, s, &data));
         }
         out
     }
@@ -558,23 +576,47 @@ mod tests {
         let layout = Layout::new(3, 1, 100, 1000).expect("layout");
         let good = body(&layout);
         assert_eq!(good.len() as u64, layout.shard_body_len());
-        for chunk in [1, 3, 4, 7, 104, 1000, good.len()] {
-            let mut c = BlockChecker::new(layout);
+        for chunk in [1, 3, 4, 7, 104, 120, 1000, good.len()] {
+            let mut c = checker(layout);
             for piece in good.chunks(chunk) {
                 c.feed(piece).expect("good block refused");
             }
             c.finish().expect("complete body refused");
         }
-        for pos in [0, 99, 100, 103, 104, good.len() - 1] {
+        for pos in [0, 99, 100, 103, 120, good.len() - 25] {
             let mut bad = good.clone();
             bad[pos] ^= 0x10;
-            let mut c = BlockChecker::new(layout);
+            let mut c = checker(layout);
             let r = bad.chunks(7).try_for_each(|p| c.feed(p));
             assert!(
                 matches!(r, Err(NodeError::CorruptUpload { .. })),
                 "flip at {pos}: {r:?}"
             );
         }
+        // A flipped tag byte, or data rewritten with its crc32c recomputed: forged.
+        let mut bad = good.clone();
+        bad[104] ^= 0x10;
+        let mut c = checker(layout);
+        let r = bad.chunks(7).try_for_each(|p| c.feed(p));
+        assert!(
+            matches!(r, Err(NodeError::ForgedUpload { block: 0 })),
+            "{r:?}"
+        );
+        let mut bad = good.clone();
+        bad[5] ^= 0x10;
+        let crc = block_crc(&bad[..100]);
+        bad[100..100 + CRC_LEN].copy_from_slice(&crc.to_le_bytes());
+        let mut c = checker(layout);
+        assert!(matches!(
+            c.feed(&bad),
+            Err(NodeError::ForgedUpload { block: 0 })
+        ));
+        // Genuine blocks of another shard.
+        let mut c = BlockChecker::new(layout, &key(), ShardRef { index: 2, ..SHARD });
+        assert!(matches!(
+            c.feed(&good),
+            Err(NodeError::ForgedUpload { block: 0 })
+        ));
     }
 
     #[test]
@@ -627,14 +669,14 @@ mod tests {
     fn checker_refuses_short_and_long_bodies() {
         let layout = Layout::new(2, 1, 64, 300).expect("layout");
         let good = body(&layout);
-        let mut c = BlockChecker::new(layout);
+        let mut c = checker(layout);
         c.feed(&good[..good.len() - 1]).expect("prefix");
         assert!(matches!(c.finish(), Err(NodeError::BadLength { .. })));
-        let mut c = BlockChecker::new(layout);
+        let mut c = checker(layout);
         c.feed(&good).expect("all");
         assert!(matches!(c.feed(&[0]), Err(NodeError::BadLength { .. })));
         let empty = Layout::new(2, 1, 64, 0).expect("layout");
-        let c = BlockChecker::new(empty);
+        let c = checker(empty);
         c.finish().expect("empty segment has no blocks");
     }
 }

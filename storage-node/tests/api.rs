@@ -8,7 +8,7 @@ use bytes::Bytes;
 use cairn_common::auth::{ClusterKey, AUTH_HEADER, DATE_HEADER};
 use cairn_common::ids::ObjectId;
 use cairn_common::protocol::{self, NodeInfo, ObjectList};
-use cairn_common::shard::{Layout, ShardHeader};
+use cairn_common::shard::{Layout, ShardHeader, CRC_LEN, TAG_LEN};
 use common::{error_kind, TestNode, TestShard, SECRET};
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
@@ -85,8 +85,8 @@ async fn put_then_read_ranges_header_list_and_info() {
     assert_eq!(tail, shard.blocks_range(4, 6));
     assert_eq!(
         tail.len(),
-        1028 + 3 + 4,
-        "last block is ceil(7/3) bytes + crc"
+        1024 + 3 + 2 * (CRC_LEN + TAG_LEN),
+        "last block is ceil(7/3) bytes + trailer"
     );
     // Zero blocks is an empty success; starting past the end is 416.
     let r = get(&node, &http, &protocol::shard_read_path(&oid, 0, 2, 1, 0)).await;
@@ -200,7 +200,7 @@ async fn corrupt_stored_blocks_are_never_served() {
     // Bad block 3 (its crc bytes): no byte of it is ever delivered. With blocks this
     // small the node fails before its response head is flushed, so the client sees a
     // transport error on the request itself; big blocks are tested below.
-    flip(block_off(4) - 1);
+    flip(block_off(4) - 1 - TAG_LEN);
     match node.signed(&http, Method::GET, &shard.path()).send().await {
         Err(e) => assert!(!e.is_status(), "{e}"),
         Ok(r) => {

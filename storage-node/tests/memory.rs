@@ -8,8 +8,9 @@
 mod common;
 
 use bytes::Bytes;
+use cairn_common::auth::ClusterKey;
 use cairn_common::ids::ObjectId;
-use cairn_common::shard::{block_crc, Layout, ShardHeader};
+use cairn_common::shard::{block_crc, block_trailer, Layout, ShardHeader};
 use common::TestNode;
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
@@ -23,11 +24,12 @@ fn vm_hwm_kib() -> u64 {
         .expect("VmHWM")
 }
 
-fn stored_block(len: usize, seed: u8) -> Bytes {
-    let mut b: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(seed)).collect();
-    let crc = block_crc(&b);
-    b.extend_from_slice(&crc.to_le_bytes());
-    Bytes::from(b)
+fn block_data(len: usize, seed: u8) -> Bytes {
+    Bytes::from(
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(seed))
+            .collect::<Vec<u8>>(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,18 +48,26 @@ async fn shard_of_a_4_gib_object_streams_in_bounded_memory() {
         key: "big.ckpt".into(),
     };
     let file_len = header.file_len();
-    let full = stored_block(layout.block_size as usize, 7);
+    let key = ClusterKey::new(common::SECRET).shard_key();
+    let full = block_data(layout.block_size as usize, 7);
     let last_len = layout.block_len(layout.stripes() - 1);
-    let last = stored_block(last_len, 13);
+    let last = block_data(last_len, 13);
     let stripes = layout.stripes();
-    let blocks = futures::stream::iter(0..stripes).map(move |s| {
-        Ok::<_, std::io::Error>(if layout.block_len(s) == full.len() - 4 {
+    let (shard, tag_key) = (header.shard_ref(), key.clone());
+    // Each block's data is shared; only its trailer (the tag covers the block number) is
+    // made per block.
+    let blocks = futures::stream::iter(0..stripes).flat_map(move |s| {
+        let data = if layout.block_len(s) == full.len() {
             full.clone()
         } else {
             last.clone()
-        })
+        };
+        let mut tagger = tag_key.block_tagger(&shard, s);
+        tagger.update(&data);
+        let trailer = block_trailer(&layout, block_crc(&data), Some(&tagger));
+        futures::stream::iter([Ok::<_, std::io::Error>(data), Ok(trailer)])
     });
-    let body = futures::stream::once(std::future::ready(Ok(header.encode()))).chain(blocks);
+    let body = futures::stream::once(std::future::ready(Ok(header.encode(&key)))).chain(blocks);
     let path = cairn_common::protocol::shard_path(&header.object_id, 0, 3);
     let before = vm_hwm_kib();
     let t = std::time::Instant::now();

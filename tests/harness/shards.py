@@ -5,9 +5,12 @@ header   magic "CRNS" | version u8 | reserved u8 | header_len u16
          object_id [16] | segment u32 | shard_index u8 | k u8 | m u8 | reserved u8
          block_size u32 | segment_len u64
          bucket_len u16 | bucket | key_len u16 | key
-         header_crc32c u32                      (all integers little-endian)
-blocks   block 0 data | crc32c(block 0) u32 | block 1 data | crc32c u32 | ...
+         header_crc32c u32 | header_tag [16]     (all integers little-endian)
+blocks   block 0 data | crc32c u32 | tag [16] | block 1 data | crc32c u32 | tag [16] | ...
 ```
+
+Version 1 files have no tags. The tags are keyed with the cluster secret: tests can
+rewrite data with a valid crc32c (as anyone could) but not make a valid tag.
 
 Every block is `block_size` bytes except in the last stripe, whose blocks are
 `ceil(rest / k)` bytes. Shard files live at `DIR/shards/<oid[0..2]>/<oid>/<segment>.<index>`.
@@ -23,6 +26,7 @@ from pathlib import Path
 
 MAGIC = b"CRNS"
 CRC_LEN = 4
+TAG_LEN = 16
 FIXED_HEADER_LEN = 4 + 1 + 1 + 2 + 16 + 4 + 1 + 1 + 1 + 1 + 4 + 8
 MAX_HEADER_LEN = 4096
 SHARD_NAME = re.compile(r"^(\d+)\.(\d+)$")
@@ -75,6 +79,7 @@ class ShardFile:
     bucket: str
     key: str
     header_len: int
+    version: int = 2
 
     @property
     def is_data(self) -> bool:
@@ -100,13 +105,18 @@ class ShardFile:
         rest = self.segment_len - full * self.stripe_data_len
         return -(-rest // self.k)
 
+    @property
+    def trailer_len(self) -> int:
+        """Bytes after each block's data: crc32c, and the tag from version 2 on."""
+        return CRC_LEN + (TAG_LEN if self.version >= 2 else 0)
+
     def block_file_offset(self, s: int) -> int:
         """Offset of block `s` inside the block area (after the header)."""
         full = self.segment_len // self.stripe_data_len
-        full_len = self.block_size + CRC_LEN
+        full_len = self.block_size + self.trailer_len
         if s <= full:
             return s * full_len
-        return full * full_len + self.block_len(full) + CRC_LEN
+        return full * full_len + self.block_len(full) + self.trailer_len
 
     @property
     def body_len(self) -> int:
@@ -128,7 +138,7 @@ class ShardFile:
             stored = f.read(n + CRC_LEN)
         if len(stored) != n + CRC_LEN:
             raise ShardFormatError(f"{self.path}: block {s} truncated")
-        data, crc = stored[:n], struct.unpack("<I", stored[n:])[0]
+        data, crc = stored[:n], struct.unpack("<I", stored[n : n + CRC_LEN])[0]
         if verify and crc32c(data) != crc:
             raise ShardFormatError(f"{self.path}: block {s} fails its crc32c")
         return data
@@ -152,6 +162,17 @@ class ShardFile:
         return pos
 
 
+    def rewrite_block(self, s: int, data: bytes) -> None:
+        """Replaces the data of block `s` and gives it a valid crc32c, keeping its tag:
+        what someone without the cluster secret can do to a stored shard."""
+        assert len(data) == self.block_len(s)
+        with open(self.path, "r+b") as f:
+            f.seek(self.block_data_offset(s))
+            f.write(data + struct.pack("<I", crc32c(data)))
+            f.flush()
+            os.fsync(f.fileno())
+
+
 def parse_header(buf: bytes) -> dict:
     """Decodes and checks a complete shard header (`buf` may extend past it)."""
     if len(buf) < 8:
@@ -159,12 +180,14 @@ def parse_header(buf: bytes) -> dict:
     if buf[0:4] != MAGIC:
         raise ShardFormatError(f"bad magic {buf[0:4]!r}")
     version = buf[4]
-    if version != 1:
+    if version not in (1, 2):
         raise ShardFormatError(f"unsupported version {version}")
+    tag = TAG_LEN if version >= 2 else 0
     hlen = struct.unpack_from("<H", buf, 6)[0]
-    if not (FIXED_HEADER_LEN + 4 + CRC_LEN <= hlen <= MAX_HEADER_LEN) or len(buf) < hlen:
+    if not (FIXED_HEADER_LEN + 4 + CRC_LEN + tag <= hlen <= MAX_HEADER_LEN) or len(buf) < hlen:
         raise ShardFormatError(f"bad header length {hlen}")
-    body, crc = buf[: hlen - CRC_LEN], struct.unpack_from("<I", buf, hlen - CRC_LEN)[0]
+    end = hlen - tag
+    body, crc = buf[: end - CRC_LEN], struct.unpack_from("<I", buf, end - CRC_LEN)[0]
     if crc32c(body) != crc:
         raise ShardFormatError("header crc32c mismatch")
     pos = 8
@@ -193,6 +216,7 @@ def parse_header(buf: bytes) -> dict:
         bucket=bucket,
         key=key,
         header_len=hlen,
+        version=version,
     )
 
 

@@ -111,11 +111,12 @@ async fn open_shard(
             return Err(format!("node {node}: {e}"));
         }
     };
+    let key = cluster.client().key().shard_key();
     let cluster = cluster.clone();
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
-        let mut verifier = BlockVerifier::new(layout, from, last + 1);
+        let mut verifier = BlockVerifier::authenticated(layout, from, last + 1, &key, shard);
         let mut block = Block::default();
         while !verifier.is_done() {
             let chunk = match stream.next().await {
@@ -141,7 +142,10 @@ async fn open_shard(
                 }
             }
             if let Err(e) = fed {
-                if matches!(e, ShardError::BlockChecksum { .. }) {
+                if matches!(
+                    e,
+                    ShardError::BlockChecksum { .. } | ShardError::BlockTag { .. }
+                ) {
                     metrics::counter!("cairn_checksum_failures_total").increment(1);
                     cluster.report_corrupt(shard);
                 }
@@ -165,7 +169,7 @@ pub async fn read_segment(
     if start >= end {
         return Ok(());
     }
-    let layout = Layout::new(seg.k, seg.m, seg.block_size, seg.len)?;
+    let layout = super::segment_layout(seg)?;
     let (k, n) = (seg.k as usize, seg.k as usize + seg.m as usize);
     let codec = Codec::new(seg.k, seg.m)?;
     let (s0, s1) = (layout.stripe_of(start), layout.stripe_of(end - 1));

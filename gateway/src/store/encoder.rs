@@ -14,9 +14,12 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use cairn_common::erasure::Codec;
 use cairn_common::ids::{NodeId, ObjectId};
+use cairn_common::protocol::ShardRef;
 use cairn_common::protocol::ERR_DISK_FULL;
 use cairn_common::request_id;
-use cairn_common::shard::{block_crc, block_crc_append, Layout, ShardHeader, CRC_LEN};
+use cairn_common::shard::{
+    block_crc, block_crc_append, block_trailer, Layout, ShardHeader, ShardKey,
+};
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -167,6 +170,7 @@ where
         )));
     }
     let codec = Codec::new(layout.k, layout.m)?;
+    let shard_key = cluster.client().key().shard_key();
     let mut sinks = Vec::with_capacity(k + m);
     for (i, (node, addr)) in targets.iter().enumerate() {
         let header = ShardHeader {
@@ -179,7 +183,7 @@ where
         };
         let (tx, mut rx) = mpsc::unbounded_channel::<(Bytes, OwnedSemaphorePermit)>();
         let room = Arc::new(Semaphore::new(SHARD_QUEUE_BYTES));
-        let first = header.encode();
+        let first = header.encode(&shard_key);
         let file_len = header.file_len();
         // A piece gives its queue share back as the request takes it.
         let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(
@@ -204,7 +208,18 @@ where
         });
     }
 
-    let result = pump_stripes(&codec, &layout, body, &sinks, last_segment).await;
+    let shards: Vec<ShardRef> = (0..k + m)
+        .map(|i| ShardRef {
+            object: spec.object,
+            segment: spec.segment,
+            index: i as u8,
+        })
+        .collect();
+    let tags = Tags {
+        key: &shard_key,
+        shards: &shards,
+    };
+    let result = pump_stripes(&codec, &layout, &tags, body, &sinks, last_segment).await;
     if let Err(e) = result {
         // Stop the healthy transfers *before* closing their shard streams: a node whose
         // stream ended short would fail too, and must not be blamed. Only a node whose
@@ -258,12 +273,14 @@ where
     Ok(Written { failed })
 }
 
-/// Marks each node that lost its shard full (it refused for lack of room) or down.
+/// Marks each node that lost its shard full (it refused for lack of room) or down. A
+/// transfer the gateway itself could not make (out of file descriptors or ports) says
+/// nothing about the node.
 fn blame(cluster: &Cluster, failed: &[FailedShard]) {
     for f in failed {
         if f.is_full() {
             cluster.mark_full(&f.node);
-        } else {
+        } else if !matches!(f.error, NodeCallError::Local(_)) {
             cluster.mark_down(&f.node);
         }
     }
@@ -318,9 +335,16 @@ impl ParityBuffers {
     }
 }
 
+/// What block tags are computed with: the key and the identity of each of the k+m shards.
+struct Tags<'a> {
+    key: &'a ShardKey,
+    shards: &'a [ShardRef],
+}
+
 async fn pump_stripes<S>(
     codec: &Codec,
     layout: &Layout,
+    tags: &Tags<'_>,
     body: &mut S,
     sinks: &[ShardSink],
     last_segment: bool,
@@ -336,14 +360,15 @@ where
     let mut spare_parity = ParityBuffers::default();
     for s in 0..layout.stripes() {
         let blen = layout.block_len(s);
-        let slot = blen + CRC_LEN;
+        let slot = layout.stored_block_len(s);
         let stripe_len = layout.stripe_len(s) as usize;
-        // Parity blocks as they will be stored (block, crc, block, crc...).
+        // Parity blocks as they will be stored (block, trailer, block, trailer...).
         let mut parity = spare_parity.take(m * slot);
         for (i, sink) in sinks[..k].iter().enumerate() {
             // Body bytes in this block; the last stripe's blocks are zero-padded.
             let real = stripe_len.saturating_sub(i * blen).min(blen);
             let mut crc = 0;
+            let mut tag = tags.key.block_tagger(&tags.shards[i], s);
             let mut off = 0;
             while off < real {
                 let Some(mut piece) = reader.next_piece().await? else {
@@ -354,6 +379,7 @@ where
                 }
                 let end = off + piece.len();
                 crc = block_crc_append(crc, &piece);
+                tag.update(&piece);
                 {
                     let mut out: Vec<&mut [u8]> =
                         parity.chunks_mut(slot).map(|c| &mut c[off..end]).collect();
@@ -367,14 +393,17 @@ where
             while off < blen {
                 let n = (blen - off).min(ZEROS.len());
                 crc = block_crc_append(crc, &ZEROS[..n]);
+                tag.update(&ZEROS[..n]);
                 sink.send(Bytes::from_static(&ZEROS[..n])).await;
                 off += n;
             }
-            sink.send(Bytes::copy_from_slice(&crc.to_le_bytes())).await;
+            sink.send(block_trailer(layout, crc, Some(&tag))).await;
         }
-        for c in parity.chunks_mut(slot) {
-            let crc = block_crc(&c[..blen]);
-            c[blen..].copy_from_slice(&crc.to_le_bytes());
+        for (j, c) in parity.chunks_mut(slot).enumerate() {
+            let mut tag = tags.key.block_tagger(&tags.shards[k + j], s);
+            tag.update(&c[..blen]);
+            let trailer = block_trailer(layout, block_crc(&c[..blen]), Some(&tag));
+            c[blen..].copy_from_slice(&trailer);
         }
         let parity = parity.freeze();
         for (j, sink) in sinks[k..].iter().enumerate() {

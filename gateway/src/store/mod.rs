@@ -22,6 +22,13 @@ pub mod repair;
 pub mod service;
 pub mod stats;
 
+/// The shard layout of a stored segment, in the format it was written in.
+pub fn segment_layout(
+    seg: &catalog::SegmentRecord,
+) -> Result<cairn_common::shard::Layout, cairn_common::shard::ShardError> {
+    cairn_common::shard::Layout::new(seg.k, seg.m, seg.block_size, seg.len)?.with_format(seg.format)
+}
+
 /// A request body error, kept opaque here so this layer knows nothing of S3.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cairn_common::ids::{NodeId, ObjectId};
 use cairn_common::placement;
-use cairn_common::shard::Layout;
 use futures::StreamExt;
 
 use super::catalog::SegmentRecord;
@@ -76,9 +75,7 @@ fn plan(service: &ObjectService, id: &ObjectId, seg: &SegmentRecord) -> Option<M
     if seg.nodes.iter().any(|n| cluster.addr_if_up(n).is_none()) {
         return None;
     }
-    let shard = Layout::new(seg.k, seg.m, seg.block_size, seg.len)
-        .ok()?
-        .shard_body_len();
+    let shard = super::segment_layout(seg).ok()?.shard_body_len();
     // Holders count as candidates even when full: a shard stays where it is rather than
     // moving for lack of room elsewhere.
     let candidates = cluster.candidates(shard, &seg.nodes).with_room;
@@ -156,7 +153,7 @@ async fn move_shard(
     };
     let index = mv.index as u8;
     let client = cluster.client();
-    let layout = Layout::new(seg.k, seg.m, seg.block_size, seg.len)?;
+    let layout = super::segment_layout(seg)?;
     let header = client
         .read_shard_header(&from, &id, seg.segment, index)
         .await

@@ -4,8 +4,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cairn_common::shard::Layout;
-
 use super::service::ObjectService;
 use super::StoreError;
 
@@ -31,7 +29,7 @@ pub fn publish(service: &ObjectService) -> Result<(), StoreError> {
         st.logical += rec.size;
         let mut below_full = false;
         for seg in &rec.segments {
-            if let Ok(l) = Layout::new(seg.k, seg.m, seg.block_size, seg.len) {
+            if let Ok(l) = super::segment_layout(seg) {
                 st.stored += (seg.k as u64 + seg.m as u64) * l.shard_body_len();
             }
             below_full |= seg.nodes.iter().any(|n| !live.contains(n));

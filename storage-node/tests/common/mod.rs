@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use cairn_common::auth::{ClusterKey, AUTH_HEADER, DATE_HEADER};
 use cairn_common::ids::{NodeId, ObjectId};
-use cairn_common::shard::{block_crc, Layout, ShardHeader};
+use cairn_common::shard::{stored_block, Layout, ShardHeader};
 use cairn_node::{serve, Node, NodeConfig};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -120,7 +120,7 @@ impl TestNode {
     }
 }
 
-/// A shard file built in memory: its header and stored blocks (data + crc each).
+/// A shard file built in memory: its header and stored blocks (data + trailer each).
 pub struct TestShard {
     pub header: ShardHeader,
     pub header_bytes: Vec<u8>,
@@ -137,18 +137,18 @@ impl TestShard {
             bucket: "bucket".into(),
             key: "ckpt/model.safetensors".into(),
         };
+        let key = ClusterKey::new(SECRET).shard_key();
+        let shard = header.shard_ref();
         let blocks = (0..layout.stripes())
             .map(|s| {
-                let mut b: Vec<u8> = (0..layout.block_len(s))
+                let b: Vec<u8> = (0..layout.block_len(s))
                     .map(|i| (i as u64 * 31 + s * 7 + index as u64) as u8)
                     .collect();
-                let crc = block_crc(&b);
-                b.extend_from_slice(&crc.to_le_bytes());
-                b
+                stored_block(&layout, &key, &shard, s, &b)
             })
             .collect();
         Self {
-            header_bytes: header.encode().to_vec(),
+            header_bytes: header.encode(&key).to_vec(),
             header,
             blocks,
         }
