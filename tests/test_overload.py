@@ -255,12 +255,14 @@ def test_idle_flood_is_evicted_and_normal_clients_keep_working(cluster):
     evicted = gateway_metric(cluster, "cairn_s3_connections_evicted_total") - evicted_before
     timed_out = gateway_metric(cluster, "cairn_s3_connections_timed_out_total") - timed_out_before
     open_now = gateway_metric(cluster, "cairn_s3_connections_open")
-    # memory handed back: the gateway checks every 2 s once the flood has receded
+    # Memory handed back: the gateway checks every 2 s once the flood has receded. Without
+    # that (glibc keeps freed blocks in its arenas) RSS stays at the peak.
+    returned_enough = rss_before + (rss_peak - rss_before) // 2
     rss_after = rss_peak
     deadline = time.monotonic() + 8
     while time.monotonic() < deadline:
         rss_after = _rss_bytes(pid)
-        if rss_after <= 2 * rss_before + (50 << 20) and rss_after < rss_peak:
+        if rss_after <= returned_enough:
             break
         time.sleep(0.5)
     lat = client.latencies
@@ -276,7 +278,8 @@ def test_idle_flood_is_evicted_and_normal_clients_keep_working(cluster):
     assert evicted > 0, "no connection was evicted"
     assert evicted + timed_out >= flood - MAX_CONNECTIONS, (evicted, timed_out)
     assert open_now <= MAX_CONNECTIONS, open_now
-    assert rss_after <= 2 * rss_before + (50 << 20), (rss_before, rss_peak, rss_after)
+    assert rss_peak - rss_before >= 16 << 20, "the flood did not cost the gateway memory: nothing to return"
+    assert rss_after <= returned_enough, f"RSS before {rss_before}, peak {rss_peak}, after {rss_after}"
 
 
 def test_when_every_connection_is_busy_a_new_one_gets_503_slowdown(cluster_factory):

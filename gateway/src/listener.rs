@@ -26,7 +26,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -106,6 +106,9 @@ struct Conn {
     idle_key: AtomicU64,
     /// One of the `PHASE_*` values.
     phase: AtomicU8,
+    /// Requests in progress (their response not yet written). Changed only under the
+    /// registry's lock; the connection is idle again only when it drops to 0.
+    requests: AtomicU32,
     /// Milliseconds since the listener's epoch at which the current wait began.
     since_ms: AtomicU64,
     /// Set (under the registry's lock) when the listener takes the connection's slot.
@@ -168,6 +171,7 @@ impl Shared {
         let conn = Arc::new(Conn {
             idle_key: AtomicU64::new(0),
             phase: AtomicU8::new(PHASE_HEAD),
+            requests: AtomicU32::new(0),
             since_ms: AtomicU64::new(self.now_ms()),
             evicted: AtomicBool::new(false),
             wake: Notify::new(),
@@ -216,6 +220,7 @@ impl Shared {
     fn begin_request(self: &Arc<Self>, conn: &Arc<Conn>) -> BusyGuard {
         let mut reg = self.lock();
         Self::unmark_idle(&mut reg, conn);
+        conn.requests.fetch_add(1, Ordering::Relaxed);
         conn.phase.store(PHASE_BUSY, Ordering::Relaxed);
         drop(reg);
         BusyGuard {
@@ -227,7 +232,8 @@ impl Shared {
     /// `conn`'s request is over (its response written, or abandoned).
     fn end_request(&self, conn: &Arc<Conn>) {
         let mut reg = self.lock();
-        if conn.evicted.load(Ordering::Relaxed) {
+        let before = conn.requests.fetch_sub(1, Ordering::Relaxed);
+        if before > 1 || conn.evicted.load(Ordering::Relaxed) {
             return;
         }
         conn.since_ms.store(self.now_ms(), Ordering::Relaxed);
@@ -609,11 +615,9 @@ mod tests {
         let c = s.admit().expect("a makes room");
         assert!(a.evicted.load(Ordering::Relaxed));
         assert!(!b.evicted.load(Ordering::Relaxed));
-        // b busy, c idle: c goes next.
-        let _busy_d_conn = s.admit().expect("c makes room");
+        // b busy, c idle: c goes next; then d is made busy too.
+        let d = s.admit().expect("c makes room");
         assert!(c.evicted.load(Ordering::Relaxed));
-        // Both remaining are... d idle, b busy: make d busy too and nothing is free.
-        let d = _busy_d_conn;
         let _busy_d = s.begin_request(&d);
         assert!(s.admit().is_none(), "every connection is busy");
         // b's response is sent: it is idle again and can make room.
@@ -621,6 +625,22 @@ mod tests {
         assert!(s.admit().is_some());
         assert!(b.evicted.load(Ordering::Relaxed));
         assert_eq!(s.lock().open, 2);
+    }
+
+    #[test]
+    fn a_connection_is_idle_only_once_its_last_request_is_over() {
+        let s = shared(1);
+        let a = s.admit().expect("room");
+        let first = s.begin_request(&a);
+        let second = s.begin_request(&a);
+        drop(first);
+        assert!(
+            s.admit().is_none(),
+            "a connection with a request in progress was evicted"
+        );
+        drop(second);
+        assert!(s.admit().is_some());
+        assert!(a.evicted.load(Ordering::Relaxed));
     }
 
     #[test]
