@@ -9,7 +9,8 @@ import time
 import pytest
 
 from harness.data import MiB
-from harness.nodeapi import hmac_tag, prove
+from harness.cluster import admin_token
+from harness.nodeapi import credential, prove
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +29,17 @@ def refused(r):
     return r.status in (401, 403)
 
 
-def test_health_and_metrics_are_open(cairn_cluster):
+def test_health_is_open_and_metrics_need_the_admin_token(cairn_cluster):
+    token = admin_token(cairn_cluster.cluster_secret)
     for n in cairn_cluster.nodes:
         r = n.api().call("GET", "/health", sign=False)
         assert r.status == 200 and r.body.strip() == b"ok", r.body
         r = n.api().call("GET", "/metrics", sign=False)
-        assert r.status == 200
+        assert r.status == 403, r.status
+        r = n.api().call("GET", "/metrics", sign=False, headers={"Authorization": "Bearer wrong"})
+        assert r.status == 403, r.status
+        r = n.api().call("GET", "/metrics", sign=False, headers={"Authorization": f"Bearer {token}"})
+        assert r.status == 200 and b"cairn_node_" in r.body
 
 
 def test_requests_without_credential_are_refused(cairn_cluster, stored):
@@ -59,9 +65,8 @@ def test_wrong_secret_and_stale_dates_are_refused(cairn_cluster, stored):
     assert refused(api.call("GET", path, secret="not-the-cluster-secret"))
     assert refused(api.call("GET", path, date=int(time.time()) - 3600))
     assert refused(api.call("GET", path, date=int(time.time()) + 3600))
-    # a valid tag for another path
-    d = int(time.time())
-    other = {"x-cairn-date": str(d), "x-cairn-auth": hmac_tag(cairn_cluster.cluster_secret, "GET", "/v1/objects", d)}
+    # a valid credential for another path
+    other = credential(cairn_cluster.cluster_secret, "GET", "/v1/objects", api.node_id)
     assert refused(api.call("GET", path, sign=False, headers=other))
     assert api.call("GET", "/v1/objects", sign=False, headers=other).status == 200
     # the right tag
@@ -110,7 +115,8 @@ def test_info_proves_the_secret(cairn_cluster):
         r = n.api().call("GET", f"/v1/info?challenge={ch}")
         assert r.status == 200, r.body[:200]
         info = json.loads(r.body)
-        assert info["proof"] == prove(cairn_cluster.cluster_secret, ch)
+        assert info["seen_at"] == n.addr, "the address the probe arrived on"
+        assert info["proof"] == prove(cairn_cluster.cluster_secret, ch, info["node_id"], info["seen_at"])
         assert len(info["node_id"]) == 32
         assert info["capacity_bytes"] >= info["free_bytes"] > 0
     ids = {json.loads(n.api().call("GET", "/v1/info?challenge=x").body)["node_id"] for n in cairn_cluster.nodes}

@@ -19,7 +19,7 @@
 //! | `GET` | `/v1/inventory` | every shard stored here with its size and age ([`Inventory`]) |
 //! | `GET` | `/v1/info?challenge=C` | [`NodeInfo`], including proof of the cluster secret |
 //! | `GET` | `/health` | unauthenticated liveness: `ok` |
-//! | `GET` | `/metrics` | unauthenticated Prometheus text |
+//! | `GET` | `/metrics` | Prometheus text; needs `Authorization: Bearer <admin token>` |
 //!
 //! **Raw shard upload.** A shard `PUT` without a body but with `Upgrade:` [`SHARD_UPGRADE`]
 //! and [`SHARD_LENGTH_HEADER`] is answered `101 Switching Protocols` (after the credential
@@ -38,8 +38,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{NodeId, ObjectId};
 
-/// Version of this internal protocol, announced by nodes (2: raw shard uploads).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version of this internal protocol, announced by nodes (2: raw shard uploads; 3:
+/// credentials bound to nonce, node and body, proofs bound to the node and its address,
+/// tagged shards).
+pub const PROTOCOL_VERSION: u32 = 3;
 /// `Upgrade` token of a raw shard upload.
 pub const SHARD_UPGRADE: &str = "cairn-shard";
 /// Request header giving a raw shard upload's length in bytes.
@@ -240,7 +242,11 @@ pub struct NodeInfo {
     pub free_bytes: u64,
     /// Shard files stored.
     pub shards: u64,
-    /// `ClusterKey::prove(challenge)`, so the gateway knows the node holds the secret.
+    /// The local address (`ip:port`) the probe's connection arrived on.
+    #[serde(default)]
+    pub seen_at: String,
+    /// `ClusterKey::prove(challenge, node_id, seen_at)`, so the gateway knows the node
+    /// holds the secret and answers at the address it connected to.
     pub proof: String,
     /// Shards the node's scrub found corrupt (at most [`MAX_REPORTED_BAD`]), for repair.
     #[serde(default)]

@@ -5,14 +5,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
+use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use bytes::Bytes;
-use cairn_common::auth::{ClusterKey, AUTH_HEADER, DATE_HEADER};
+use cairn_common::auth::{AuthError, BodyClaim, ClusterKey, ReplayGuard, ANY_NODE};
 use cairn_common::ids::ObjectId;
 use cairn_common::protocol::{
     self, Inventory, ManifestList, NodeInfo, ObjectList, UploadOutcome, MAX_MANIFEST_LEN,
@@ -24,6 +26,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::error::NodeError;
@@ -43,6 +46,10 @@ pub struct AppState {
     pub key: ClusterKey,
     /// Key of shard header and block tags (derived from the cluster secret).
     pub shard_key: ShardKey,
+    /// Bearer token `/metrics` requires.
+    pub admin_token: Arc<String>,
+    /// Nonces of recent requests, so none is accepted twice.
+    pub replays: Arc<ReplayGuard>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
     /// Shards the background scrub found bad.
@@ -79,7 +86,13 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::disable());
     Router::new()
         .route("/health", get(|| async { "ok" }))
-        .route("/metrics", get(render_metrics))
+        .route(
+            "/metrics",
+            get(render_metrics).route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                require_admin_token,
+            )),
+        )
         .merge(v1)
         .with_state(state)
 }
@@ -123,31 +136,114 @@ async fn trace_call(req: Request, next: Next) -> Response {
     tracing::Instrument::instrument(call, span).await
 }
 
-/// Refuses `/v1/` requests without a valid cluster credential (403, `x-cairn-error: auth`).
+/// The local address a connection arrived on, which a node's proof of the secret is
+/// bound to (see [`cairn_common::auth`]).
+#[derive(Clone, Copy, Debug)]
+pub struct LocalAddr(pub Option<std::net::SocketAddr>);
+
+impl Connected<IncomingStream<'_, NodelayListener>> for LocalAddr {
+    fn connect_info(stream: IncomingStream<'_, NodelayListener>) -> Self {
+        Self(stream.io().local_addr().ok())
+    }
+}
+
+/// The node's TCP listener: accepted connections get `TCP_NODELAY` (a shard read's
+/// last small write must not wait for an ack).
+pub struct NodelayListener(pub TcpListener);
+
+impl axum::serve::Listener for NodelayListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (io, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        let _ = io.set_nodelay(true);
+        (io, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+/// Largest body sent from memory (manifests, bucket markers) whose digest is checked.
+const MAX_CLAIMED_BODY: usize = MAX_MANIFEST_LEN + 64 * 1024;
+
+/// Refuses `/v1/` requests without a valid cluster credential (403, `x-cairn-error:
+/// auth`): the tag must match, the nonce be new, the request be meant for this node
+/// (only `GET /v1/info` may be sent to whoever answers), and the body be what the
+/// credential says — a body sent from memory is read here and its SHA-256 checked, a
+/// shard file (only on `PUT /v1/shards/...`) is checked block by block as it is written.
 async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let verdict = {
-        let path_and_query = req
-            .uri()
-            .path_and_query()
-            .map(|pq| pq.as_str())
-            .unwrap_or("/");
-        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-        state
-            .key
-            .verify(
-                req.method().as_str(),
-                path_and_query,
-                header(DATE_HEADER),
-                header(AUTH_HEADER),
-            )
-            .map_err(|e| {
-                tracing::warn!(method = %req.method(), path = path_and_query, error = %e, "refused request");
-                e
-            })
+    let (parts, body) = req.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/")
+        .to_string();
+    let refuse = |e: AuthError| {
+        tracing::warn!(method = %parts.method, path = %path_and_query, error = %e, "refused request");
+        NodeError::Auth(e).into_response()
     };
-    match verdict {
-        Ok(()) => next.run(req).await,
-        Err(e) => NodeError::Auth(e).into_response(),
+    let verified = match state
+        .key
+        .verify(parts.method.as_str(), &path_and_query, |name| {
+            parts.headers.get(name).and_then(|v| v.to_str().ok())
+        }) {
+        Ok(v) => v,
+        Err(e) => return refuse(e),
+    };
+    let probe = parts.method == axum::http::Method::GET && parts.uri.path() == "/v1/info";
+    let me = state.store.node_id().to_string();
+    if verified.node != me && !(probe && verified.node == ANY_NODE) {
+        return refuse(AuthError::WrongNode);
+    }
+    let body = match verified.body {
+        BodyClaim::Shard => {
+            let shard_put = parts.method == axum::http::Method::PUT
+                && parts.uri.path().starts_with("/v1/shards/")
+                && !parts.uri.path().ends_with("/header");
+            if !shard_put {
+                return refuse(AuthError::BadBody);
+            }
+            body
+        }
+        claim => {
+            let bytes = match axum::body::to_bytes(body, MAX_CLAIMED_BODY).await {
+                Ok(b) => b,
+                Err(_) => return refuse(AuthError::BadBody),
+            };
+            if !claim.matches(&bytes) {
+                return refuse(AuthError::BadBody);
+            }
+            Body::from(bytes)
+        }
+    };
+    // Last, so a refused request does not use up its nonce.
+    if let Err(e) = state.replays.admit(&verified) {
+        return refuse(e);
+    }
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// Refuses `/metrics` without `Authorization: Bearer <admin token>` (403).
+async fn require_admin_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let ok = given.len() == state.admin_token.len()
+        && bool::from(subtle::ConstantTimeEq::ct_eq(
+            given.as_bytes(),
+            state.admin_token.as_bytes(),
+        ));
+    if ok {
+        next.run(req).await
+    } else {
+        NodeError::Auth(AuthError::Missing).into_response()
     }
 }
 
@@ -519,9 +615,15 @@ async fn inventory(State(state): State<AppState>) -> Result<Json<Inventory>, Nod
 
 async fn info(
     State(state): State<AppState>,
+    local: Option<axum::Extension<ConnectInfo<LocalAddr>>>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<NodeInfo>, NodeError> {
     let challenge = query_param(query.as_deref(), "challenge").unwrap_or("");
+    let seen_at = local
+        .and_then(|c| (c.0).0 .0)
+        .map(|a| canonical(a).to_string())
+        .unwrap_or_default();
+    let node_id = state.store.node_id();
     let (disk, space) = blocking(&state, move |store| {
         Ok((store.disk_space()?, store.reported_space()?))
     })
@@ -529,12 +631,13 @@ async fn info(
     m::disk(disk);
     m::space(space);
     Ok(Json(NodeInfo {
-        node_id: state.store.node_id(),
+        node_id,
         protocol: PROTOCOL_VERSION,
         capacity_bytes: space.capacity,
         free_bytes: space.free,
         shards: state.store.shard_count(),
-        proof: state.key.prove(challenge),
+        proof: state.key.prove(challenge, &node_id.to_string(), &seen_at),
+        seen_at,
         bad_shards: state
             .scrub
             .bad_shards()
@@ -542,6 +645,11 @@ async fn info(
             .take(MAX_REPORTED_BAD)
             .collect(),
     }))
+}
+
+/// `addr` with an IPv4-mapped IPv6 address written as IPv4 (as the gateway sees it).
+fn canonical(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 async fn render_metrics(State(state): State<AppState>) -> Response {

@@ -27,12 +27,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
 use anyhow::Context;
-use cairn_common::auth::ClusterKey;
+use cairn_common::auth::{ClusterKey, ReplayGuard};
 use cairn_common::ids::NodeId;
 use clap::Parser;
 
@@ -75,6 +74,10 @@ pub struct Args {
     /// writes beyond it are refused as disk-full. Default: the whole filesystem.
     #[arg(long, env = "CAIRN_NODE_CAPACITY", value_parser = parse_capacity)]
     pub capacity: Option<u64>,
+    /// Bearer token `/metrics` requires (default: derived from the cluster secret, the
+    /// same as the gateway's default).
+    #[arg(long, env = "CAIRN_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Faults to inject, for tests only (see the `faults` module).
     #[arg(long, env = "CAIRN_NODE_FAULTS", hide = true, default_value = "", value_parser = parse_faults)]
     pub faults: Faults,
@@ -108,6 +111,8 @@ pub struct NodeConfig {
     pub capacity: Option<u64>,
     /// Injected faults (tests and the torture bench).
     pub faults: Faults,
+    /// Bearer token `/metrics` requires (`None`: the cluster key's default).
+    pub admin_token: Option<String>,
 }
 
 impl NodeConfig {
@@ -123,6 +128,7 @@ impl NodeConfig {
             idle_timeout: Duration::from_secs(60),
             capacity: None,
             faults: Faults::default(),
+            admin_token: None,
         }
     }
 }
@@ -157,6 +163,13 @@ impl Node {
             state: api::AppState {
                 store: Arc::new(store),
                 shard_key: cfg.key.shard_key(),
+                admin_token: Arc::new(
+                    cfg.admin_token
+                        .clone()
+                        .filter(|t| !t.is_empty())
+                        .unwrap_or_else(|| cfg.key.admin_token()),
+                ),
+                replays: Arc::new(ReplayGuard::new(ReplayGuard::DEFAULT_CAP)),
                 key: cfg.key,
                 metrics: handle,
                 scrub: Arc::new(ScrubState::default()),
@@ -201,10 +214,11 @@ pub async fn serve(
     ));
     let signalled = Arc::new(Notify::new());
     let notify = signalled.clone();
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, node.router()).with_graceful_shutdown(async move {
+    let listener = api::NodelayListener(listener);
+    let app = node
+        .router()
+        .into_make_service_with_connect_info::<api::LocalAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         notify.notify_one();
     });
@@ -256,6 +270,7 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
     // No allocator tuning here (unlike the gateway): with 8 shard writes in flight, heaps
     // keeping freed memory took a node to ~100 MB; its 64 MB budget wins over the CPU.
     cairn_common::daemon::init_tracing();
+    cairn_common::daemon::raise_fd_limit();
     // One async thread: a node's own work per byte is a crc32c and one copy, so a single
     // thread keeps up with several gigabit links, and a second one only adds wakeups
     // between threads (on a 1 GiB PUT, one thread cut the nodes' CPU time by a sixth).
@@ -277,6 +292,7 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
             idle_timeout: args.idle_timeout,
             capacity: args.capacity,
             faults: args.faults.clone(),
+            admin_token: args.admin_token.clone(),
         })
         .await?;
         let listener = tokio::net::TcpListener::bind(args.listen)

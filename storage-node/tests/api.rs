@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use cairn_common::auth::{ClusterKey, AUTH_HEADER, DATE_HEADER};
+use cairn_common::auth::{BodyClaim, ClusterKey, ANY_NODE};
 use cairn_common::ids::ObjectId;
 use cairn_common::protocol::{self, NodeInfo, ObjectList};
 use cairn_common::shard::{Layout, ShardHeader, CRC_LEN, TAG_LEN};
@@ -128,8 +128,15 @@ async fn put_then_read_ranges_header_list_and_info() {
     assert_eq!(info.shards, 1);
     assert!(info.capacity_bytes > 0 && info.free_bytes <= info.capacity_bytes);
     let key = ClusterKey::new(SECRET);
-    assert!(key.check_proof("abc123", &info.proof));
-    assert!(!key.check_proof("other", &info.proof));
+    let (id, seen) = (node.id.to_string(), info.seen_at.clone());
+    assert_eq!(
+        seen,
+        node.addr.to_string(),
+        "the address the probe arrived on"
+    );
+    assert!(key.check_proof("abc123", &id, &seen, &info.proof));
+    assert!(!key.check_proof("other", &id, &seen, &info.proof));
+    assert!(!key.check_proof("abc123", &id, "10.9.9.9:1", &info.proof));
 
     // Bad path parts are 400 with a kind.
     let r = get(&node, &http, "/v1/shards/nothex/0/0").await;
@@ -235,6 +242,7 @@ async fn corrupt_stored_blocks_are_never_served() {
 
     let metrics = http
         .get(node.url("/metrics"))
+        .bearer_auth(ClusterKey::new(SECRET).admin_token())
         .send()
         .await
         .expect("metrics")
@@ -371,12 +379,12 @@ async fn bad_uploads_store_nothing() {
 
     // The client vanishing mid-body leaves nothing behind either.
     let path = shard.path();
-    let (date, tag) = ClusterKey::new(SECRET).sign("PUT", &path);
+    let credential = common::raw_credential(node.addr, "PUT", &path).await;
     let mut sock = tokio::net::TcpStream::connect(node.addr)
         .await
         .expect("connect");
     let head = format!(
-        "PUT {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n{DATE_HEADER}: {date}\r\n{AUTH_HEADER}: {tag}\r\n\r\n",
+        "PUT {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n{credential}\r\n",
         file.len()
     );
     sock.write_all(head.as_bytes()).await.expect("head");
@@ -434,48 +442,89 @@ async fn requests_without_the_cluster_secret_are_refused() {
             .await
             .expect("send"),
     );
-    // A valid tag replayed on another path, or another method.
-    let (date, tag) = ClusterKey::new(SECRET).sign("GET", "/v1/objects");
-    expect_403(
-        http.get(node.url(&read))
-            .header(DATE_HEADER, &date)
-            .header(AUTH_HEADER, &tag)
-            .send()
-            .await
-            .expect("send"),
-    );
-    expect_403(
-        http.delete(node.url("/v1/objects"))
-            .header(DATE_HEADER, &date)
-            .header(AUTH_HEADER, &tag)
-            .send()
-            .await
-            .expect("send"),
-    );
+    let send = |m: Method, p: &str, c: &cairn_common::auth::Credential| {
+        let req = c
+            .headers()
+            .iter()
+            .fold(http.request(m, node.url(p)), |r, (n, v)| r.header(*n, *v));
+        req.send()
+    };
+    let key = ClusterKey::new(SECRET);
+    let me = node.id.to_string();
+    // A valid credential used on another path, or another method.
+    let c = key.sign("GET", "/v1/objects", &me, BodyClaim::Empty);
+    expect_403(send(Method::GET, &read, &c).await.expect("send"));
+    expect_403(send(Method::DELETE, "/v1/objects", &c).await.expect("send"));
+    // A request replayed: accepted once, refused after.
+    let c = key.sign("GET", "/v1/objects", &me, BodyClaim::Empty);
+    let first = send(Method::GET, "/v1/objects", &c).await.expect("send");
+    assert_eq!(first.status(), StatusCode::OK);
+    expect_403(send(Method::GET, "/v1/objects", &c).await.expect("send"));
+    // A request meant for another node, or for whoever answers (only probes may be).
+    let other = cairn_common::ids::NodeId::random().to_string();
+    let c = key.sign("GET", "/v1/objects", &other, BodyClaim::Empty);
+    expect_403(send(Method::GET, "/v1/objects", &c).await.expect("send"));
+    let c = key.sign("GET", "/v1/objects", ANY_NODE, BodyClaim::Empty);
+    expect_403(send(Method::GET, "/v1/objects", &c).await.expect("send"));
+    // A body other than the one signed, or a shard claim off the shard route.
+    let manifest = protocol::manifest_path(&oid);
+    let c = key.sign("PUT", &manifest, &me, BodyClaim::of(b"{\"signed\":1}"));
+    let r = c
+        .headers()
+        .iter()
+        .fold(http.put(node.url(&manifest)), |r, (n, v)| r.header(*n, *v))
+        .body("{\"forged\":1}")
+        .send()
+        .await
+        .expect("send");
+    expect_403(r);
+    let c = key.sign("PUT", &manifest, &me, BodyClaim::Shard);
+    let r = c
+        .headers()
+        .iter()
+        .fold(http.put(node.url(&manifest)), |r, (n, v)| r.header(*n, *v))
+        .body("{\"forged\":1}")
+        .send()
+        .await
+        .expect("send");
+    expect_403(r);
+    let r = get(&node, &http, protocol::MANIFESTS_PATH).await;
+    let list: protocol::ManifestList =
+        serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
+    assert!(list.manifests.is_empty(), "a refused manifest was stored");
     // A date an hour old.
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_secs();
-    expect_403(
-        http.get(node.url(&read))
-            .header(DATE_HEADER, (now - 3600).to_string())
-            .header(AUTH_HEADER, &tag)
-            .send()
-            .await
-            .expect("send"),
-    );
+    let mut c = key.sign("GET", &read, &me, BodyClaim::Empty);
+    c.date = (now - 3600).to_string();
+    expect_403(send(Method::GET, &read, &c).await.expect("send"));
     // Nothing was deleted or overwritten by the refused requests.
     assert_eq!(
         std::fs::read(node.shard_file(&oid, 0, 0)).expect("file"),
         shard.file()
     );
-    // Health and metrics are open.
+    // Health is open; metrics need the admin token.
     let r = http.get(node.url("/health")).send().await.expect("health");
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.text().await.expect("text"), "ok");
     let r = http
         .get(node.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = http
+        .get(node.url("/metrics"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = http
+        .get(node.url("/metrics"))
+        .bearer_auth(key.admin_token())
         .send()
         .await
         .expect("metrics");

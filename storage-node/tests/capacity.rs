@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use cairn_common::auth::{ClusterKey, AUTH_HEADER, DATE_HEADER};
+use cairn_common::auth::ClusterKey;
 use cairn_common::ids::ObjectId;
 use cairn_common::protocol::{self, UploadOutcome, SHARD_LENGTH_HEADER, SHARD_UPGRADE};
 use cairn_common::shard::Layout;
@@ -26,11 +26,11 @@ fn shard_of(mib: u64, index: u8) -> TestShard {
 async fn raw_put(addr: std::net::SocketAddr, shard: &TestShard) -> UploadOutcome {
     let file = shard.file();
     let path = shard.path();
-    let (date, tag) = ClusterKey::new(SECRET).sign("PUT", &path);
+    let credential = common::raw_credential(addr, "PUT", &path).await;
     let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let head = format!(
         "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: {SHARD_UPGRADE}\r\n\
-         {SHARD_LENGTH_HEADER}: {}\r\n{DATE_HEADER}: {date}\r\n{AUTH_HEADER}: {tag}\r\n\r\n",
+         {SHARD_LENGTH_HEADER}: {}\r\n{credential}\r\n",
         file.len()
     );
     sock.write_all(head.as_bytes()).await.expect("head");
@@ -82,12 +82,12 @@ async fn capacity_caps_what_is_reported_and_stored() {
     let used = (a.file().len() + b.file().len()) as u64;
     let manifest = b"{\"manifest\":1}".to_vec();
     let r = node
-        .signed(
+        .signed_body(
             &http,
             Method::PUT,
             &protocol::manifest_path(&a.header.object_id),
+            manifest.clone(),
         )
-        .body(manifest.clone())
         .send()
         .await
         .expect("manifest");

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cairn_common::auth::{ClusterKey, AUTH_HEADER, DATE_HEADER};
+use cairn_common::auth::ClusterKey;
 use cairn_common::ids::ObjectId;
 use cairn_common::protocol::{UploadOutcome, SHARD_LENGTH_HEADER, SHARD_UPGRADE};
 use cairn_common::shard::Layout;
@@ -85,13 +85,13 @@ async fn failing_plain_puts_fail_in_every_way_and_store_nothing() {
 async fn raw_put(node: &TestNode, s: &TestShard) -> Option<UploadOutcome> {
     let file = s.file();
     let path = s.path();
-    let (date, tag) = ClusterKey::new(SECRET).sign("PUT", &path);
+    let credential = common::raw_credential(node.addr, "PUT", &path).await;
     let mut sock = tokio::net::TcpStream::connect(node.addr)
         .await
         .expect("connect");
     let head = format!(
         "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: {SHARD_UPGRADE}\r\n\
-         {SHARD_LENGTH_HEADER}: {}\r\n{DATE_HEADER}: {date}\r\n{AUTH_HEADER}: {tag}\r\n\r\n",
+         {SHARD_LENGTH_HEADER}: {}\r\n{credential}\r\n",
         file.len()
     );
     sock.write_all(head.as_bytes()).await.expect("head");

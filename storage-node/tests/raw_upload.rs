@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use cairn_common::auth::{ClusterKey, AUTH_HEADER, DATE_HEADER};
+use cairn_common::auth::ClusterKey;
 use cairn_common::ids::ObjectId;
 use cairn_common::protocol::{self, UploadOutcome, SHARD_LENGTH_HEADER, SHARD_UPGRADE};
 use cairn_common::shard::Layout;
@@ -29,14 +29,21 @@ async fn open(
     path: &str,
     len: Option<u64>,
 ) -> Result<TcpStream, String> {
-    let (date, tag) = key.sign("PUT", path);
+    let c = common::credential_with(
+        key,
+        &node.id.to_string(),
+        "PUT",
+        path,
+        common::claim_for("PUT", path),
+    );
+    let credential = common::head_lines(&c);
     let mut sock = TcpStream::connect(node.addr).await.expect("connect");
     let length = len
         .map(|l| format!("{SHARD_LENGTH_HEADER}: {l}\r\n"))
         .unwrap_or_default();
     let head = format!(
         "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: {SHARD_UPGRADE}\r\n\
-         {length}{DATE_HEADER}: {date}\r\n{AUTH_HEADER}: {tag}\r\n\r\n"
+         {length}{credential}\r\n"
     );
     sock.write_all(head.as_bytes()).await.expect("request head");
     // Byte by byte, so nothing past the head is consumed.
@@ -229,11 +236,10 @@ async fn a_sender_gone_silent_is_dropped_after_the_idle_timeout() {
     nothing_stored(&node, &oid, 1);
 
     // The same over a plain HTTP body.
-    let (date, tag) = key.sign("PUT", &shard.path());
+    let credential = common::raw_credential(node.addr, "PUT", &shard.path()).await;
     let mut sock = TcpStream::connect(node.addr).await.expect("connect");
     let head = format!(
-        "PUT {} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n{DATE_HEADER}: {date}\r\n\
-         {AUTH_HEADER}: {tag}\r\n\r\n",
+        "PUT {} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n{credential}\r\n",
         shard.path(),
         file.len()
     );

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cairn_common::auth::{ClusterKey, AUTH_HEADER, DATE_HEADER};
-use cairn_common::ids::ObjectId;
+use cairn_common::auth::{BodyClaim, ClusterKey, ANY_NODE};
+use cairn_common::ids::{NodeId, ObjectId};
 use cairn_common::protocol::{
     self, Inventory, ManifestList, NodeInfo, UploadOutcome, ERROR_HEADER,
 };
@@ -213,6 +213,9 @@ pub struct NodeClient {
     key: ClusterKey,
     stall: Duration,
     life: Arc<LifeSigns>,
+    /// The id each address proved it has: every request names the node it is meant for,
+    /// so a node refuses a request captured on its way to another.
+    ids: Arc<Mutex<HashMap<String, NodeId>>>,
 }
 
 /// When each node address last answered a call: data traffic is proof of life too.
@@ -343,6 +346,7 @@ impl NodeClient {
             key,
             stall,
             life: Arc::default(),
+            ids: Arc::default(),
         }
     }
 
@@ -378,8 +382,16 @@ impl NodeClient {
         method: reqwest::Method,
         addr: &str,
         path_and_query: &str,
+        body: BodyClaim,
     ) -> reqwest::RequestBuilder {
-        self.request_on(&self.http, method, addr, path_and_query)
+        let node = self
+            .ids
+            .lock()
+            .ok()
+            .and_then(|ids| ids.get(addr).map(|id| id.to_string()));
+        // A node not probed yet is named `-`, which it accepts on `/v1/info` only.
+        let node = node.as_deref().unwrap_or(ANY_NODE);
+        self.request_on(&self.http, method, addr, path_and_query, node, body)
     }
 
     fn request_on(
@@ -388,12 +400,14 @@ impl NodeClient {
         method: reqwest::Method,
         addr: &str,
         path_and_query: &str,
+        node: &str,
+        body: BodyClaim,
     ) -> reqwest::RequestBuilder {
-        let (date, tag) = self.key.sign(method.as_str(), path_and_query);
-        let req = http
-            .request(method, format!("http://{addr}{path_and_query}"))
-            .header(DATE_HEADER, date)
-            .header(AUTH_HEADER, tag);
+        let credential = self.key.sign(method.as_str(), path_and_query, node, body);
+        let mut req = http.request(method, format!("http://{addr}{path_and_query}"));
+        for (name, value) in credential.headers() {
+            req = req.header(name, value);
+        }
         // The S3 request this call is made for, so the node logs under the same id.
         match request_id::current() {
             Some(id) => req.header(request_id::HEADER, id.as_str()),
@@ -433,10 +447,12 @@ impl NodeClient {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<(), NodeCallError> {
-        let mut req = self.request(method, addr, path);
-        if let Some(body) = body {
-            req = req.body(body);
-        }
+        let req = match body {
+            Some(body) => self
+                .request(method, addr, path, BodyClaim::of(&body))
+                .body(body),
+            None => self.request(method, addr, path, BodyClaim::Empty),
+        };
         self.send(addr, req).await.map(|_| ())
     }
 
@@ -446,12 +462,24 @@ impl NodeClient {
     pub async fn info(&self, addr: &str) -> Result<NodeInfo, NodeCallError> {
         let challenge = hex::encode(rand::random::<[u8; 16]>());
         let path = format!("/v1/info?challenge={challenge}");
-        let req = self.request_on(&self.probe_http, reqwest::Method::GET, addr, &path);
+        let req = self.request_on(
+            &self.probe_http,
+            reqwest::Method::GET,
+            addr,
+            &path,
+            ANY_NODE,
+            BodyClaim::Empty,
+        );
         // tokio's timeout looks at the answer before the clock: on a gateway too busy to
         // poll the probe in time, an answer that has arrived still counts.
-        let body = tokio::time::timeout(PROBE_TIMEOUT, async {
+        let (body, peer) = tokio::time::timeout(PROBE_TIMEOUT, async {
             let resp = self.check(addr, req.send().await).await?;
-            resp.bytes().await.map_err(|e| NodeCallError::from_http(&e))
+            let peer = resp.remote_addr();
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| NodeCallError::from_http(&e))?;
+            Ok::<_, NodeCallError>((body, peer))
         })
         .await
         .map_err(|_| {
@@ -459,11 +487,25 @@ impl NodeClient {
         })??;
         let info: NodeInfo = serde_json::from_slice(&body)
             .map_err(|e| NodeCallError::Transport(format!("bad node info: {e}")))?;
-        if !self.key.check_proof(&challenge, &info.proof) {
+        // The proof covers the address the node saw the probe arrive on: it must be the
+        // one this client connected to, or a device relayed the challenge to a real node.
+        let peer = peer.map(|p| std::net::SocketAddr::new(p.ip().to_canonical(), p.port()));
+        let at_peer = peer.is_some_and(|p| info.seen_at == p.to_string());
+        if !at_peer
+            || !self.key.check_proof(
+                &challenge,
+                &info.node_id.to_string(),
+                &info.seen_at,
+                &info.proof,
+            )
+        {
             return Err(NodeCallError::Refused {
                 status: 403,
                 kind: "bad-proof".into(),
             });
+        }
+        if let Ok(mut ids) = self.ids.lock() {
+            ids.insert(addr.to_string(), info.node_id);
         }
         Ok(info)
     }
@@ -494,7 +536,7 @@ impl NodeClient {
             Ok(Bytes::new())
         }));
         let req = self
-            .request(reqwest::Method::PUT, addr, &path)
+            .request(reqwest::Method::PUT, addr, &path, BodyClaim::Shard)
             .header("content-length", len)
             .body(reqwest::Body::wrap_stream(body));
         tokio::select! {
@@ -521,7 +563,7 @@ impl NodeClient {
             NodeCallError::Transport(format!("raw shard upload, {what}: {e}"))
         };
         let req = self
-            .request(reqwest::Method::PUT, addr, path)
+            .request(reqwest::Method::PUT, addr, path, BodyClaim::Shard)
             .header(reqwest::header::CONNECTION, "upgrade")
             .header(reqwest::header::UPGRADE, protocol::SHARD_UPGRADE)
             .header(protocol::SHARD_LENGTH_HEADER, len);
@@ -593,7 +635,10 @@ impl NodeClient {
     ) -> Result<impl Stream<Item = Result<Bytes, NodeCallError>> + use<>, NodeCallError> {
         let path = protocol::shard_read_path(object, segment, index, from, count);
         let resp = self
-            .send(addr, self.request(reqwest::Method::GET, addr, &path))
+            .send(
+                addr,
+                self.request(reqwest::Method::GET, addr, &path, BodyClaim::Empty),
+            )
             .await?;
         // Each piece must come within `stall` of being asked for (the reader's own pauses,
         // waiting on the S3 client, do not count).
@@ -628,7 +673,10 @@ impl NodeClient {
     ) -> Result<Bytes, NodeCallError> {
         let path = format!("{}/header", protocol::shard_path(object, segment, index));
         let resp = self
-            .send(addr, self.request(reqwest::Method::GET, addr, &path))
+            .send(
+                addr,
+                self.request(reqwest::Method::GET, addr, &path, BodyClaim::Empty),
+            )
             .await?;
         tokio::time::timeout(self.stall, resp.bytes())
             .await
@@ -704,7 +752,10 @@ impl NodeClient {
         path: &str,
     ) -> Result<T, NodeCallError> {
         let resp = self
-            .send(addr, self.request(reqwest::Method::GET, addr, path))
+            .send(
+                addr,
+                self.request(reqwest::Method::GET, addr, path, BodyClaim::Empty),
+            )
             .await?;
         let body = tokio::time::timeout(self.stall, resp.bytes())
             .await

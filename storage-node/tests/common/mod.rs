@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use cairn_common::auth::{ClusterKey, AUTH_HEADER, DATE_HEADER};
+use cairn_common::auth::{BodyClaim, ClusterKey, Credential, ANY_NODE};
 use cairn_common::ids::{NodeId, ObjectId};
 use cairn_common::shard::{stored_block, Layout, ShardHeader};
 use cairn_node::{serve, Node, NodeConfig};
@@ -14,6 +14,74 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub const SECRET: &str = "test-cluster-secret";
+
+/// What a request's body is by its method and path: a shard file for a shard `PUT`,
+/// else none (a body sent from memory is signed with [`BodyClaim::of`]).
+pub fn claim_for(method: &str, path_and_query: &str) -> BodyClaim {
+    if method == "PUT" && path_and_query.starts_with("/v1/shards/") {
+        BodyClaim::Shard
+    } else {
+        BodyClaim::Empty
+    }
+}
+
+/// The credential of a request to node `node` (its id, or `-`), under `key`.
+pub fn credential_with(
+    key: &ClusterKey,
+    node: &str,
+    method: &str,
+    path_and_query: &str,
+    body: BodyClaim,
+) -> Credential {
+    key.sign(method, path_and_query, node, body)
+}
+
+/// The credential headers as lines of a raw HTTP request head.
+pub fn head_lines(c: &Credential) -> String {
+    c.headers()
+        .iter()
+        .map(|(n, v)| format!("{n}: {v}\r\n"))
+        .collect()
+}
+
+/// The id of the node at `addr`, asked as a probe does.
+pub async fn node_id_at(addr: SocketAddr) -> NodeId {
+    let c = credential_with(
+        &ClusterKey::new(SECRET),
+        ANY_NODE,
+        "GET",
+        "/v1/info?challenge=id",
+        BodyClaim::Empty,
+    );
+    let mut req = reqwest::Client::new().get(format!("http://{addr}/v1/info?challenge=id"));
+    for (n, v) in c.headers() {
+        req = req.header(n, v);
+    }
+    let r = req.send().await.expect("info");
+    assert!(r.status().is_success(), "info: {}", r.status());
+    let info: cairn_common::protocol::NodeInfo =
+        serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
+    info.node_id
+}
+
+/// Credential header lines of a raw request to the node at `addr` (a shard `PUT` claims
+/// a shard body).
+pub async fn raw_credential(addr: SocketAddr, method: &str, path_and_query: &str) -> String {
+    let id = node_id_at(addr).await.to_string();
+    head_lines(&credential_with(
+        &ClusterKey::new(SECRET),
+        &id,
+        method,
+        path_and_query,
+        claim_for(method, path_and_query),
+    ))
+}
+
+fn with_credential(req: reqwest::RequestBuilder, c: &Credential) -> reqwest::RequestBuilder {
+    c.headers()
+        .iter()
+        .fold(req, |req, (n, v)| req.header(*n, *v))
+}
 
 /// A node running in this process.
 pub struct TestNode {
@@ -82,11 +150,33 @@ impl TestNode {
         method: reqwest::Method,
         path_and_query: &str,
     ) -> reqwest::RequestBuilder {
-        let (date, tag) = key.sign(method.as_str(), path_and_query);
-        client
-            .request(method, self.url(path_and_query))
-            .header(DATE_HEADER, date)
-            .header(AUTH_HEADER, tag)
+        let claim = claim_for(method.as_str(), path_and_query);
+        let c = credential_with(
+            key,
+            &self.id.to_string(),
+            method.as_str(),
+            path_and_query,
+            claim,
+        );
+        with_credential(client.request(method, self.url(path_and_query)), &c)
+    }
+
+    /// A request with `body` sent from memory, signed with its digest.
+    pub fn signed_body(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Vec<u8>,
+    ) -> reqwest::RequestBuilder {
+        let c = credential_with(
+            &ClusterKey::new(SECRET),
+            &self.id.to_string(),
+            method.as_str(),
+            path_and_query,
+            BodyClaim::of(&body),
+        );
+        with_credential(client.request(method, self.url(path_and_query)), &c).body(body)
     }
 
     /// Waits (up to 2.5 s) for the temp dir to empty, as it must once an aborted
@@ -199,6 +289,7 @@ pub async fn info(node: &TestNode, http: &reqwest::Client) -> cairn_common::prot
 pub async fn metric(addr: SocketAddr, http: &reqwest::Client, name: &str) -> Option<f64> {
     let text = http
         .get(format!("http://{addr}/metrics"))
+        .bearer_auth(ClusterKey::new(SECRET).admin_token())
         .send()
         .await
         .expect("metrics")
@@ -214,6 +305,8 @@ pub async fn metric(addr: SocketAddr, http: &reqwest::Client, name: &str) -> Opt
 /// its own metrics registry, its environment, a file system of its own.
 pub struct ProcNode {
     pub addr: SocketAddr,
+    /// The node's id (known once it answers).
+    pub id: Option<NodeId>,
     child: std::process::Child,
     pub log: PathBuf,
 }
@@ -253,11 +346,17 @@ impl ProcNode {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn cairn-node");
-        let mut node = Self { addr, child, log };
+        let mut node = Self {
+            addr,
+            id: None,
+            child,
+            log,
+        };
         let http = reqwest::Client::new();
         for _ in 0..200 {
             if let Ok(r) = http.get(format!("http://{addr}/health")).send().await {
                 if r.status().is_success() {
+                    node.id = Some(node_id_at(addr).await);
                     return node;
                 }
             }
@@ -287,11 +386,18 @@ impl ProcNode {
         method: reqwest::Method,
         path_and_query: &str,
     ) -> reqwest::RequestBuilder {
-        let (date, tag) = ClusterKey::new(SECRET).sign(method.as_str(), path_and_query);
-        client
-            .request(method, format!("http://{}{}", self.addr, path_and_query))
-            .header(DATE_HEADER, date)
-            .header(AUTH_HEADER, tag)
+        let node = self.id.map(|id| id.to_string());
+        let c = credential_with(
+            &ClusterKey::new(SECRET),
+            node.as_deref().unwrap_or(ANY_NODE),
+            method.as_str(),
+            path_and_query,
+            claim_for(method.as_str(), path_and_query),
+        );
+        with_credential(
+            client.request(method, format!("http://{}{}", self.addr, path_and_query)),
+            &c,
+        )
     }
 
     /// `GET /v1/info`.
