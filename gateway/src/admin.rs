@@ -62,7 +62,14 @@ fn authorize(
         };
     }
     let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
-    sigv4::authenticate(&state.keys, method.as_str(), path_and_query, headers).map(|_| ())
+    sigv4::authenticate_in(
+        &state.keys,
+        &state.region,
+        method.as_str(),
+        path_and_query,
+        headers,
+    )
+    .map(|_| ())
 }
 
 /// Runs `handler` if the request carries admin credentials, else answers the S3 error.
@@ -227,7 +234,13 @@ pub async fn declare_gone(
     let path = uri.path().to_string();
     let result = async {
         let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
-        sigv4::authenticate(&state.keys, method.as_str(), path_and_query, &headers)?;
+        sigv4::authenticate_in(
+            &state.keys,
+            &state.region,
+            method.as_str(),
+            path_and_query,
+            &headers,
+        )?;
         let id: NodeId = id.parse().map_err(|e: cairn_common::ids::IdParseError| {
             S3Error::InvalidArgument(e.to_string())
         })?;
