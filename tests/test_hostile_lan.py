@@ -15,11 +15,10 @@ import struct
 import threading
 import time
 
-import pytest
-
 from harness.cluster import free_port, wait_for
 from harness.nodeapi import NodeClient
 from harness.sigv4 import request
+from harness.tcpproxy import TcpProxy
 from harness.shards import crc32c
 
 ETH_P_ALL = 0x0003
@@ -202,69 +201,26 @@ def _as_untagged(shard, forge: bool) -> bytes:
     return out
 
 
-class Relay:
-    """A device that forwards every connection to a real node: it answers probes with
-    the real node's proof."""
-
-    def __init__(self, target: str):
-        self.target = target
-        self.port = free_port()
-        self.addr = f"127.0.0.1:{self.port}"
-        self.listener = socket.create_server(("127.0.0.1", self.port))
-        self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            host, port = self.target.rsplit(":", 1)
-            try:
-                upstream = socket.create_connection((host, int(port)))
-            except OSError:
-                client.close()
-                continue
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a, b):
-        try:
-            while chunk := a.recv(65536):
-                b.sendall(chunk)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self):
-        self.listener.close()
-
-
 def test_a_relay_of_a_real_nodes_proof_is_not_admitted(cluster_factory):
     # The relay's port is given to the gateway as one more node address; it forwards
     # to node 0 once the cluster is up.
-    relay = Relay("127.0.0.1:1")
+    relay = TcpProxy("127.0.0.1", 1, free_port()).start()
+    relay_addr = f"127.0.0.1:{relay.port}"
     try:
-        c = cluster_factory(gateway_args=["--nodes", relay.addr, "--heartbeat-ms", "200"])
-        relay.target = c.nodes[0].addr
+        c = cluster_factory(gateway_args=["--nodes", relay_addr, "--heartbeat-ms", "200"])
+        host, port = c.nodes[0].addr.rsplit(":", 1)
+        relay.upstream = (host, int(port))
         # Several heartbeats: the relay is probed, answers with node 0's proof.
-        wait_for(lambda: relay.connections > 0, timeout=10, what="the gateway probing the relay")
+        seen = relay.accepted
+        wait_for(lambda: relay.accepted > seen, timeout=10, what="the gateway probing the relay")
         time.sleep(2)
         view = c.gateway_view()
         assert view is not None
-        assert relay.addr not in view, view
+        assert relay_addr not in view, view
         assert view.get(c.nodes[0].addr) == "up", view
         s3 = c.client()
         s3.create_bucket(Bucket="lan-relay")
         s3.put_object(Bucket="lan-relay", Key="k", Body=b"x" * 5000)
         assert s3.get_object(Bucket="lan-relay", Key="k")["Body"].read() == b"x" * 5000
     finally:
-        relay.close()
+        relay.stop()

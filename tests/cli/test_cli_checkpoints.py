@@ -16,7 +16,7 @@ import pytest
 from ckptwriter import hf_files, sha256, torch_zip, tree_digests, write_checkpoint, write_slowly
 from conftest import free_port
 from harness.cluster import wait_for
-from tcpproxy import TcpProxy
+from harness.tcpproxy import TcpProxy
 
 MiB = 1 << 20
 FAST = ["--quiet-period", "1s", "--rescan-interval", "1s", "--max-backoff", "2s"]

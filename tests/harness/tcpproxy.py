@@ -1,4 +1,5 @@
-"""A loopback TCP proxy that can be cut and restored, to simulate an endpoint outage."""
+"""A loopback TCP proxy that can be cut and restored (an endpoint outage), or pointed
+elsewhere (a device relaying traffic to a real server)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ class TcpProxy:
         self._lsock: socket.socket | None = None
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
+        # Connections accepted so far.
+        self.accepted = 0
 
     @property
     def url(self) -> str:
@@ -48,6 +51,7 @@ class TcpProxy:
                 client, _ = lsock.accept()
             except OSError:
                 return
+            self.accepted += 1
             try:
                 up = socket.create_connection(self.upstream, timeout=5)
                 up.settimeout(None)
