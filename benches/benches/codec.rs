@@ -7,7 +7,9 @@
 use std::hint::black_box;
 
 use cairn_common::erasure::Codec;
-use cairn_common::shard::block_crc;
+use cairn_common::ids::ObjectId;
+use cairn_common::protocol::ShardRef;
+use cairn_common::shard::{block_crc, ShardKey};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 const BLOCK: usize = 1 << 20;
@@ -90,5 +92,34 @@ fn crc(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encode, reconstruct, crc);
+/// The keyed tag every stored block carries (shard format 2), next to its crc32c: what
+/// authenticating shard content costs per byte, on the gateway (every block written and
+/// read) and on a node (every block uploaded, and in scrub).
+fn tag(c: &mut Criterion) {
+    let mut g = c.benchmark_group("block_tag");
+    let data = blocks(1, 5);
+    let key = ShardKey::derive(b"bench");
+    let shard = ShardRef {
+        object: ObjectId([1; 16]),
+        segment: 0,
+        index: 0,
+    };
+    g.throughput(Throughput::Bytes(BLOCK as u64));
+    g.bench_function("1MiB", |b| {
+        b.iter(|| key.block_tag(&shard, 0, black_box(&data[0])))
+    });
+    // As the encoder feeds it: pieces of a request body (64 KiB).
+    g.bench_function("1MiB_in_64KiB_pieces", |b| {
+        b.iter(|| {
+            let mut t = key.block_tagger(&shard, 0);
+            for piece in black_box(&data[0]).chunks(64 << 10) {
+                t.update(piece);
+            }
+            t.finish()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, encode, reconstruct, crc, tag);
 criterion_main!(benches);
