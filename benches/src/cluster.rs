@@ -69,9 +69,10 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// A plain GET of `path` on the process (a node's `/metrics`, `/health`): (status, body).
-    pub async fn http_get(&self, path: &str) -> Result<(u16, String)> {
-        http_get(self.addr, path, None).await
+    /// A GET of `path` on the process (a node's `/metrics`, `/health`), with `bearer` as
+    /// its token if given: (status, body).
+    pub async fn http_get(&self, path: &str, bearer: Option<&str>) -> Result<(u16, String)> {
+        http_get(self.addr, path, bearer).await
     }
 
     /// Whether the process is running (not exited, not killed).

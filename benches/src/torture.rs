@@ -1450,7 +1450,8 @@ async fn run_fault(args: &Args, mode: Fault, seed: u64, work: &Path) -> Result<F
         }
     }
     if mode == Fault::WriteFail {
-        if let Ok((200, text)) = cluster.nodes[victim].http_get("/metrics").await {
+        let token = Some(cluster.admin_token.as_str());
+        if let Ok((200, text)) = cluster.nodes[victim].http_get("/metrics", token).await {
             let injected: f64 = text
                 .lines()
                 .filter(|l| l.starts_with("cairn_node_injected_faults_total"))

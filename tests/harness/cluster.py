@@ -366,7 +366,9 @@ class _Server:
         return tail(self.log_path, lines)
 
     def metrics(self) -> str:
-        status, body = http_get(self.addr, "/metrics", timeout=5)
+        """The process's Prometheus text (a node's `/metrics` needs the admin token)."""
+        auth = {"Authorization": f"Bearer {self.cluster.admin_token}"}
+        status, body = http_get(self.addr, "/metrics", timeout=5, headers=auth)
         if status != 200:
             raise ClusterError(f"{self.name} /metrics answered {status}")
         return body.decode("utf-8", "replace")
