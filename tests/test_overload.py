@@ -50,8 +50,17 @@ def _get(c: Cluster, path: str, headers: dict | None = None) -> sigv4.Response:
 INTERNAL = ["/_cairn/metrics", "/_cairn/nodes", "/_cairn/sd/prometheus"]
 
 
+def _auth_failures(c: Cluster) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in c.gateway.metrics().splitlines()
+        if line.startswith("cairn_auth_failures_total{") and 'source="127.0.0.1"' in line
+    )
+
+
 @pytest.mark.parametrize("path", INTERNAL)
 def test_internal_routes_need_the_admin_token_or_sigv4(cluster, path):
+    failures = _auth_failures(cluster)
     r = _get(cluster, path)
     assert r.status == 403, (r.status, r.body[:300])
     assert sigv4.parse_error(r.body).get("Code") == "AccessDenied", r.body[:300]
@@ -59,6 +68,8 @@ def test_internal_routes_need_the_admin_token_or_sigv4(cluster, path):
     assert wrong.status == 403, (wrong.status, wrong.body[:300])
     ok = _get(cluster, path, {"Authorization": f"Bearer {cluster.admin_token}"})
     assert ok.status == 200, (ok.status, ok.body[:300])
+    # Refused admin requests count as failed authentications of their source.
+    assert _auth_failures(cluster) == failures + 2
     url = cluster.endpoint + path
     signed = sigv4.sign_headers("GET", url, cluster.access_key, cluster.secret_key, payload_hash=sigv4.EMPTY_SHA256)
     r = sigv4.request("GET", url, headers=signed, timeout=10)

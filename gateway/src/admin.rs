@@ -5,9 +5,12 @@
 //! `authorization: {credentials: ...}`), or a SigV4 signature with the S3 credentials.
 //! Declaring a node gone changes the cluster, so it takes a SigV4 signature only.
 
-use axum::extract::{Path, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use cairn_common::ids::NodeId;
 use cairn_common::request_id::RequestId;
 use serde::Serialize;
@@ -72,9 +75,15 @@ fn authorize(
     .map(|_| ())
 }
 
-/// Runs `handler` if the request carries admin credentials, else answers the S3 error.
-fn guarded(
+/// The peer address the accept loop recorded, if any.
+type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+
+/// Runs `handler` if the request carries admin credentials, else answers the S3 error,
+/// after counting the failure against its source (and holding the answer back as the
+/// S3 routes do).
+async fn guarded(
     state: &AppState,
+    peer: Peer,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -83,6 +92,15 @@ fn guarded(
     match authorize(state, method, uri, headers) {
         Ok(()) => handler(),
         Err(e) => {
+            let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+            let key = state.keys.key_label(path_and_query, headers);
+            let delay = state
+                .keys
+                .failures
+                .record(peer.map(|p| p.0 .0.ip()), key, &e);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             let request_id = RequestId::generate().to_string();
             e.to_response(uri.path(), &request_id, *method == Method::HEAD)
         }
@@ -97,11 +115,12 @@ pub async fn health() -> &'static str {
 /// `GET /_cairn/metrics`: the gateway's Prometheus metrics (admin credentials).
 pub async fn metrics(
     State(state): State<AppState>,
+    peer: Peer,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    guarded(&state, &method, &uri, &headers, || {
+    guarded(&state, peer, &method, &uri, &headers, || {
         (
             [(
                 axum::http::header::CONTENT_TYPE,
@@ -111,6 +130,7 @@ pub async fn metrics(
         )
             .into_response()
     })
+    .await
 }
 
 #[derive(Serialize)]
@@ -124,13 +144,15 @@ struct SdGroup {
 /// gateway's target carries `__metrics_path__`, since its metrics are at `/_cairn/metrics`.
 pub async fn prometheus_sd(
     State(state): State<AppState>,
+    peer: Peer,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    guarded(&state, &method, &uri, &headers, || {
+    guarded(&state, peer, &method, &uri, &headers, || {
         sd_groups(&state, &headers)
     })
+    .await
 }
 
 fn sd_groups(state: &AppState, headers: &HeaderMap) -> Response {
@@ -178,11 +200,12 @@ struct NodeView {
 /// `GET /_cairn/nodes` (admin credentials): the gateway's view of the storage nodes.
 pub async fn nodes(
     State(state): State<AppState>,
+    peer: Peer,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    guarded(&state, &method, &uri, &headers, || node_list(&state))
+    guarded(&state, peer, &method, &uri, &headers, || node_list(&state)).await
 }
 
 fn node_list(state: &AppState) -> Response {

@@ -150,15 +150,16 @@ def assert_absent(s3, bucket: str, key: str):
 
 
 def committed_shards(c: Cluster, bucket: str, key: str, size: int, timeout: float = 10):
-    """The one complete shard set of bucket/key on disk (k+m files, distinct nodes, every
-    block passing its crc32c). Shards of failed attempts may remain as orphans, but they
-    never form a complete set: nothing was acknowledged with them. A replaced version's
-    shards are deleted in the background, hence the wait."""
+    """The one complete shard set of bucket/key on disk (k+m files of one segment, distinct
+    nodes, every block passing its crc32c). Shards of failed attempts (another segment
+    number of the same version, or another version) may remain as orphans, but they never
+    form a complete set: nothing was acknowledged with them. They are deleted in the
+    background, hence the wait."""
     deadline = time.monotonic() + timeout
     while True:
-        by_id: dict[str, list] = {}
+        by_id: dict[tuple[str, int], list] = {}
         for s in c.shard_files(bucket=bucket, key=key):
-            by_id.setdefault(s.object_id, []).append(s)
+            by_id.setdefault((s.object_id, s.segment), []).append(s)
         complete = [g for g in by_id.values() if len(g) == g[0].k + g[0].m]
         if len(complete) == 1 or time.monotonic() > deadline:
             break
