@@ -419,30 +419,12 @@ async fn store_shard<S: ShardSource>(
 ) -> Result<u64, NodeError> {
     let start = Instant::now();
     let src = Idle::new(src, state.idle_timeout);
+    let (store, key) = (state.store.clone(), &state.shard_key);
     let result = match fault {
-        None => {
-            write_shard(
-                state.store.clone(),
-                &state.shard_key,
-                addr,
-                declared_len,
-                src,
-            )
-            .await
-        }
+        None => write_shard(store, key, addr, declared_len, src).await,
         // Refused before a byte of the body is read, as a full disk found at once.
         Some(WriteFault::DiskFull) => Err(faults::injected_disk_full()),
-        Some(f) => {
-            let src = Faulty::new(src, f);
-            write_shard(
-                state.store.clone(),
-                &state.shard_key,
-                addr,
-                declared_len,
-                src,
-            )
-            .await
-        }
+        Some(f) => write_shard(store, key, addr, declared_len, Faulty::new(src, f)).await,
     };
     match &result {
         Ok(bytes) => {
