@@ -93,14 +93,8 @@ async fn guarded(
         Ok(()) => handler(),
         Err(e) => {
             let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
-            let key = state.keys.key_label(path_and_query, headers);
-            let delay = state
-                .keys
-                .failures
-                .record(peer.map(|p| p.0 .0.ip()), key, &e);
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
+            let peer = peer.map(|p| p.0 .0.ip());
+            state.keys.refuse(peer, path_and_query, headers, &e).await;
             let request_id = RequestId::generate().to_string();
             e.to_response(uri.path(), &request_id, *method == Method::HEAD)
         }

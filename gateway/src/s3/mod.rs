@@ -102,11 +102,10 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
         ) {
             Ok(p) => p,
             Err(e) => {
-                let key = state.keys.key_label(&path_and_query, &parts.headers);
-                let delay = state.keys.failures.record(peer, key, &e);
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
+                state
+                    .keys
+                    .refuse(peer, &path_and_query, &parts.headers, &e)
+                    .await;
                 return Err(e);
             }
         };

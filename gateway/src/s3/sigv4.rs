@@ -54,6 +54,22 @@ impl Keys {
         }
     }
 
+    /// Counts a request that failed authentication with `error` against its source and
+    /// the key it claimed, and holds the answer back as long as that source has earned.
+    pub async fn refuse(
+        &self,
+        peer: Option<IpAddr>,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        error: &S3Error,
+    ) {
+        let key = self.key_label(path_and_query, headers);
+        let delay = self.failures.record(peer, key, error);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
     /// The `key` label of a failed attempt: our access key id when the request claimed
     /// it, `anonymous` when it claimed none, `unknown` for any other (one value, so
     /// invented key ids cannot grow the metric's label set).

@@ -111,7 +111,7 @@ async fn open_shard(
             return Err(format!("node {node}: {e}"));
         }
     };
-    let key = cluster.client().key().shard_key();
+    let key = cluster.client().shard_key().clone();
     let cluster = cluster.clone();
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     tokio::spawn(async move {

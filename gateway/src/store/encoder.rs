@@ -170,7 +170,7 @@ where
         )));
     }
     let codec = Codec::new(layout.k, layout.m)?;
-    let shard_key = cluster.client().key().shard_key();
+    let shard_key = cluster.client().shard_key();
     let mut sinks = Vec::with_capacity(k + m);
     for (i, (node, addr)) in targets.iter().enumerate() {
         let header = ShardHeader {
@@ -183,7 +183,7 @@ where
         };
         let (tx, mut rx) = mpsc::unbounded_channel::<(Bytes, OwnedSemaphorePermit)>();
         let room = Arc::new(Semaphore::new(SHARD_QUEUE_BYTES));
-        let first = header.encode(&shard_key);
+        let first = header.encode(shard_key);
         let file_len = header.file_len();
         // A piece gives its queue share back as the request takes it.
         let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(
@@ -216,7 +216,7 @@ where
         })
         .collect();
     let tags = Tags {
-        key: &shard_key,
+        key: shard_key,
         shards: &shards,
     };
     let result = pump_stripes(&codec, &layout, &tags, body, &sinks, last_segment).await;

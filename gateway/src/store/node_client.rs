@@ -11,6 +11,7 @@ use cairn_common::protocol::{
     self, Inventory, ManifestList, NodeInfo, UploadOutcome, ERROR_HEADER,
 };
 use cairn_common::request_id;
+use cairn_common::shard::ShardKey;
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -211,6 +212,8 @@ pub struct NodeClient {
     /// transfers in `http`'s pool, so a gateway busy moving data still asks promptly.
     probe_http: reqwest::Client,
     key: ClusterKey,
+    /// Key of shard tags, derived from `key` once.
+    shard_key: ShardKey,
     stall: Duration,
     life: Arc<LifeSigns>,
     /// The id each address proved it has: every request names the node it is meant for,
@@ -343,6 +346,7 @@ impl NodeClient {
         Self {
             http,
             probe_http,
+            shard_key: key.shard_key(),
             key,
             stall,
             life: Arc::default(),
@@ -356,9 +360,9 @@ impl NodeClient {
         self.life.last(addr)
     }
 
-    /// The cluster key this client signs with.
-    pub fn key(&self) -> &ClusterKey {
-        &self.key
+    /// The key shard headers and blocks are tagged with.
+    pub fn shard_key(&self) -> &ShardKey {
+        &self.shard_key
     }
 
     fn silent(&self, what: &str) -> NodeCallError {
