@@ -13,8 +13,8 @@ from botocore import UNSIGNED
 from botocore.config import Config
 
 from harness import sigv4
-from harness.cluster import make_client
 from harness.data import MiB
+from harness.s3client import make_client
 from harness.s3util import s3_error
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl missing (tests/run.sh installs it)")

@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from harness.cluster import aws_cli_argv
 from harness.data import MiB, sha256_file
+from harness.s3client import aws_cli_argv
 from harness.s3util import new_bucket_name, s3_error
 
 

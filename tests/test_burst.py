@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 import pytest
 
 from harness import sigv4
-from harness.cluster import gateway_metric, http_get, metric_samples
 KiB = 1024
 
 CONNECTIONS = 2000
@@ -154,9 +153,9 @@ def test_a_burst_of_gets_marks_no_healthy_node_down(burst_cluster):
         sigv4.presign_url("GET", f"{c.endpoint}/burst/{k}", c.access_key, c.secret_key, expires=600)
         for k in keys
     ]
-    assert c.wait_gateway_sees_nodes(c.n_nodes)
+    c.wait_gateway_sees_nodes(c.n_nodes)
     log_before = len(c.gateway.proc.log_since_start())
-    before = gateway_metric(c, DOWN_EVENTS)
+    before = c.gateway.metrics().total(DOWN_EVENTS)
 
     watch = NodeWatch(c)
     watch.start()
@@ -188,7 +187,8 @@ def test_a_burst_of_gets_marks_no_healthy_node_down(burst_cluster):
 
     log = c.gateway.proc.log_since_start()[log_before:]
     downs = down_lines(log)
-    after = gateway_metric(c, DOWN_EVENTS)
+    after = c.gateway.metrics().total(DOWN_EVENTS)
+    assert watch.polls > 0, "the gateway's node list was never read"
     assert not watch.seen_down, f"the gateway listed healthy nodes as not up: {watch.seen_down[:10]}"
     assert not downs, "the gateway marked healthy nodes down:\n" + "\n".join(downs[:10])
     assert after == before, f"{DOWN_EVENTS} went from {before} to {after}"
@@ -199,8 +199,7 @@ def test_a_burst_of_gets_marks_no_healthy_node_down(burst_cluster):
     assert statuses.get((200, None), 0) > 0, "not one GET succeeded"
 
     # The counter is exported for every node (0 here), so operators can watch it.
-    text = c.gateway.metrics()
-    exported = {labels.get("node") for name, labels, _v in metric_samples(text) if name == DOWN_EVENTS}
+    exported = {s.labels.get("node") for s in c.gateway.metrics().series(DOWN_EVENTS)}
     view = c.gateway_view()
     assert view is not None and all(view.get(n.addr) == "up" for n in c.nodes), view
     assert len(exported) == c.n_nodes, f"{DOWN_EVENTS} exported for {exported}"

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from harness.cluster import ManagedProcess, binary, free_port, free_port_block, make_client, wait_http_ok
-from harness.procs import cmdline, descendants, running, wait_gone
+from harness.net import free_port, free_port_block, wait_http_ok
+from harness.procs import ManagedProcess, binary, cmdline, descendants, running, wait_gone
+from harness.s3client import make_client
 
 ACCESS, SECRET = "cairn-dev", "cairn-dev-secret"
 

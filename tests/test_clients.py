@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 from boto3.s3.transfer import TransferConfig
 
-from harness.cluster import aws_cli_argv, make_client
 from harness.data import MiB, sha256_file, sha256_stream, write_random_file
+from harness.s3client import aws_cli_argv, make_client
 from harness.s3util import new_bucket_name, s3_error
 
 try:

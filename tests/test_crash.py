@@ -20,7 +20,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from harness import sigv4
-from harness.cluster import Cluster, gateway_metric as metric, wait_for
+from harness.cluster import Cluster
 from harness.data import MiB, sha256
 from harness.faults import (
     InflightPut,
@@ -35,6 +35,7 @@ from harness.faults import (
     wait_nodes_receiving,
 )
 from harness.s3util import quoted_md5, s3_error
+from harness.wait import wait_for
 
 # Statuses an S3 client retries by itself (botocore's standard mode: 500, 502, 503, 504).
 RETRYABLE = (500, 502, 503, 504)
@@ -273,7 +274,7 @@ def test_node_killed_mid_download(fresh_cluster):
     s3.put_object(Bucket="bkt", Key="big", Body=data)
     _, _, shards = committed_shards(c, "bkt", "big", len(data))
     victim = c.nodes[next(s.node for s in shards if s.shard_index == 0)]
-    before = metric(c, "cairn_degraded_reads_total")
+    before = c.gateway.metrics().value("cairn_degraded_reads_total")
 
     g = s3.get_object(Bucket="bkt", Key="big")
     body = g["Body"]
@@ -283,8 +284,8 @@ def test_node_killed_mid_download(fresh_cluster):
     rest = body.read()
     got = head + rest
     assert len(got) == len(data) and sha256(got) == sha256(data), "GET returned wrong bytes after a node died mid-read"
-    print("degraded reads", before, metric(c, "cairn_degraded_reads_total"))
-    assert metric(c, "cairn_degraded_reads_total") > before, "the kill did not land mid-read (no degraded read)"
+    print("degraded reads", before, c.gateway.metrics().value("cairn_degraded_reads_total"))
+    assert c.gateway.metrics().value("cairn_degraded_reads_total") > before, "the kill did not land mid-read (no degraded read)"
     # and a fresh GET with the node still down
     assert sha256(s3.get_object(Bucket="bkt", Key="big")["Body"].read()) == sha256(data)
 
@@ -379,8 +380,9 @@ def test_orphans_of_a_gateway_crash_are_collected(cluster_factory):
     check_exact(s3, "bkt", acked, "after the crashes")
     wait_for(lambda: not any(p.exists() for p in orphans), what="the crash's orphans collected")
     # one unreferenced object directory per node for the PUT, k+m single shards for the part
-    assert metric(c, "cairn_gc_objects_deleted_total") >= c.k + c.m
-    assert metric(c, "cairn_gc_shards_deleted_total") >= c.k + c.m
+    m = c.gateway.metrics()
+    assert m.value("cairn_gc_objects_deleted_total") >= c.k + c.m
+    assert m.value("cairn_gc_shards_deleted_total") >= c.k + c.m
     assert all(p.exists() for p in live), "GC deleted a live shard"
 
     # the clients' retries succeed

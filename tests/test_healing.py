@@ -15,9 +15,10 @@ import time
 
 import pytest
 
-from harness.cluster import binary, gateway_metric as metric, http_get, wait_for
 from harness.data import MiB, sha256
+from harness.procs import binary
 from harness.shards import ShardFormatError, read_shard
+from harness.wait import wait_for
 
 SIZES = [0, 1, 1000, 3 * MiB + 17, 7 * MiB + 5]
 
@@ -97,9 +98,15 @@ def wait_fully_redundant_on_disk(cluster, bucket, keys, timeout=30):
 
 
 def wait_repaired(cluster, segments, timeout=90):
+    def repaired():
+        m = cluster.gateway.metrics()
+        return (
+            m.value("cairn_repair_segments_total", result="ok") >= segments
+            and m.value("cairn_repair_queue_segments") == 0
+        )
+
     wait_for(
-        lambda: metric(cluster, "cairn_repair_segments_total", result="ok") >= segments
-        and metric(cluster, "cairn_repair_queue_segments") == 0,
+        repaired,
         timeout=timeout,
         what=f"{segments} segments repaired",
     )
@@ -111,7 +118,7 @@ def test_lost_node_is_repaired_then_another_node_can_die(cluster_factory):
     s3.create_bucket(Bucket="bkt")
     objs = fill(s3, "bkt")
     objs["mp/a"] = multipart(s3, "bkt", "mp/a")
-    assert metric(c, "cairn_repair_segments_total", result="ok") == 0
+    assert c.gateway.metrics().value("cairn_repair_segments_total", result="ok") == 0
     lost = c.nodes[1]
     lost.kill()
     wait_repaired(c, segments_of(objs, ["mp/a"]))
@@ -119,7 +126,7 @@ def test_lost_node_is_repaired_then_another_node_can_die(cluster_factory):
     wait_fully_redundant_on_disk(c, "bkt", set(objs))
     # Repaired onto the 3 survivors: 2+1 with the same parity, never less.
     assert {(s.k, s.m) for s in live_shards(c, "bkt")} == {(2, 1)}
-    assert metric(c, "cairn_repair_bytes_total") >= sum(len(d) for d in objs.values())
+    assert c.gateway.metrics().value("cairn_repair_bytes_total") >= sum(len(d) for d in objs.values())
     c.nodes[3].kill()
     check_all(s3, "bkt", objs, why="after repair and a second node loss")
 
@@ -134,7 +141,7 @@ def test_node_back_within_grace_is_not_repaired(cluster_factory):
     time.sleep(3)
     c.nodes[0].start()
     c.wait_gateway_sees_nodes(4)
-    assert metric(c, "cairn_repair_segments_total") == 0
+    assert c.gateway.metrics().total("cairn_repair_segments_total") == 0
     assert {s.path for s in c.shard_files(bucket="bkt")} == before, "a reboot moved shards"
     check_all(s3, "bkt", objs)
 
@@ -255,7 +262,7 @@ def test_orphans_are_collected_and_nothing_live_is(cluster_factory):
     c.wait_gateway_sees_nodes(4)
     wait_for(
         lambda: not any(s.path.exists() for s in stale)
-        and metric(c, "cairn_gc_objects_deleted_total") >= 1,
+        and c.gateway.metrics().value("cairn_gc_objects_deleted_total") >= 1,
         timeout=60,
         what="orphans collected and counted",
     )
@@ -408,7 +415,7 @@ def test_node_declared_gone_is_drained_at_once_and_stays_gone(cluster_factory):
     status, body = declare_gone(c, "not-a-node-id")
     assert status == 400 and "<Code>InvalidArgument</Code>" in body, body
     assert c.gateway_view()[victim.addr] == "up"
-    assert metric(c, "cairn_repair_segments_total") == 0
+    assert c.gateway.metrics().total("cairn_repair_segments_total") == 0
 
     status, body = declare_gone(c, vid)
     assert status == 200 and json.loads(body) == {"id": vid, "newly_declared": True}, body

@@ -15,11 +15,12 @@ import struct
 import threading
 import time
 
-from harness.cluster import free_port, wait_for
+from harness.net import free_port
 from harness.nodeapi import NodeClient
+from harness.shards import crc32c
 from harness.sigv4 import request
 from harness.tcpproxy import TcpProxy
-from harness.shards import crc32c
+from harness.wait import wait_for
 
 ETH_P_ALL = 0x0003
 

@@ -11,13 +11,13 @@ be added after signing, as an attacker on the path would.
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 
 import pytest
 
 from harness import sigv4
-from harness.cluster import make_client
+from harness.exposition import Exposition
+from harness.s3client import make_client
 from harness.s3util import new_bucket_name, s3_error
 
 OTHER_REGION = "eu-test-1"
@@ -283,17 +283,6 @@ def test_open_uploads_per_bucket_are_capped(capped):
 # --- failed authentications ----------------------------------------------------------------
 
 
-def _metric(text: str, name: str, **labels) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        got = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
-        if all(got.get(k) == v for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def test_failed_authentications_are_counted_logged_and_slowed(cluster_factory):
     c = cluster_factory()
     s3 = c.client()
@@ -322,10 +311,11 @@ def test_failed_authentications_are_counted_logged_and_slowed(cluster_factory):
     # An invented key is labelled as one value, whatever it is.
     r = _send(c, "GET", path, access_key="AKIDINVENTED0001")
     assert r.error_code == "InvalidAccessKeyId"
-    metrics = c.gateway.metrics()
-    assert _metric(metrics, "cairn_auth_failures_total", key=c.access_key, source="127.0.0.1") == len(took), metrics
-    assert _metric(metrics, "cairn_auth_failures_total", key="unknown", source="127.0.0.1") == 1
-    assert "AKIDINVENTED0001" not in metrics
+    text = c.gateway.metrics_text()
+    m = Exposition.parse(text)
+    assert m.value("cairn_auth_failures_total", key=c.access_key, source="127.0.0.1") == len(took)
+    assert m.value("cairn_auth_failures_total", key="unknown", source="127.0.0.1") == 1
+    assert "AKIDINVENTED0001" not in text
     # Logged once for the source within the minute, however many failures.
     lines = [ln for ln in c.gateway.log_path.read_text(errors="replace").splitlines()
              if "authentication failed" in ln]

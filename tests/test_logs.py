@@ -18,8 +18,8 @@ import urllib.request
 import pytest
 from botocore.exceptions import ClientError
 
-from harness.cluster import wait_for
 from harness.data import sha256
+from harness.wait import wait_for
 
 JSON_LOGS = {"CAIRN_LOG_FORMAT": "json", "CAIRN_LOG": "info"}
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import cluster as _cluster
+from harness.procs import bin_dir
+from harness.servers import admin_token
 
-BIN = _cluster.bin_dir()
+BIN = bin_dir()
 
 
 def _netns_available() -> bool:
@@ -65,7 +66,7 @@ def _spawn(ns: str, args: list[str], env: dict[str, str], log: Path) -> subproce
 
 def _get(ns: str, url: str, secret: str) -> str | None:
     """GET a gateway's internal route with the admin token of cluster `secret`."""
-    auth = f"Authorization: Bearer {_cluster.admin_token(secret)}"
+    auth = f"Authorization: Bearer {admin_token(secret)}"
     r = subprocess.run(
         ["ip", "netns", "exec", ns, "curl", "-sf", "--max-time", "2", "-H", auth, url],
         capture_output=True,

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from harness.cluster import http_get, metric_samples, wait_for
 from harness.data import MiB, sha256
+from harness.wait import wait_for
 
 
 def node_info(node) -> dict:
@@ -26,13 +26,6 @@ def gateway_nodes(cluster) -> dict:
     status, body = cluster.gateway.admin_get("/_cairn/nodes")
     assert status == 200
     return {n["addr"]: n for n in json.loads(body)}
-
-
-def node_metric(node, name) -> float | None:
-    for n, labels, v in metric_samples(node.metrics()):
-        if n == name and not labels:
-            return v
-    return None
 
 
 def stored_bytes(node) -> int:
@@ -58,7 +51,7 @@ def test_capacity_is_reported_and_counts_what_is_stored(cluster_factory, tmp_pat
         info = node_info(n)
         assert info["capacity_bytes"] == cap
         assert info["free_bytes"] == cap
-        assert node_metric(n, "cairn_node_capacity_bytes") == cap
+        assert n.metrics().value("cairn_node_capacity_bytes") == cap
     wait_for(
         lambda: all(e["capacity_bytes"] == cap for e in gateway_nodes(c).values()),
         timeout=10,
@@ -72,7 +65,7 @@ def test_capacity_is_reported_and_counts_what_is_stored(cluster_factory, tmp_pat
         used = stored_bytes(n)
         assert used > MiB, f"{n}: the object should have a shard here"
         assert node_info(n)["free_bytes"] == cap - used
-        assert node_metric(n, "cairn_node_free_bytes") == cap - used
+        assert n.metrics().value("cairn_node_free_bytes") == cap - used
     # Counted again from the disk after a restart.
     n0 = c.nodes[0]
     n0.kill()
@@ -86,7 +79,7 @@ def test_a_node_lying_about_its_free_space_is_what_the_gateway_sees(cluster_fact
     c = cluster_factory(extra_env={"CAIRN_NODE_FAULTS": "report-free=4096"})
     for n in c.nodes:
         assert node_info(n)["free_bytes"] == 4096
-        assert node_metric(n, "cairn_node_free_bytes") == 4096
+        assert n.metrics().value("cairn_node_free_bytes") == 4096
         assert "injecting faults" in n.proc.log_since_start()
     wait_for(
         lambda: all(e["free_bytes"] == 4096 for e in gateway_nodes(c).values()),
@@ -121,9 +114,8 @@ def test_acknowledged_writes_survive_a_node_that_fails_writes(cluster_factory):
             continue
         acked[key] = data
     assert len(acked) >= 8, f"only {len(acked)} of 16 PUTs acknowledged"
-    injected = sum(
-        v for name, _labels, v in metric_samples(faulty.metrics()) if name == "cairn_node_injected_faults_total"
-    )
+    # one series per fault kind (`write-internal`, `write-reset`, ...), from the first injected
+    injected = sum(s.value for s in faulty.metrics().series("cairn_node_injected_faults_total"))
     assert injected > 0, "no fault was injected: the test proves nothing"
     # No failed write left a temp file behind.
     wait_for(lambda: not temp_files(c), timeout=30, what="temp files gone")

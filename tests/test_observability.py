@@ -21,10 +21,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.cluster import Cluster, ManagedProcess, free_port, http_get
+from harness.cluster import Cluster
 from harness.data import MiB
+from harness.exposition import Exposition
+from harness.net import free_port, http_get
+from harness.procs import ManagedProcess
 from observability import catalog, promql
-from observability.prom import Prometheus, loopback_config, poll, sample_values, series_names, tool
+from observability.prom import Prometheus, loopback_config, poll, tool
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "compose"
@@ -552,14 +555,14 @@ def _safetensors(n: int = 64) -> bytes:
     return len(header).to_bytes(8, "little") + header + os.urandom(4 * n)
 
 
-class Exposition:
+class Exported:
     """What each kind of process exported at one moment: {source: set of series names}."""
 
     def __init__(self):
         self.names: dict[str, set[str]] = {catalog.GATEWAY: set(), catalog.NODE: set(), catalog.WATCH: set()}
 
-    def add(self, source: str, text: str):
-        self.names[source] |= series_names(text)
+    def add(self, source: str, m: Exposition):
+        self.names[source] |= m.names()
 
     def missing(self, wanted: dict[str, catalog.Metric]) -> dict[str, list[str]]:
         out = {}
@@ -570,12 +573,13 @@ class Exposition:
         return out
 
 
-def _watch_metrics(addr: str) -> str | None:
+def _watch_metrics(addr: str) -> Exposition | None:
+    """The watcher's metrics, None while it does not answer."""
     try:
         status, body = http_get(addr, "/metrics", timeout=2)
     except OSError:
         return None
-    return body.decode() if status == 200 else None
+    return Exposition.parse(body.decode()) if status == 200 else None
 
 
 SCRUB_EVERY = 4
@@ -594,11 +598,11 @@ def exported(tmp_path_factory):
     referenced = {catalog.base_name(s) for s in promql.referenced_cairn_metrics()} - {None}
     wanted = {n: catalog.CATALOG[n] for n in referenced}
     at_start = {n: m for n, m in wanted.items() if m.needs is None}
-    startup, final = Exposition(), Exposition()
+    startup, final = Exported(), Exported()
     try:
         # --- startup, before any request (briefly polled: gauges may be set by a first tick)
         def idle():
-            e = Exposition()
+            e = Exported()
             e.add(catalog.GATEWAY, c.gateway.metrics())
             for n in c.nodes:
                 e.add(catalog.NODE, n.metrics())
@@ -633,9 +637,9 @@ def exported(tmp_path_factory):
             root / "watch.log",
         )
         watcher.spawn()
-        text = poll("cairn watch --metrics-listen to answer", lambda: (
-            (t := _watch_metrics(maddr)) is not None and watcher.alive, t or watcher.tail(10)), timeout=15)
-        startup.add(catalog.WATCH, text)
+        m = poll("cairn watch --metrics-listen to answer", lambda: (
+            (w := _watch_metrics(maddr)) is not None and watcher.alive, w or watcher.tail(10)), timeout=15)
+        startup.add(catalog.WATCH, m)
 
         # --- S3 traffic: PUTs, GETs, HEAD, LIST, a 404
         a = os.urandom(3 * MiB + 5)
@@ -659,16 +663,16 @@ def exported(tmp_path_factory):
         (watch_dir / "step-1.safetensors").write_bytes(_safetensors())
 
         def committed():
-            t = _watch_metrics(maddr) or ""
-            v = sample_values(t, "cairn_watch_checkpoints_committed_total")
-            return bool(v) and v[0] >= 1, t or watcher.tail(10)
+            m = _watch_metrics(maddr)
+            ok = m is not None and m.value("cairn_watch_checkpoints_committed_total") >= 1
+            return ok, m if ok else watcher.tail(10)
 
         final.add(catalog.WATCH, poll("cairn watch to commit a checkpoint", committed, timeout=20))
 
         # --- the gateway and nodes after traffic and a scrub pass: poll until every
         # expected series is there (some are published by periodic ticks), then record
         def after_events():
-            e = Exposition()
+            e = Exported()
             e.add(catalog.GATEWAY, c.gateway.metrics())
             for n in c.nodes:
                 e.add(catalog.NODE, n.metrics())

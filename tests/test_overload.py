@@ -18,7 +18,9 @@ import time
 import pytest
 
 from harness import sigv4
-from harness.cluster import Cluster, gateway_metric, http_get
+from harness.cluster import Cluster
+from harness.net import http_get
+from harness.servers import admin_token
 
 CLIENT_TIMEOUT = 2.0
 KEEPALIVE_TIMEOUT = 3.0
@@ -51,10 +53,9 @@ INTERNAL = ["/_cairn/metrics", "/_cairn/nodes", "/_cairn/sd/prometheus"]
 
 
 def _auth_failures(c: Cluster) -> float:
+    """Failed authentications counted for 127.0.0.1, whatever the key (none before the first)."""
     return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in c.gateway.metrics().splitlines()
-        if line.startswith("cairn_auth_failures_total{") and 'source="127.0.0.1"' in line
+        s.value for s in c.gateway.metrics().series("cairn_auth_failures_total") if s.labels["source"] == "127.0.0.1"
     )
 
 
@@ -77,9 +78,11 @@ def test_internal_routes_need_the_admin_token_or_sigv4(cluster, path):
 
 
 def test_an_explicit_admin_token_replaces_the_default(cluster_factory):
-    c = cluster_factory(nodes=3, ec="2+1", extra_env={"CAIRN_ADMIN_TOKEN": "tok-" + "a" * 28})
-    assert _get(c, "/_cairn/metrics", {"Authorization": "Bearer " + "tok-" + "a" * 28}).status == 200
-    assert _get(c, "/_cairn/metrics", {"Authorization": f"Bearer {c.admin_token}"}).status == 403
+    token = "tok-" + "a" * 28
+    c = cluster_factory(nodes=3, ec="2+1", extra_env={"CAIRN_ADMIN_TOKEN": token})
+    assert c.admin_token == token
+    assert _get(c, "/_cairn/metrics", {"Authorization": f"Bearer {token}"}).status == 200
+    assert _get(c, "/_cairn/metrics", {"Authorization": f"Bearer {admin_token(c.cluster_secret)}"}).status == 403
 
 
 def test_health_is_open_and_says_only_ok(cluster):
@@ -130,8 +133,8 @@ def _closed_within(sock: socket.socket, limit: float, dribble: bytes = b"") -> f
 
 
 def test_slow_silent_and_idle_connections_are_closed(cluster):
-    header_before = gateway_metric(cluster, "cairn_s3_connections_timed_out_total", reason="header")
-    idle_before = gateway_metric(cluster, "cairn_s3_connections_timed_out_total", reason="idle")
+    header_before = cluster.gateway.metrics().value("cairn_s3_connections_timed_out_total", reason="header")
+    idle_before = cluster.gateway.metrics().value("cairn_s3_connections_timed_out_total", reason="idle")
     host, port = cluster.gateway.addr.rsplit(":", 1)
     silent = socket.create_connection((host, int(port)))
     slow = socket.create_connection((host, int(port)))
@@ -161,8 +164,8 @@ def test_slow_silent_and_idle_connections_are_closed(cluster):
     # closed for the right reason: not before its timeout (allowing for clock granularity)
     assert results["silent"] >= CLIENT_TIMEOUT - 0.5, results
     assert results["kept-alive"] >= KEEPALIVE_TIMEOUT - 0.5, results
-    assert gateway_metric(cluster, "cairn_s3_connections_timed_out_total", reason="header") >= header_before + 2
-    assert gateway_metric(cluster, "cairn_s3_connections_timed_out_total", reason="idle") >= idle_before + 1
+    assert cluster.gateway.metrics().value("cairn_s3_connections_timed_out_total", reason="header") >= header_before + 2
+    assert cluster.gateway.metrics().value("cairn_s3_connections_timed_out_total", reason="idle") >= idle_before + 1
     for s in (silent, slow):
         s.close()
     kept.close()
@@ -231,8 +234,8 @@ def test_idle_flood_is_evicted_and_normal_clients_keep_working(cluster):
     s3.create_bucket(Bucket="flood")
     s3.put_object(Bucket="flood", Key="seed", Body=b"s" * 4096)
     pid = cluster.gateway.pid
-    evicted_before = gateway_metric(cluster, "cairn_s3_connections_evicted_total")
-    timed_out_before = gateway_metric(cluster, "cairn_s3_connections_timed_out_total")
+    evicted_before = cluster.gateway.metrics().value("cairn_s3_connections_evicted_total")
+    timed_out_before = cluster.gateway.metrics().total("cairn_s3_connections_timed_out_total")
     time.sleep(1)
     rss_before = _rss_bytes(pid)
 
@@ -263,9 +266,9 @@ def test_idle_flood_is_evicted_and_normal_clients_keep_working(cluster):
     time.sleep(1)
     client.stop.set()
     client.join(30)
-    evicted = gateway_metric(cluster, "cairn_s3_connections_evicted_total") - evicted_before
-    timed_out = gateway_metric(cluster, "cairn_s3_connections_timed_out_total") - timed_out_before
-    open_now = gateway_metric(cluster, "cairn_s3_connections_open")
+    evicted = cluster.gateway.metrics().value("cairn_s3_connections_evicted_total") - evicted_before
+    timed_out = cluster.gateway.metrics().total("cairn_s3_connections_timed_out_total") - timed_out_before
+    open_now = cluster.gateway.metrics().value("cairn_s3_connections_open")
     # Memory handed back: the gateway checks every 2 s once the flood has receded. Without
     # that (glibc keeps freed blocks in its arenas) RSS stays at the peak.
     returned_enough = rss_before + (rss_peak - rss_before) // 2
@@ -329,5 +332,5 @@ def test_when_every_connection_is_busy_a_new_one_gets_503_slowdown(cluster_facto
     while _get(c, "/_cairn/health").status != 200:
         assert time.monotonic() < deadline, "the gateway did not recover after the busy connections closed"
         time.sleep(0.2)
-    assert gateway_metric(c, "cairn_s3_connections_refused_total") >= 1
+    assert c.gateway.metrics().value("cairn_s3_connections_refused_total") >= 1
 

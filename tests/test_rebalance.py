@@ -12,8 +12,8 @@ import time
 
 import json
 
-from harness.cluster import gateway_metric, http_get, wait_for
 from harness.data import MiB, sha256
+from harness.wait import wait_for
 
 
 def shard_count(node) -> int:
@@ -76,7 +76,7 @@ def test_a_joining_node_gets_its_share_and_nothing_is_lost(cluster_factory):
         timeout=90,
         what="shards moved to the joining node and old copies deleted",
     )
-    assert gateway_metric(c, "cairn_rebalance_shards_total") >= 4
+    assert c.gateway.metrics().value("cairn_rebalance_shards_total") >= 4
     for key, digest in data.items():
         assert sha256(s3.get_object(Bucket="rebal", Key=key)["Body"].read()) == digest, key
     for victim in c.nodes:

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from harness.cluster import REPO, binary
+from harness.procs import REPO, binary
 
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
 # The suite runs on Linux (glibc); the binaries under test are built for this machine.

@@ -22,7 +22,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from harness.cluster import wait_for
+from harness.wait import wait_for
 from pathlib import Path
 
 import pytest

@@ -15,8 +15,9 @@ import pytest
 
 from ckptwriter import hf_files, sha256, torch_zip, tree_digests, write_checkpoint, write_slowly
 from conftest import free_port
-from harness.cluster import wait_for
+from harness.exposition import Exposition
 from harness.tcpproxy import TcpProxy
+from harness.wait import wait_for
 
 MiB = 1 << 20
 FAST = ["--quiet-period", "1s", "--rescan-interval", "1s", "--max-backoff", "2s"]
@@ -259,10 +260,12 @@ def test_watch_commits_only_finished_checkpoints(cairn, s3c, ckpt_bucket, tmp_pa
     assert "checkpoint-2" not in committed_names(s3c, ckpt_bucket)
     assert "checkpoint-2" not in mon.first_seen
     # Metrics.
-    text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
-    assert "cairn_watch_checkpoints_committed_total 3" in text
-    assert "cairn_watch_checkpoints_seen_total 4" in text
-    assert "cairn_watch_commit_delay_seconds_bucket" in text
+    m = Exposition.parse(urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode())
+    assert m.value("cairn_watch_checkpoints_committed_total") == 3
+    assert m.value("cairn_watch_checkpoints_seen_total") == 4
+    # one commit delay recorded per committed checkpoint
+    assert m.value("cairn_watch_commit_delay_seconds_count") == 3
+    assert m.value("cairn_watch_commit_delay_seconds_bucket", le="+Inf") == 3
     # The file is finally completed: now it is committed, with the full content.
     write_slowly(train / "checkpoint-2" / "model.safetensors", full)
     wait_for(lambda: "checkpoint-2" in committed_names(s3c, ckpt_bucket), 30, what="checkpoint-2 commit")

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .cluster import REPO
+from .procs import REPO
 
 NAMES = ("cairn-node", "cairn-gateway", "cairn")
 EM_AARCH64 = 183

@@ -1,5 +1,6 @@
 """A real Prometheus on loopback, configured from compose/prometheus/prometheus.yml, and the
-few HTTP API calls the tests need. Also: Prometheus text parsing and tool lookup."""
+few HTTP API calls the tests need; the lookup of the Prometheus tools. (Prometheus text is
+parsed by harness.exposition.)"""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.cluster import ManagedProcess, ProcessDied, free_port, wait_http_ok
+from harness.net import free_port, wait_http_ok
+from harness.procs import ManagedProcess, ProcessDied
 
 from .promql import ALERTS_YML, PROMETHEUS_YML
 
@@ -34,31 +36,6 @@ def tool(name: str) -> str:
     if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
         pytest.fail(msg + "; CI must have it (tests/run.sh installs it)")
     pytest.skip(msg)
-
-
-# ----------------------------------------------------------------------------- exposition
-
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
-
-
-def series_names(text: str) -> set[str]:
-    """Names of the samples in a Prometheus text exposition (comments ignored)."""
-    out = set()
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE.match(line)
-        if m:
-            out.add(m.group(1))
-    return out
-
-
-def sample_values(text: str, name: str) -> list[float]:
-    return [
-        float(m.group(3))
-        for line in text.splitlines()
-        if (m := _SAMPLE.match(line)) and m.group(1) == name
-    ]
 
 
 # ----------------------------------------------------------------------------- config
@@ -207,7 +184,5 @@ __all__ = [
     "Prometheus",
     "loopback_config",
     "poll",
-    "sample_values",
-    "series_names",
     "tool",
 ]
