@@ -151,7 +151,7 @@ pub async fn prometheus_sd(
 
 fn sd_groups(state: &AppState, headers: &HeaderMap) -> Response {
     let mut groups = Vec::new();
-    for n in state.service.cluster.snapshot() {
+    for n in state.service.nodes() {
         if n.addr.is_empty() {
             continue;
         }
@@ -205,8 +205,7 @@ pub async fn nodes(
 fn node_list(state: &AppState) -> Response {
     let view: Vec<NodeView> = state
         .service
-        .cluster
-        .snapshot()
+        .nodes()
         .into_iter()
         .map(|n| NodeView {
             id: n.id.to_string(),

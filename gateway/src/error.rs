@@ -3,7 +3,7 @@
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::store::StoreError;
+use cairn_store::StoreError;
 
 /// Every way an S3 request can fail. [`S3Error::into_response`] is the only place that
 /// turns one into an S3 code, an HTTP status and an XML body.

@@ -1,17 +1,14 @@
 //! Cairn's S3 gateway.
 //!
 //! Data flows one way: request → [`s3`] (SigV4 auth, routing, body decoding and checks)
-//! → [`store::service`] (the object service) → [`store::encoder`] / [`store::decoder`]
-//! (stripes and shards) → [`store::node_client`] (storage nodes). [`error`] is the one
-//! place where failures become S3 error XML.
+//! → [`cairn_store::ObjectService`] (the object service: catalog, stripes, shards,
+//! storage nodes). [`error`] is the one place where failures become S3 error XML.
 
 pub mod admin;
 pub mod error;
-pub mod failpoint;
 pub mod listener;
 pub mod metrics_export;
 pub mod s3;
-pub mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,15 +20,11 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use axum::Router;
 use cairn_common::auth::ClusterKey;
-use cairn_common::request_id::{self, RequestId};
 use cairn_common::shard::DEFAULT_BLOCK_SIZE;
 use clap::Parser;
 
+use cairn_store::{Geometry, ObjectService, RebuildConfig, Reserve, StoreConfig};
 use s3::sigv4::Keys;
-use store::catalog::Catalog;
-use store::cluster::Cluster;
-use store::node_client::NodeClient;
-use store::service::{Geometry, ObjectService};
 
 /// Command-line arguments of `cairn-gateway`.
 #[derive(Parser, Debug, Clone)]
@@ -158,49 +151,28 @@ pub fn rebuild_catalog(args: RebuildArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
-        std::fs::create_dir_all(&args.meta)
-            .with_context(|| format!("creating {}", args.meta.display()))?;
-        let catalog = Catalog::open(&args.meta)
-            .with_context(|| format!("opening catalog in {}", args.meta.display()))?;
-        if !catalog.is_empty() {
-            anyhow::bail!(
-                "{} already holds a catalog; rebuild into an empty directory",
-                args.meta.display()
-            );
-        }
-        let client = NodeClient::new(ClusterKey::new(&args.cluster_secret), REBUILD_NODE_TIMEOUT);
-        let cluster = Cluster::new(client, args.nodes.clone());
-        let _mdns = store::discovery::start(args.mdns, cluster.clone())
-            .context("starting mDNS discovery")?;
-        // Probe until the node count stops growing for a while, or the wait is over.
-        let deadline = tokio::time::Instant::now() + args.wait;
-        loop {
-            cluster.probe_all().await;
-            if tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        let nodes = cluster.live_nodes().len();
-        if nodes == 0 {
-            anyhow::bail!("no storage node answered");
-        }
-        let report = store::rebuild::rebuild(&cluster, &catalog).await?;
-        println!(
-            "rebuilt catalog in {}: {} nodes read, {} manifests, {} buckets, {} objects restored, {} keys unrecoverable",
-            args.meta.display(),
-            report.nodes,
-            report.manifests,
-            report.buckets,
-            report.objects,
-            report.unrecoverable.len()
-        );
-        for key in &report.unrecoverable {
-            println!("  unrecoverable: {key}");
-        }
-        Ok(())
-    })
+    let meta = args.meta.clone();
+    let report = rt.block_on(cairn_store::rebuild_catalog(RebuildConfig {
+        meta: args.meta,
+        nodes: args.nodes,
+        mdns: args.mdns,
+        wait: args.wait,
+        cluster_secret: args.cluster_secret,
+        node_timeout: REBUILD_NODE_TIMEOUT,
+    }))?;
+    println!(
+        "rebuilt catalog in {}: {} nodes read, {} manifests, {} buckets, {} objects restored, {} keys unrecoverable",
+        meta.display(),
+        report.nodes,
+        report.manifests,
+        report.buckets,
+        report.objects,
+        report.unrecoverable.len()
+    );
+    for key in &report.unrecoverable {
+        println!("  unrecoverable: {key}");
+    }
+    Ok(())
 }
 
 fn parse_ec(s: &str) -> Result<(u8, u8), String> {
@@ -224,8 +196,6 @@ pub struct AppState {
     pub region: String,
     /// Address the gateway listens on.
     pub listen: std::net::SocketAddr,
-    /// Multipart uploads a bucket may have open at once.
-    pub max_uploads_per_bucket: usize,
     /// Opens the read-only admin routes.
     pub admin_token: Arc<admin::AdminToken>,
     /// The Prometheus exposition (`/_cairn/metrics`).
@@ -248,25 +218,6 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
     })
 }
 
-/// Periodically aborts multipart uploads abandoned for longer than `age`.
-async fn expire_uploads(service: ObjectService, age: Duration) {
-    let every = (age / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tick.tick().await;
-        // Its own request id, so the node calls of each round (deletes) can be found.
-        let round = RequestId::generate();
-        let span = tracing::info_span!("expire_uploads", request_id = %round);
-        let expired = tracing::Instrument::instrument(
-            request_id::scope(round, service.expire_uploads(age.as_millis() as i64)),
-            span,
-        );
-        if let Err(e) = expired.await {
-            cairn_common::log_limited!(warn, key = (); error = %e, "expiring abandoned uploads failed");
-        }
-    }
-}
-
 /// Serves S3 on `listener` until `shutdown` completes.
 pub async fn serve(
     args: Args,
@@ -274,51 +225,35 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let metrics = metrics_export::install();
-    std::fs::create_dir_all(&args.meta)
-        .with_context(|| format!("creating {}", args.meta.display()))?;
-    let catalog = Catalog::open(&args.meta)
-        .with_context(|| format!("opening catalog in {}", args.meta.display()))?;
-    let client = NodeClient::new(ClusterKey::new(&args.cluster_secret), args.node_timeout);
-    let cluster = Cluster::new(client, args.nodes.clone());
-    cluster.set_reserve(store::cluster::Reserve {
-        bytes: args.reserve_bytes,
-        percent: args.reserve_percent,
-    });
-    for id in catalog.gone_nodes()? {
-        cluster.declare_gone(id);
-    }
-    let _mdns =
-        store::discovery::start(args.mdns, cluster.clone()).context("starting mDNS discovery")?;
-    cluster.probe_all().await;
-    tokio::spawn(
-        cluster
-            .clone()
-            .heartbeat(Duration::from_millis(args.heartbeat_ms.max(50))),
-    );
-    let geometry = Geometry {
-        k: args.ec.0,
-        m: args.ec.1,
-        block_size: args.block_size,
-    };
-    let service = ObjectService::new(catalog, cluster.clone(), geometry);
-    tokio::spawn(expire_uploads(service.clone(), args.abandoned_upload_age));
-    tokio::spawn(store::repair::run(
-        service.clone(),
-        store::repair::RepairConfig {
-            after: args.repair_after,
-            every: (args.repair_after / 2).clamp(Duration::from_secs(1), Duration::from_secs(30)),
+    let store = cairn_store::start(StoreConfig {
+        meta: args.meta.clone(),
+        nodes: args.nodes.clone(),
+        mdns: args.mdns,
+        cluster_secret: args.cluster_secret.clone(),
+        geometry: Geometry {
+            k: args.ec.0,
+            m: args.ec.1,
+            block_size: args.block_size,
         },
-    ));
-    tokio::spawn(store::gc::run(
-        service.clone(),
-        args.gc_grace,
-        (args.gc_grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(600)),
-    ));
-    tokio::spawn(store::rebalance::run(service.clone(), args.rebalance_rate));
-    tokio::spawn(store::stats::publish_forever(
-        service.clone(),
-        Duration::from_secs(10),
-    ));
+        node_timeout: args.node_timeout,
+        heartbeat: Duration::from_millis(args.heartbeat_ms),
+        reserve: Reserve {
+            bytes: args.reserve_bytes,
+            percent: args.reserve_percent,
+        },
+        abandoned_upload_age: args.abandoned_upload_age,
+        repair_after: args.repair_after,
+        gc_grace: args.gc_grace,
+        rebalance_rate: args.rebalance_rate,
+        max_uploads_per_bucket: args.max_uploads_per_bucket,
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "starting the object service (catalog in {})",
+            args.meta.display()
+        )
+    })?;
     let client_timeout = args.client_timeout;
     let cluster_key = ClusterKey::new(&args.cluster_secret);
     let admin_token = match &args.admin_token {
@@ -326,9 +261,8 @@ pub async fn serve(
         _ => cluster_key.admin_token(),
     };
     let state = AppState {
-        service,
+        service: store.service.clone(),
         keys: Arc::new(Keys::new(args.access_key.clone(), args.secret_key.clone())),
-        max_uploads_per_bucket: args.max_uploads_per_bucket,
         region: args.region.clone(),
         listen: listener.local_addr()?,
         admin_token: Arc::new(admin::AdminToken::new(&admin_token)),
@@ -362,7 +296,7 @@ pub async fn serve(
     };
     tracing::info!(
         %addr,
-        nodes = cluster.live_nodes().len(),
+        nodes = store.live_nodes(),
         ec = ?args.ec,
         max_connections = limits.max_connections,
         "gateway listening"

@@ -15,12 +15,12 @@ use futures::{Stream, StreamExt};
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
-use super::checksum::{Algorithm, Hasher};
 use super::chunked::{ChunkedDecoder, Frame};
 use super::digest::PayloadDigest;
 use super::sigv4::{signatures_match, ChunkSigner, Payload};
 use crate::error::S3Error;
-use crate::store::BodyError;
+use cairn_store::checksum::{Algorithm, Hasher};
+use cairn_store::BodyError;
 
 /// Largest single PUT or part.
 pub const MAX_PUT_SIZE: u64 = 5 * 1024 * 1024 * 1024;

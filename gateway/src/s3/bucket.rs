@@ -9,7 +9,6 @@ use serde::Deserialize;
 use super::body::{declared_length, CheckedBody};
 use super::{xml, Ctx};
 use crate::error::S3Error;
-use crate::store::catalog::BucketRecord;
 
 /// Largest CreateBucket body accepted (a real CreateBucketConfiguration is under 300
 /// bytes).
@@ -120,24 +119,14 @@ pub fn valid_bucket_name(name: &str) -> bool {
     name.parse::<std::net::Ipv4Addr>().is_err()
 }
 
-/// Fails with NoSuchBucket unless the bucket exists.
-pub fn require_bucket(ctx: &Ctx, bucket: &str) -> Result<BucketRecord, S3Error> {
-    ctx.state
-        .service
-        .catalog
-        .bucket(bucket)?
-        .ok_or(S3Error::NoSuchBucket)
-}
-
 /// ListBuckets.
 pub async fn list_buckets(ctx: &Ctx) -> Result<Response, S3Error> {
     let buckets: Vec<(String, i64)> = ctx
         .state
         .service
-        .catalog
         .list_buckets()?
         .into_iter()
-        .map(|(n, r)| (n, r.created_ms))
+        .map(|b| (b.name, b.created_ms))
         .collect();
     Ok(xml::response(xml::list_buckets(
         &ctx.state.keys.access_key,
@@ -159,24 +148,18 @@ pub async fn create_bucket(ctx: &Ctx, bucket: &str, body: Body) -> Result<Respon
 }
 
 /// HeadBucket.
-pub async fn head_bucket(ctx: &Ctx, bucket: &str) -> Result<Response, S3Error> {
-    require_bucket(ctx, bucket)?;
+pub async fn head_bucket(ctx: &Ctx) -> Result<Response, S3Error> {
     Ok(([("x-amz-bucket-region", ctx.state.region.clone())], "").into_response())
 }
 
 /// DeleteBucket: only when empty.
 pub async fn delete_bucket(ctx: &Ctx, bucket: &str) -> Result<Response, S3Error> {
-    require_bucket(ctx, bucket)?;
-    if !ctx.state.service.catalog.bucket_is_empty(bucket)? {
-        return Err(S3Error::BucketNotEmpty);
-    }
     ctx.state.service.delete_bucket(bucket).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// GetBucketLocation: the configured region (empty for us-east-1, as S3 does).
-pub async fn get_location(ctx: &Ctx, bucket: &str) -> Result<Response, S3Error> {
-    require_bucket(ctx, bucket)?;
+pub async fn get_location(ctx: &Ctx) -> Result<Response, S3Error> {
     let region = if ctx.state.region == "us-east-1" {
         ""
     } else {
@@ -189,8 +172,7 @@ pub async fn get_location(ctx: &Ctx, bucket: &str) -> Result<Response, S3Error> 
 }
 
 /// GetBucketVersioning: versioning is never enabled.
-pub async fn get_versioning(ctx: &Ctx, bucket: &str) -> Result<Response, S3Error> {
-    require_bucket(ctx, bucket)?;
+pub async fn get_versioning() -> Result<Response, S3Error> {
     let mut s = xml::document("VersioningConfiguration");
     s.push_str("</VersioningConfiguration>");
     Ok(xml::response(s))

@@ -7,16 +7,13 @@ use futures::StreamExt;
 use percent_encoding::percent_decode_str;
 
 use super::body::{CheckedBody, MAX_PUT_SIZE};
-use super::bucket::require_bucket;
-use super::multipart::{part_number, record_part, upload_of};
-use super::object::{
-    check_read_preconditions, check_version_id, check_write_preconditions, meta_from_headers,
-    MAX_KEY_LEN,
-};
+use super::multipart::{record_part, PartTarget};
+use super::object::{check_read_preconditions, check_version_id};
 use super::sigv4::Payload;
+use super::write::{check_write_preconditions, meta_from_headers, MAX_KEY_LEN};
 use super::{xml, Ctx};
 use crate::error::S3Error;
-use crate::store::catalog::ObjectRecord;
+use cairn_store::ObjectRecord;
 
 /// Parses an `x-amz-copy-source` value (`[/]bucket/key[?versionId=...]`, percent-encoded)
 /// into bucket and key, leaving any version id aside.
@@ -71,13 +68,8 @@ fn source(ctx: &Ctx) -> Result<(String, String, ObjectRecord), S3Error> {
         .ok_or_else(|| S3Error::InvalidArgument("missing copy source".into()))?;
     let (bucket, key, version) = parse_copy_source_version(raw)?;
     check_version_id(version.as_deref())?;
-    require_bucket(ctx, &bucket)?;
-    let rec = ctx
-        .state
-        .service
-        .catalog
-        .object(&bucket, &key)?
-        .ok_or(S3Error::NoSuchKey)?;
+    ctx.state.service.bucket(&bucket)?;
+    let rec = ctx.state.service.object(&bucket, &key)?;
     check_read_preconditions(&ctx.headers, "x-amz-copy-source-", &rec)?;
     Ok((bucket, key, rec))
 }
@@ -112,7 +104,6 @@ fn copy_result(root: &str, etag: &str, modified_ms: i64) -> Response {
 
 /// CopyObject (metadata directive COPY or REPLACE).
 pub async fn copy_object(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response, S3Error> {
-    require_bucket(ctx, bucket)?;
     if key.len() > MAX_KEY_LEN {
         return Err(S3Error::KeyTooLong);
     }
@@ -160,7 +151,7 @@ pub async fn copy_object(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response,
     meta.etag = hex::encode(digests.md5);
     if !replace {
         // A multipart source's composite checksum does not describe the single-part copy.
-        meta.checksums.clear();
+        meta.checksum = None;
     }
     let new = service.commit(bucket, key, staged, meta, &cond).await?;
     Ok(copy_result(
@@ -171,27 +162,20 @@ pub async fn copy_object(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response,
 }
 
 /// UploadPartCopy (with `x-amz-copy-source-range`).
-pub async fn upload_part_copy(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response, S3Error> {
-    require_bucket(ctx, bucket)?;
-    let number = part_number(ctx)?;
-    let (id, upload) = upload_of(ctx, bucket, key)?;
+pub async fn upload_part_copy(ctx: &Ctx, target: PartTarget) -> Result<Response, S3Error> {
     let (_, _, rec) = source(ctx)?;
     let (start, end) = parse_copy_range(ctx.header("x-amz-copy-source-range"), rec.size)?;
     if end - start > MAX_PUT_SIZE {
         return Err(S3Error::EntityTooLarge);
     }
     let mut body = source_body(ctx, &rec, start, end)?;
-    if let Some(alg) = upload
-        .checksum_algorithm
-        .as_deref()
-        .and_then(super::checksum::Algorithm::parse)
-    {
+    if let Some(alg) = target.algorithm() {
         body.ensure_checksum(alg)?;
     }
     let service = &ctx.state.service;
     let segment = service
-        .write_part(id, &upload, end - start, &mut body)
+        .write_part(target.upload, &target.record, end - start, &mut body)
         .await?;
-    let part = record_part(ctx, id, number, segment, body.digests().cloned()).await?;
+    let part = record_part(ctx, &target, segment, body.digests().cloned()).await?;
     Ok(copy_result("CopyPartResult", &part.etag, part.modified_ms))
 }

@@ -5,7 +5,6 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::body::{declared_length, CheckedBody};
-use super::bucket::require_bucket;
 use super::object::check_version_id;
 use super::{xml, Ctx};
 use crate::error::S3Error;
@@ -61,7 +60,6 @@ pub fn parse_delete_versions(raw: &[u8]) -> Result<(bool, Vec<VersionedKey>), S3
 /// DeleteObjects. The body's integrity header may be Content-MD5 or any
 /// `x-amz-checksum-*` (what 2025+ SDKs send); both are verified by [`CheckedBody`].
 pub async fn delete_objects(ctx: &Ctx, bucket: &str, body: Body) -> Result<Response, S3Error> {
-    require_bucket(ctx, bucket)?;
     let len = declared_length(&ctx.headers, &ctx.payload)?;
     let raw = CheckedBody::new(body, &ctx.headers, &ctx.payload, len)?
         .collect(MAX_BODY)

@@ -6,10 +6,9 @@ use axum::response::Response;
 use base64::Engine;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use super::bucket::require_bucket;
 use super::{xml, Ctx};
 use crate::error::S3Error;
-use crate::store::catalog::{Catalog, ObjectRecord};
+use cairn_store::ListQuery;
 
 /// Characters S3's `encoding-type=url` leaves as they are.
 const URL_KEEP: &AsciiSet = &NON_ALPHANUMERIC
@@ -19,76 +18,12 @@ const URL_KEEP: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~')
     .remove(b'/');
 
-/// One page of a listing.
-pub struct Page {
-    /// Objects on the page.
-    pub objects: Vec<(String, ObjectRecord)>,
-    /// Common prefixes on the page.
-    pub prefixes: Vec<String>,
-    /// Whether more entries follow.
-    pub truncated: bool,
-    /// The last key or prefix on the page (where the next page starts after).
-    pub last: Option<String>,
-}
-
-/// Lists keys of `bucket` under `prefix` after `after`, rolling keys that contain
-/// `delimiter` past the prefix into common prefixes; at most `max` entries.
-pub fn list_page(
-    catalog: &Catalog,
-    bucket: &str,
-    prefix: &str,
-    delimiter: &str,
-    after: Option<&str>,
-    max: usize,
-) -> Result<Page, S3Error> {
-    let mut page = Page {
-        objects: Vec::new(),
-        prefixes: Vec::new(),
-        truncated: false,
-        last: None,
-    };
-    // Resuming after a common prefix skips every key under it.
-    let mut last_prefix: Option<String> = after
-        .filter(|a| !delimiter.is_empty() && a.ends_with(delimiter))
-        .map(String::from);
-    let mut count = 0usize;
-    for item in catalog.scan_objects(bucket, prefix, after) {
-        let (key, rec) = item?;
-        if !delimiter.is_empty() {
-            if let Some(pos) = key[prefix.len()..].find(delimiter) {
-                let cp = &key[..prefix.len() + pos + delimiter.len()];
-                if last_prefix.as_deref() == Some(cp) {
-                    continue;
-                }
-                if count == max {
-                    page.truncated = true;
-                    break;
-                }
-                page.prefixes.push(cp.to_string());
-                page.last = Some(cp.to_string());
-                last_prefix = Some(cp.to_string());
-                count += 1;
-                continue;
-            }
-        }
-        if count == max {
-            page.truncated = true;
-            break;
-        }
-        page.last = Some(key.clone());
-        page.objects.push((key, rec));
-        count += 1;
-    }
-    Ok(page)
-}
-
 fn param<'a>(ctx: &'a Ctx, name: &str) -> Option<&'a str> {
     ctx.query.get(name).map(String::as_str)
 }
 
 /// ListObjects (V1, `v2 = false`) and ListObjectsV2.
 pub async fn list_objects(ctx: &Ctx, bucket: &str, v2: bool) -> Result<Response, S3Error> {
-    require_bucket(ctx, bucket)?;
     let prefix = param(ctx, "prefix").unwrap_or("");
     let delimiter = param(ctx, "delimiter").unwrap_or("");
     let max_keys: usize = match param(ctx, "max-keys") {
@@ -137,13 +72,14 @@ pub async fn list_objects(ctx: &Ctx, bucket: &str, v2: bool) -> Result<Response,
             .filter(|s| !s.is_empty())
             .map(String::from)
     };
-    let page = list_page(
-        &ctx.state.service.catalog,
+    let page = ctx.state.service.list_objects(
         bucket,
-        prefix,
-        delimiter,
-        after.as_deref(),
-        max_keys,
+        &ListQuery {
+            prefix,
+            delimiter,
+            after: after.as_deref(),
+            max: max_keys,
+        },
     )?;
 
     let root = "ListBucketResult";

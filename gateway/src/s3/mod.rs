@@ -2,7 +2,6 @@
 
 pub mod body;
 pub mod bucket;
-pub mod checksum;
 pub mod chunked;
 pub mod copy;
 pub mod delete;
@@ -13,6 +12,7 @@ pub mod multipart;
 pub mod object;
 pub mod router;
 pub mod sigv4;
+pub mod write;
 pub mod xml;
 
 use std::time::Instant;
@@ -92,7 +92,6 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
     let endpoint = router::route(&parts.method, &path, &query, &parts.headers);
     let op = endpoint.as_ref().map(|e| e.name()).unwrap_or("Invalid");
     let result = async {
-        let endpoint = endpoint?;
         let payload = match sigv4::authenticate_in(
             &state.keys,
             &state.region,
@@ -109,6 +108,9 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
                 return Err(e);
             }
         };
+        // Authenticated first: an anonymous request learns nothing, not even what it
+        // names.
+        let endpoint = endpoint?;
         let ctx = Ctx {
             state: state.clone(),
             headers: parts.headers,
@@ -147,37 +149,64 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
 }
 
 async fn dispatch(ctx: Ctx, endpoint: Endpoint, body: Body) -> Result<Response, S3Error> {
+    if let Some(bucket) = endpoint.existing_bucket() {
+        ctx.state.service.bucket(bucket)?;
+    }
     match endpoint {
         Endpoint::ListBuckets => bucket::list_buckets(&ctx).await,
         Endpoint::CreateBucket { bucket } => bucket::create_bucket(&ctx, &bucket, body).await,
-        Endpoint::HeadBucket { bucket } => bucket::head_bucket(&ctx, &bucket).await,
+        Endpoint::HeadBucket { .. } => bucket::head_bucket(&ctx).await,
         Endpoint::DeleteBucket { bucket } => bucket::delete_bucket(&ctx, &bucket).await,
-        Endpoint::GetBucketLocation { bucket } => bucket::get_location(&ctx, &bucket).await,
-        Endpoint::GetBucketVersioning { bucket } => bucket::get_versioning(&ctx, &bucket).await,
+        Endpoint::GetBucketLocation { .. } => bucket::get_location(&ctx).await,
+        Endpoint::GetBucketVersioning { .. } => bucket::get_versioning().await,
         Endpoint::ListObjectsV1 { bucket } => list::list_objects(&ctx, &bucket, false).await,
         Endpoint::ListObjectsV2 { bucket } => list::list_objects(&ctx, &bucket, true).await,
         Endpoint::PutObject { bucket, key } => object::put_object(&ctx, &bucket, &key, body).await,
-        Endpoint::GetObject { bucket, key } => object::get_object(&ctx, &bucket, &key, false).await,
-        Endpoint::HeadObject { bucket, key } => object::get_object(&ctx, &bucket, &key, true).await,
+        Endpoint::GetObject { bucket, key, part } => {
+            object::get_object(&ctx, &bucket, &key, part, false).await
+        }
+        Endpoint::HeadObject { bucket, key, part } => {
+            object::get_object(&ctx, &bucket, &key, part, true).await
+        }
         Endpoint::DeleteObject { bucket, key } => object::delete_object(&ctx, &bucket, &key).await,
         Endpoint::CopyObject { bucket, key } => copy::copy_object(&ctx, &bucket, &key).await,
         Endpoint::DeleteObjects { bucket } => delete::delete_objects(&ctx, &bucket, body).await,
         Endpoint::CreateMultipartUpload { bucket, key } => {
             multipart::create(&ctx, &bucket, &key).await
         }
-        Endpoint::UploadPart { bucket, key } => {
-            multipart::upload_part(&ctx, &bucket, &key, body).await
+        Endpoint::UploadPart {
+            bucket,
+            key,
+            upload,
+            part,
+        } => {
+            let target = multipart::PartTarget::find(&ctx, &bucket, &key, upload, part)?;
+            multipart::upload_part(&ctx, target, body).await
         }
-        Endpoint::UploadPartCopy { bucket, key } => {
-            copy::upload_part_copy(&ctx, &bucket, &key).await
+        Endpoint::UploadPartCopy {
+            bucket,
+            key,
+            upload,
+            part,
+        } => {
+            let target = multipart::PartTarget::find(&ctx, &bucket, &key, upload, part)?;
+            copy::upload_part_copy(&ctx, target).await
         }
-        Endpoint::CompleteMultipartUpload { bucket, key } => {
-            multipart::complete(&ctx, &bucket, &key, body).await
-        }
-        Endpoint::AbortMultipartUpload { bucket, key } => {
-            multipart::abort(&ctx, &bucket, &key).await
-        }
-        Endpoint::ListParts { bucket, key } => multipart::list_parts(&ctx, &bucket, &key).await,
+        Endpoint::CompleteMultipartUpload {
+            bucket,
+            key,
+            upload,
+        } => multipart::complete(&ctx, &bucket, &key, upload, body).await,
+        Endpoint::AbortMultipartUpload {
+            bucket,
+            key,
+            upload,
+        } => multipart::abort(&ctx, &bucket, &key, upload).await,
+        Endpoint::ListParts {
+            bucket,
+            key,
+            upload,
+        } => multipart::list_parts(&ctx, &bucket, &key, upload).await,
         Endpoint::ListMultipartUploads { bucket } => multipart::list_uploads(&ctx, &bucket).await,
         Endpoint::Unsupported { what } => Err(S3Error::NotImplemented(what)),
     }

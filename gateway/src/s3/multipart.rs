@@ -13,173 +13,142 @@ use cairn_common::ids::ObjectId;
 use serde::Deserialize;
 
 use super::body::{declared_length, CheckedBody, Digests};
-use super::bucket::require_bucket;
-use super::checksum::Algorithm;
-use super::object::{check_write_preconditions, meta_from_headers, written_response, MAX_KEY_LEN};
+use super::write::{check_write_preconditions, meta_from_headers, written_response, MAX_KEY_LEN};
 use super::{xml, Ctx};
 use crate::error::S3Error;
-use crate::store::catalog::{CompletedRecord, PartRecord, UploadRecord};
-use crate::store::service::now_ms;
+use cairn_store::checksum::Algorithm;
+use cairn_store::{
+    now_ms, ChecksumKind, CompletedRecord, ObjectChecksum, PartRecord, SegmentRecord, StoreError,
+    UploadChecksum, UploadRecord,
+};
 
 /// Smallest part size except for the last part.
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
-/// Highest part number.
-pub const MAX_PART_NUMBER: u32 = 10_000;
 /// Largest CompleteMultipartUpload document accepted.
 const MAX_COMPLETE_BODY: usize = 4 * 1024 * 1024;
 
-/// Parses and checks `uploadId` against the upload's bucket and key.
-pub fn upload_of(ctx: &Ctx, bucket: &str, key: &str) -> Result<(ObjectId, UploadRecord), S3Error> {
-    let id: ObjectId = ctx
-        .query
-        .get("uploadId")
-        .and_then(|s| s.parse().ok())
-        .ok_or(S3Error::NoSuchUpload)?;
-    let rec = ctx
-        .state
-        .service
-        .catalog
-        .upload(&id)?
-        .ok_or(S3Error::NoSuchUpload)?;
-    if rec.bucket != bucket || rec.key != key {
-        return Err(S3Error::NoSuchUpload);
+/// The part an UploadPart or UploadPartCopy writes: its upload (in progress, into the
+/// request's bucket and key) and its number.
+pub struct PartTarget {
+    /// The upload's id.
+    pub upload: ObjectId,
+    /// The upload.
+    pub record: UploadRecord,
+    /// Part number.
+    pub number: u32,
+}
+
+impl PartTarget {
+    /// Finds the upload a part is for.
+    pub fn find(
+        ctx: &Ctx,
+        bucket: &str,
+        key: &str,
+        upload: ObjectId,
+        number: u32,
+    ) -> Result<Self, S3Error> {
+        let record = ctx.state.service.upload(bucket, key, &upload)?;
+        Ok(Self {
+            upload,
+            record,
+            number,
+        })
     }
-    Ok((id, rec))
+
+    /// The checksum algorithm every part of the upload must carry.
+    pub fn algorithm(&self) -> Option<Algorithm> {
+        self.record.checksum.map(|c| c.algorithm)
+    }
 }
 
-fn upload_algorithm(rec: &UploadRecord) -> Option<Algorithm> {
-    rec.checksum_algorithm.as_deref().and_then(Algorithm::parse)
+/// The checksum a CreateMultipartUpload asks for (`x-amz-checksum-algorithm` and
+/// `x-amz-checksum-type`), checked as S3 does.
+fn upload_checksum(ctx: &Ctx) -> Result<Option<UploadChecksum>, S3Error> {
+    let Some(name) = ctx.header("x-amz-checksum-algorithm") else {
+        return Ok(None);
+    };
+    let algorithm = Algorithm::parse(name).ok_or_else(|| {
+        S3Error::InvalidArgument(format!("unsupported checksum algorithm {name:?}"))
+    })?;
+    let kind = match ctx.header("x-amz-checksum-type") {
+        Some(t) => ChecksumKind::parse(t)
+            .ok_or_else(|| S3Error::InvalidArgument(format!("bad x-amz-checksum-type {t:?}")))?,
+        None if algorithm == Algorithm::Crc64Nvme => ChecksumKind::FullObject,
+        None => ChecksumKind::Composite,
+    };
+    match kind {
+        ChecksumKind::Composite if algorithm == Algorithm::Crc64Nvme => Err(
+            S3Error::InvalidRequest("CRC64NVME supports only the FULL_OBJECT checksum type".into()),
+        ),
+        ChecksumKind::FullObject if algorithm.crc_params().is_none() => Err(
+            S3Error::InvalidRequest(format!("{} does not support FULL_OBJECT", algorithm.name())),
+        ),
+        _ => Ok(Some(UploadChecksum { algorithm, kind })),
+    }
 }
-
-/// Held from counting a bucket's open uploads to registering a new one, so concurrent
-/// CreateMultipartUploads cannot together pass `--max-uploads-per-bucket` (each holds it
-/// for one catalog insert and flush).
-static CREATE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// CreateMultipartUpload.
 pub async fn create(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response, S3Error> {
-    require_bucket(ctx, bucket)?;
     if key.len() > MAX_KEY_LEN {
         return Err(S3Error::KeyTooLong);
     }
     let meta = meta_from_headers(&ctx.headers)?;
-    let algorithm = match ctx.header("x-amz-checksum-algorithm") {
-        Some(a) => Some(Algorithm::parse(a).ok_or_else(|| {
-            S3Error::InvalidArgument(format!("unsupported checksum algorithm {a:?}"))
-        })?),
-        None => None,
-    };
-    let checksum_type = match (
-        ctx.header("x-amz-checksum-type")
-            .map(|t| t.to_ascii_uppercase()),
-        algorithm,
-    ) {
-        (Some(t), Some(a)) => {
-            if t != "COMPOSITE" && t != "FULL_OBJECT" {
-                return Err(S3Error::InvalidArgument(format!(
-                    "bad x-amz-checksum-type {t:?}"
-                )));
-            }
-            if t == "COMPOSITE" && a == Algorithm::Crc64Nvme {
-                return Err(S3Error::InvalidRequest(
-                    "CRC64NVME supports only the FULL_OBJECT checksum type".into(),
-                ));
-            }
-            if t == "FULL_OBJECT" && a.crc_params().is_none() {
-                return Err(S3Error::InvalidRequest(format!(
-                    "{} does not support FULL_OBJECT",
-                    a.name()
-                )));
-            }
-            Some(t)
-        }
-        (None, Some(Algorithm::Crc64Nvme)) => Some("FULL_OBJECT".to_string()),
-        (None, Some(_)) => Some("COMPOSITE".to_string()),
-        (_, None) => None,
-    };
+    let checksum = upload_checksum(ctx)?;
     let rec = UploadRecord {
         bucket: bucket.to_string(),
         key: key.to_string(),
         meta,
         created_ms: now_ms(),
-        checksum_algorithm: algorithm.map(|a| a.name().to_string()),
-        checksum_type: checksum_type.clone(),
+        checksum,
     };
-    let id = {
-        let _one_at_a_time = CREATE_LOCK.lock().await;
-        let limit = ctx.state.max_uploads_per_bucket;
-        if ctx.state.service.catalog.count_uploads(bucket, limit)? >= limit {
-            return Err(S3Error::TooManyUploads(limit));
-        }
-        ctx.state.service.create_upload(&rec).await?
-    };
+    let id = ctx.state.service.create_upload(&rec).await?;
     let mut s = xml::document("InitiateMultipartUploadResult");
     xml::elem(&mut s, "Bucket", bucket);
     xml::elem(&mut s, "Key", key);
     xml::elem(&mut s, "UploadId", &id.to_string());
     s.push_str("</InitiateMultipartUploadResult>");
     let mut resp = xml::response(s);
-    if let (Some(a), Some(t)) = (algorithm, checksum_type) {
+    if let Some(c) = checksum {
         let h = resp.headers_mut();
-        if let Ok(v) = a.name().parse() {
-            h.insert("x-amz-checksum-algorithm", v);
-        }
-        if let Ok(v) = t.parse() {
-            h.insert("x-amz-checksum-type", v);
-        }
+        h.insert(
+            "x-amz-checksum-algorithm",
+            http::HeaderValue::from_static(c.algorithm.name()),
+        );
+        h.insert(
+            "x-amz-checksum-type",
+            http::HeaderValue::from_static(c.kind.name()),
+        );
     }
     Ok(resp)
 }
 
-/// Parses `partNumber`.
-pub fn part_number(ctx: &Ctx) -> Result<u32, S3Error> {
-    parse_part_number(ctx.query.get("partNumber").map(String::as_str))
-}
-
-/// Parses a `partNumber` value: an integer in 1..=10000.
-pub fn parse_part_number(value: Option<&str>) -> Result<u32, S3Error> {
-    value
-        .and_then(|n| n.parse::<u32>().ok())
-        .filter(|n| (1..=MAX_PART_NUMBER).contains(n))
-        .ok_or_else(|| {
-            S3Error::InvalidArgument(
-                "Part number must be an integer between 1 and 10000, inclusive".into(),
-            )
-        })
-}
-
 /// UploadPart.
-pub async fn upload_part(
-    ctx: &Ctx,
-    bucket: &str,
-    key: &str,
-    body: Body,
-) -> Result<Response, S3Error> {
-    require_bucket(ctx, bucket)?;
-    let number = part_number(ctx)?;
-    let (id, rec) = upload_of(ctx, bucket, key)?;
+pub async fn upload_part(ctx: &Ctx, target: PartTarget, body: Body) -> Result<Response, S3Error> {
     let (len, mut body) = CheckedBody::for_upload(body, &ctx.headers, &ctx.payload)?;
-    if let Some(alg) = upload_algorithm(&rec) {
+    if let Some(alg) = target.algorithm() {
         body.ensure_checksum(alg)?;
     }
     let service = &ctx.state.service;
-    let segment = service.write_part(id, &rec, len, &mut body).await?;
+    let segment = service
+        .write_part(target.upload, &target.record, len, &mut body)
+        .await?;
     let digests = body.digests().cloned();
-    let part = record_part(ctx, id, number, segment, digests.clone()).await?;
+    let part = record_part(ctx, &target, segment, digests.clone()).await?;
     metrics::counter!("cairn_s3_bytes_in_total").increment(len);
     let checksum = digests.as_ref().and_then(|d| d.checksum.as_ref());
     Ok(written_response(&part.etag, checksum))
 }
 
-/// Records a part whose data and checks are done (UploadPart and UploadPartCopy).
+/// Records a part whose data and checks are done (UploadPart and UploadPartCopy); the
+/// upload may have been completed or aborted while the part streamed.
 pub async fn record_part(
     ctx: &Ctx,
-    upload: ObjectId,
-    number: u32,
-    segment: crate::store::catalog::SegmentRecord,
+    target: &PartTarget,
+    segment: SegmentRecord,
     digests: Option<Digests>,
 ) -> Result<PartRecord, S3Error> {
     let Some(digests) = digests else {
+        ctx.state.service.discard_segment(target.upload, segment);
         return Err(S3Error::IncompleteBody);
     };
     let part = PartRecord {
@@ -189,11 +158,10 @@ pub async fn record_part(
         segment,
         checksum: digests.checksum.as_ref().map(|(_, v)| v.clone()),
     };
-    // The upload may have been completed or aborted while the part streamed.
-    if ctx.state.service.catalog.upload(&upload)?.is_none() {
-        return Err(S3Error::NoSuchUpload);
-    }
-    ctx.state.service.commit_part(upload, number, &part).await?;
+    ctx.state
+        .service
+        .commit_part(target.upload, target.number, &part)
+        .await?;
     Ok(part)
 }
 
@@ -258,47 +226,85 @@ fn complete_response(bucket: &str, key: &str, done: &CompletedRecord) -> Respons
     xml::elem(&mut s, "Bucket", bucket);
     xml::elem(&mut s, "Key", key);
     xml::elem(&mut s, "ETag", &format!("\"{}\"", done.etag));
-    if let Some((alg, value, kind)) = &done.checksum {
-        xml::elem(&mut s, &format!("Checksum{alg}"), value);
-        xml::elem(&mut s, "ChecksumType", kind);
+    if let Some(c) = &done.checksum {
+        xml::elem(&mut s, &format!("Checksum{}", c.algorithm.name()), &c.value);
+        xml::elem(&mut s, "ChecksumType", c.kind.name());
     }
     s.push_str("</CompleteMultipartUploadResult>");
     xml::response(s)
 }
 
 /// CompleteMultipartUpload (idempotent: a retry after success answers the same).
-pub async fn complete(ctx: &Ctx, bucket: &str, key: &str, body: Body) -> Result<Response, S3Error> {
-    require_bucket(ctx, bucket)?;
-    let id: ObjectId = ctx
-        .query
-        .get("uploadId")
-        .and_then(|s| s.parse().ok())
-        .ok_or(S3Error::NoSuchUpload)?;
+pub async fn complete(
+    ctx: &Ctx,
+    bucket: &str,
+    key: &str,
+    upload: ObjectId,
+    body: Body,
+) -> Result<Response, S3Error> {
     let service = &ctx.state.service;
-    let Some(rec) = service.catalog.upload(&id)? else {
-        if let Some(done) = service.catalog.completed(&id)? {
-            if done.bucket == bucket && done.key == key {
-                // The first attempt may have committed but failed to store the manifest.
-                service.republish_manifest(bucket, key, &id).await?;
-                return Ok(complete_response(bucket, key, &done));
+    let rec = match service.upload(bucket, key, &upload) {
+        Ok(rec) => rec,
+        Err(StoreError::NoSuchUpload) => {
+            return match service.completed_upload(bucket, key, &upload).await? {
+                Some(done) => Ok(complete_response(bucket, key, &done)),
+                None => Err(S3Error::NoSuchUpload),
             }
         }
-        return Err(S3Error::NoSuchUpload);
+        Err(e) => return Err(e.into()),
     };
-    if rec.bucket != bucket || rec.key != key {
-        return Err(S3Error::NoSuchUpload);
-    }
+    let requested = read_complete_request(ctx, body).await?;
+    let cond = check_write_preconditions(ctx, bucket, key)?;
+    let stored = service.parts(&upload)?;
+    let chosen = choose_parts(&requested, &stored)?;
+    let mut meta = rec.meta.clone();
+    meta.etag = multipart_etag(&chosen)?;
+    meta.checksum = match rec.checksum {
+        Some(c) => Some(object_checksum(ctx, c, &chosen)?),
+        None => None,
+    };
+    let numbers: Vec<u32> = chosen.iter().map(|(p, _)| p.number).collect();
+    let segments = chosen
+        .iter()
+        .map(|(_, part)| part.segment.clone())
+        .collect();
+    let unused = stored
+        .iter()
+        .filter(|(n, _)| !numbers.contains(n))
+        .map(|(_, p)| p.segment.clone())
+        .collect();
+    let done = CompletedRecord {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        etag: meta.etag.clone(),
+        checksum: meta.checksum.clone(),
+        completed_ms: now_ms(),
+    };
+    service
+        .complete_upload(upload, segments, unused, meta, &done, &cond)
+        .await?;
+    Ok(complete_response(bucket, key, &done))
+}
+
+/// Reads and parses the CompleteMultipartUpload document.
+async fn read_complete_request(ctx: &Ctx, body: Body) -> Result<Vec<CompletePart>, S3Error> {
     let len = declared_length(&ctx.headers, &ctx.payload).unwrap_or(MAX_COMPLETE_BODY as u64);
     let raw = CheckedBody::new(body, &ctx.headers, &ctx.payload, len)?
         .without_checksum_headers()
         .collect(MAX_COMPLETE_BODY)
         .await?;
-    let parts = parse_complete(&raw)?;
-    let cond = check_write_preconditions(ctx, bucket, key)?;
-    let stored = service.catalog.parts(&id)?;
-    let mut chosen = Vec::with_capacity(parts.len());
+    parse_complete(&raw)
+}
+
+/// Each part the client listed with the recorded part it names: in ascending order,
+/// ETags matching, every part but the last at least [`MIN_PART_SIZE`].
+fn choose_parts<'a>(
+    requested: &'a [CompletePart],
+    stored: &'a [(u32, PartRecord)],
+) -> Result<Vec<(&'a CompletePart, &'a PartRecord)>, S3Error> {
+    let mut chosen = Vec::with_capacity(requested.len());
     let mut last = 0u32;
-    for (i, p) in parts.iter().enumerate() {
+    for (i, p) in requested.iter().enumerate() {
         if p.number <= last {
             return Err(S3Error::InvalidPartOrder);
         }
@@ -311,94 +317,84 @@ pub async fn complete(ctx: &Ctx, bucket: &str, key: &str, body: Body) -> Result<
         if normalize_etag(&p.etag) != part.etag {
             return Err(S3Error::InvalidPart);
         }
-        if i + 1 < parts.len() && part.size < MIN_PART_SIZE {
+        if i + 1 < requested.len() && part.size < MIN_PART_SIZE {
             return Err(S3Error::EntityTooSmall);
         }
         chosen.push((p, part));
     }
+    Ok(chosen)
+}
+
+/// S3's multipart ETag: the MD5 of the parts' MD5s, then `-` and the part count.
+fn multipart_etag(chosen: &[(&CompletePart, &PartRecord)]) -> Result<String, S3Error> {
     let mut md5 = Md5::new();
-    for (_, part) in &chosen {
+    for (_, part) in chosen {
         let raw = hex::decode(&part.etag)
             .map_err(|_| S3Error::Internal("stored part ETag is not hex".into()))?;
         md5.update(&raw);
     }
-    let etag = format!("{}-{}", hex::encode(md5.finalize()), chosen.len());
-    let checksum = match upload_algorithm(&rec) {
-        None => None,
-        Some(alg) => {
-            let mut values = Vec::with_capacity(chosen.len());
-            for (p, part) in &chosen {
-                let v = part.checksum.clone().ok_or(S3Error::InvalidPart)?;
-                if let Some(given) = p.checksum(alg) {
-                    if given.trim() != v {
-                        return Err(S3Error::InvalidPart);
-                    }
-                }
-                values.push((v, part.size));
-            }
-            let kind = rec
-                .checksum_type
-                .clone()
-                .unwrap_or_else(|| "COMPOSITE".into());
-            let value = if kind == "FULL_OBJECT" {
-                alg.combine_parts(&values)
-            } else {
-                alg.composite(&values.into_iter().map(|(v, _)| v).collect::<Vec<_>>())
-            }
-            .ok_or_else(|| S3Error::Internal("could not combine part checksums".into()))?;
-            if kind == "FULL_OBJECT" {
-                if let Some(want) = ctx.header(alg.header()) {
-                    if want.trim() != value {
-                        return Err(S3Error::ChecksumMismatch(alg.header()));
-                    }
-                }
-            }
-            Some((alg.name().to_string(), value, kind))
+    Ok(format!("{}-{}", hex::encode(md5.finalize()), chosen.len()))
+}
+
+/// The object's checksum from its parts' (each must match what the client listed), and
+/// for a FULL_OBJECT checksum, what the client says the whole object has.
+fn object_checksum(
+    ctx: &Ctx,
+    upload: UploadChecksum,
+    chosen: &[(&CompletePart, &PartRecord)],
+) -> Result<ObjectChecksum, S3Error> {
+    let alg = upload.algorithm;
+    let mut values = Vec::with_capacity(chosen.len());
+    for (p, part) in chosen {
+        let v = part.checksum.clone().ok_or(S3Error::InvalidPart)?;
+        if p.checksum(alg).is_some_and(|given| given.trim() != v) {
+            return Err(S3Error::InvalidPart);
         }
-    };
-    let chosen_numbers: Vec<u32> = chosen.iter().map(|(p, _)| p.number).collect();
-    let segments = chosen
-        .iter()
-        .map(|(_, part)| part.segment.clone())
-        .collect();
-    let unused = stored
-        .iter()
-        .filter(|(n, _)| !chosen_numbers.contains(n))
-        .map(|(_, p)| p.segment.clone())
-        .collect();
-    let mut meta = rec.meta.clone();
-    meta.etag = etag.clone();
-    if let Some((alg, value, kind)) = &checksum {
-        meta.checksums.insert(alg.clone(), value.clone());
-        meta.checksums.insert("type".into(), kind.clone());
+        values.push((v, part.size));
     }
-    let done = CompletedRecord {
-        bucket: bucket.to_string(),
-        key: key.to_string(),
-        etag,
-        checksum,
-        completed_ms: now_ms(),
-    };
-    service
-        .complete_upload(id, segments, unused, meta, &done, &cond)
-        .await?;
-    Ok(complete_response(bucket, key, &done))
+    let value = match upload.kind {
+        ChecksumKind::FullObject => alg.combine_parts(&values),
+        ChecksumKind::Composite => {
+            alg.composite(&values.into_iter().map(|(v, _)| v).collect::<Vec<_>>())
+        }
+    }
+    .ok_or_else(|| S3Error::Internal("could not combine part checksums".into()))?;
+    if upload.kind == ChecksumKind::FullObject {
+        if let Some(want) = ctx.header(alg.header()) {
+            if want.trim() != value {
+                return Err(S3Error::ChecksumMismatch(alg.header()));
+            }
+        }
+    }
+    Ok(ObjectChecksum {
+        algorithm: alg,
+        value,
+        kind: upload.kind,
+    })
 }
 
 /// AbortMultipartUpload.
-pub async fn abort(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response, S3Error> {
-    require_bucket(ctx, bucket)?;
-    let (id, _) = upload_of(ctx, bucket, key)?;
-    if !ctx.state.service.abort_upload(id).await? {
+pub async fn abort(
+    ctx: &Ctx,
+    bucket: &str,
+    key: &str,
+    upload: ObjectId,
+) -> Result<Response, S3Error> {
+    ctx.state.service.upload(bucket, key, &upload)?;
+    if !ctx.state.service.abort_upload(upload).await? {
         return Err(S3Error::NoSuchUpload);
     }
     Ok(http::StatusCode::NO_CONTENT.into_response())
 }
 
 /// ListParts.
-pub async fn list_parts(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response, S3Error> {
-    require_bucket(ctx, bucket)?;
-    let (id, rec) = upload_of(ctx, bucket, key)?;
+pub async fn list_parts(
+    ctx: &Ctx,
+    bucket: &str,
+    key: &str,
+    id: ObjectId,
+) -> Result<Response, S3Error> {
+    let rec = ctx.state.service.upload(bucket, key, &id)?;
     let max: usize = ctx
         .query
         .get("max-parts")
@@ -413,14 +409,13 @@ pub async fn list_parts(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response, 
     let parts: Vec<(u32, PartRecord)> = ctx
         .state
         .service
-        .catalog
         .parts(&id)?
         .into_iter()
         .filter(|(n, _)| *n > marker)
         .collect();
     let truncated = parts.len() > max;
     let page = &parts[..parts.len().min(max)];
-    let alg = upload_algorithm(&rec);
+    let alg = rec.checksum.map(|c| c.algorithm);
     let mut s = xml::document("ListPartsResult");
     xml::elem(&mut s, "Bucket", bucket);
     xml::elem(&mut s, "Key", key);
@@ -453,7 +448,6 @@ pub async fn list_parts(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response, 
 
 /// ListMultipartUploads.
 pub async fn list_uploads(ctx: &Ctx, bucket: &str) -> Result<Response, S3Error> {
-    require_bucket(ctx, bucket)?;
     let prefix = ctx.query.get("prefix").map(String::as_str).unwrap_or("");
     let key_marker = ctx
         .query
@@ -474,10 +468,9 @@ pub async fn list_uploads(ctx: &Ctx, bucket: &str) -> Result<Response, S3Error> 
     let mut uploads: Vec<(String, String, i64)> = ctx
         .state
         .service
-        .catalog
-        .uploads()?
+        .uploads_in(bucket)?
         .into_iter()
-        .filter(|(_, r)| r.bucket == bucket && r.key.starts_with(prefix))
+        .filter(|(_, r)| r.key.starts_with(prefix))
         .map(|(id, r)| (r.key, id.to_string(), r.created_ms))
         .filter(|(k, id, _)| {
             k.as_str() > key_marker

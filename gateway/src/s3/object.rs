@@ -1,52 +1,18 @@
 //! Object operations: PutObject, GetObject, HeadObject, DeleteObject.
 
-use std::collections::BTreeMap;
-
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::body::CheckedBody;
-use super::bucket::require_bucket;
-use super::checksum::Algorithm;
 use super::Ctx;
 use crate::error::S3Error;
-use crate::store::catalog::{ObjectMeta, ObjectRecord, WriteCondition};
+use cairn_store::{ChecksumKind, ObjectChecksum, ObjectRecord};
 
-/// Longest key S3 accepts, in bytes.
-pub const MAX_KEY_LEN: usize = 1024;
-/// Standard headers stored with an object and returned on GET/HEAD.
-const KEPT_HEADERS: &[&str] = &[
-    "content-disposition",
-    "content-language",
-    "cache-control",
-    "expires",
-];
+use super::write::{check_write_preconditions, meta_from_headers, written_response, MAX_KEY_LEN};
 
 use super::header_str as header;
-
-/// Most bytes of user metadata S3 accepts: the UTF-8 bytes of every `x-amz-meta-*` name
-/// (without the prefix) and value, added up.
-pub const MAX_USER_META: usize = 2048;
-
-/// Refuses user metadata larger than [`MAX_USER_META`] (MetadataTooLarge).
-pub fn check_user_meta_size(h: &HeaderMap) -> Result<(), S3Error> {
-    let size: usize = h
-        .iter()
-        .filter_map(|(name, value)| {
-            let m = name.as_str().strip_prefix("x-amz-meta-")?;
-            Some(m.len() + value.as_bytes().len())
-        })
-        .sum();
-    if size > MAX_USER_META {
-        return Err(S3Error::MetadataTooLarge {
-            size,
-            max: MAX_USER_META,
-        });
-    }
-    Ok(())
-}
 
 /// Refuses a `versionId` other than `null` (the id S3 gives objects of an unversioned
 /// bucket): Cairn keeps no versions, so any other id is none it could have issued.
@@ -57,43 +23,6 @@ pub fn check_version_id(version: Option<&str>) -> Result<(), S3Error> {
     }
 }
 
-/// Client-supplied metadata of a PUT (everything but the ETag and checksums); user
-/// metadata over [`MAX_USER_META`] is refused.
-pub fn meta_from_headers(h: &HeaderMap) -> Result<ObjectMeta, S3Error> {
-    check_user_meta_size(h)?;
-    let mut headers = BTreeMap::new();
-    for name in KEPT_HEADERS {
-        if let Some(v) = header(h, name) {
-            headers.insert(name.to_string(), v.to_string());
-        }
-    }
-    if let Some(enc) = header(h, "content-encoding") {
-        let rest: Vec<&str> = enc
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("aws-chunked"))
-            .collect();
-        if !rest.is_empty() {
-            headers.insert("content-encoding".into(), rest.join(","));
-        }
-    }
-    let mut user_meta = BTreeMap::new();
-    for (name, value) in h {
-        if let Some(m) = name.as_str().strip_prefix("x-amz-meta-") {
-            if let Ok(v) = value.to_str() {
-                user_meta.insert(m.to_string(), v.to_string());
-            }
-        }
-    }
-    Ok(ObjectMeta {
-        etag: String::new(),
-        content_type: header(h, "content-type").map(String::from),
-        headers,
-        user_meta,
-        checksums: BTreeMap::new(),
-    })
-}
-
 /// PutObject: stream, erasure-code, verify, then commit.
 pub async fn put_object(
     ctx: &Ctx,
@@ -101,7 +30,6 @@ pub async fn put_object(
     key: &str,
     body: Body,
 ) -> Result<Response, S3Error> {
-    require_bucket(ctx, bucket)?;
     if key.len() > MAX_KEY_LEN {
         return Err(S3Error::KeyTooLong);
     }
@@ -115,48 +43,17 @@ pub async fn put_object(
         return Err(S3Error::IncompleteBody);
     };
     meta.etag = hex::encode(digests.md5);
-    if let Some((alg, value)) = &digests.checksum {
-        meta.checksums.insert(alg.name().to_string(), value.clone());
-    }
+    meta.checksum = digests
+        .checksum
+        .as_ref()
+        .map(|(algorithm, value)| ObjectChecksum {
+            algorithm: *algorithm,
+            value: value.clone(),
+            kind: ChecksumKind::FullObject,
+        });
     let rec = service.commit(bucket, key, staged, meta, &cond).await?;
     metrics::counter!("cairn_s3_bytes_in_total").increment(len);
     Ok(written_response(&rec.meta.etag, digests.checksum.as_ref()))
-}
-
-/// The answer to a PutObject or UploadPart: the ETag and the checksum that was verified.
-pub fn written_response(etag: &str, checksum: Option<&(Algorithm, String)>) -> Response {
-    let mut resp = StatusCode::OK.into_response();
-    let h = resp.headers_mut();
-    insert(h, "etag", &format!("\"{etag}\""));
-    if let Some((alg, value)) = checksum {
-        insert(h, alg.header(), value);
-    }
-    resp
-}
-
-/// The write condition of a PUT or Complete (`If-None-Match: *`, `If-Match: etag`),
-/// checked now to fail early and again atomically at commit.
-pub fn check_write_preconditions(
-    ctx: &Ctx,
-    bucket: &str,
-    key: &str,
-) -> Result<WriteCondition, S3Error> {
-    let cond = match (
-        header(&ctx.headers, "if-none-match"),
-        header(&ctx.headers, "if-match"),
-    ) {
-        (Some(v), _) if v.trim() == "*" => WriteCondition::IfAbsent,
-        (Some(_), _) => {
-            return Err(S3Error::NotImplemented(
-                "If-None-Match other than * on writes".into(),
-            ))
-        }
-        (None, Some(e)) => WriteCondition::IfEtag(e.trim().trim_matches('"').to_string()),
-        (None, None) => return Ok(WriteCondition::None),
-    };
-    let current = ctx.state.service.catalog.object(bucket, key)?;
-    cond.check(current.as_ref())?;
-    Ok(cond)
 }
 
 fn etag_matches(list: &str, etag: &str) -> bool {
@@ -299,38 +196,11 @@ fn object_headers(h: &mut HeaderMap, rec: &ObjectRecord, checksum_mode: bool, ra
         }
     }
     if checksum_mode && !ranged {
-        for (alg, value) in &rec.meta.checksums {
-            if let Some(a) = Algorithm::parse(alg) {
-                insert(h, a.header(), value);
-            }
-        }
-        let kind = rec
-            .meta
-            .checksums
-            .get("type")
-            .map(String::as_str)
-            .unwrap_or("FULL_OBJECT");
-        if rec
-            .meta
-            .checksums
-            .keys()
-            .any(|k| Algorithm::parse(k).is_some())
-        {
-            insert(h, "x-amz-checksum-type", kind);
+        if let Some(c) = &rec.meta.checksum {
+            insert(h, c.algorithm.header(), &c.value);
+            insert(h, "x-amz-checksum-type", c.kind.name());
         }
     }
-}
-
-/// Bytes `start..end` of part `n` (1-based) of an object: its n-th segment. An object
-/// written by a single PUT has one part.
-fn part_bounds(rec: &ObjectRecord, n: u32) -> Result<(u64, u64), S3Error> {
-    let idx = n as usize - 1;
-    if rec.segments.is_empty() && idx == 0 {
-        return Ok((0, 0));
-    }
-    let seg = rec.segments.get(idx).ok_or(S3Error::InvalidPartNumber)?;
-    let start: u64 = rec.segments[..idx].iter().map(|s| s.len).sum();
-    Ok((start, start + seg.len))
 }
 
 /// GetObject and HeadObject (with Range, partNumber and the conditional headers).
@@ -338,25 +208,16 @@ pub async fn get_object(
     ctx: &Ctx,
     bucket: &str,
     key: &str,
+    part: Option<u32>,
     head: bool,
 ) -> Result<Response, S3Error> {
-    require_bucket(ctx, bucket)?;
     check_version_id(ctx.query.get("versionId").map(String::as_str))?;
-    let rec = ctx
-        .state
-        .service
-        .catalog
-        .object(bucket, key)?
-        .ok_or(S3Error::NoSuchKey)?;
+    let rec = ctx.state.service.object(bucket, key)?;
     check_read_preconditions(&ctx.headers, "", &rec)?;
-    let part = match ctx.query.get("partNumber") {
-        Some(_) => Some(super::multipart::part_number(ctx)?),
-        None => None,
-    };
     let (start, end, partial) = match part {
         Some(n) => {
-            let (a, b) = part_bounds(&rec, n)?;
-            (a, b, rec.segments.len() > 1)
+            let (a, b) = rec.part_bounds(n).ok_or(S3Error::InvalidPartNumber)?;
+            (a, b, rec.part_count() > 1)
         }
         None => match parse_range(header(&ctx.headers, "range"), rec.size)? {
             RangeSpec::Full => (0, rec.size, false),
@@ -396,18 +257,13 @@ pub async fn get_object(
         );
     }
     if part.is_some() {
-        insert(
-            h,
-            "x-amz-mp-parts-count",
-            &rec.segments.len().max(1).to_string(),
-        );
+        insert(h, "x-amz-mp-parts-count", &rec.part_count().to_string());
     }
     Ok(resp)
 }
 
 /// DeleteObject: succeeds whether or not the key exists.
 pub async fn delete_object(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response, S3Error> {
-    require_bucket(ctx, bucket)?;
     check_version_id(ctx.query.get("versionId").map(String::as_str))?;
     ctx.state.service.delete(bucket, key).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

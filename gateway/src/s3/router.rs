@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use http::{HeaderMap, Method};
 use percent_encoding::percent_decode_str;
 
+use cairn_common::ids::ObjectId;
+
 use crate::error::S3Error;
 
 /// Query parameters, decoded.
@@ -42,10 +44,14 @@ pub enum Endpoint {
     GetObject {
         bucket: String,
         key: String,
+        /// `partNumber`: read only that part.
+        part: Option<u32>,
     },
     HeadObject {
         bucket: String,
         key: String,
+        /// `partNumber`: describe only that part.
+        part: Option<u32>,
     },
     DeleteObject {
         bucket: String,
@@ -65,22 +71,29 @@ pub enum Endpoint {
     UploadPart {
         bucket: String,
         key: String,
+        upload: ObjectId,
+        part: u32,
     },
     UploadPartCopy {
         bucket: String,
         key: String,
+        upload: ObjectId,
+        part: u32,
     },
     CompleteMultipartUpload {
         bucket: String,
         key: String,
+        upload: ObjectId,
     },
     AbortMultipartUpload {
         bucket: String,
         key: String,
+        upload: ObjectId,
     },
     ListParts {
         bucket: String,
         key: String,
+        upload: ObjectId,
     },
     ListMultipartUploads {
         bucket: String,
@@ -92,6 +105,34 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// The bucket an operation needs to exist (every one but ListBuckets, CreateBucket
+    /// and the unsupported ones).
+    pub fn existing_bucket(&self) -> Option<&str> {
+        use Endpoint::*;
+        match self {
+            ListBuckets | CreateBucket { .. } | Unsupported { .. } => None,
+            HeadBucket { bucket }
+            | DeleteBucket { bucket }
+            | GetBucketLocation { bucket }
+            | GetBucketVersioning { bucket }
+            | ListObjectsV1 { bucket }
+            | ListObjectsV2 { bucket }
+            | DeleteObjects { bucket }
+            | ListMultipartUploads { bucket }
+            | PutObject { bucket, .. }
+            | GetObject { bucket, .. }
+            | HeadObject { bucket, .. }
+            | DeleteObject { bucket, .. }
+            | CopyObject { bucket, .. }
+            | CreateMultipartUpload { bucket, .. }
+            | UploadPart { bucket, .. }
+            | UploadPartCopy { bucket, .. }
+            | CompleteMultipartUpload { bucket, .. }
+            | AbortMultipartUpload { bucket, .. }
+            | ListParts { bucket, .. } => Some(bucket),
+        }
+    }
+
     /// Operation name for metrics and logs.
     pub fn name(&self) -> &'static str {
         match self {
@@ -119,6 +160,40 @@ impl Endpoint {
             Endpoint::Unsupported { .. } => "Unsupported",
         }
     }
+}
+
+/// Highest part number.
+pub const MAX_PART_NUMBER: u32 = 10_000;
+
+/// Parses a `partNumber` value: an integer in 1..=10000.
+pub fn parse_part_number(value: Option<&str>) -> Result<u32, S3Error> {
+    value
+        .and_then(|n| n.parse::<u32>().ok())
+        .filter(|n| (1..=MAX_PART_NUMBER).contains(n))
+        .ok_or_else(|| {
+            S3Error::InvalidArgument(
+                "Part number must be an integer between 1 and 10000, inclusive".into(),
+            )
+        })
+}
+
+fn part_number(query: &Query) -> Result<u32, S3Error> {
+    parse_part_number(query.get("partNumber").map(String::as_str))
+}
+
+fn optional_part_number(query: &Query) -> Result<Option<u32>, S3Error> {
+    match query.contains_key("partNumber") {
+        true => part_number(query).map(Some),
+        false => Ok(None),
+    }
+}
+
+/// `uploadId` as an upload's id; one Cairn did not issue is no upload at all.
+fn upload_id(query: &Query) -> Result<ObjectId, S3Error> {
+    query
+        .get("uploadId")
+        .and_then(|s| s.parse().ok())
+        .ok_or(S3Error::NoSuchUpload)
 }
 
 /// Decodes the query string into a map (`+` is a space; SDKs send `%2B` for plus).
@@ -246,15 +321,52 @@ pub fn route(
         Method::POST if query.contains_key("uploads") => {
             Endpoint::CreateMultipartUpload { bucket, key }
         }
-        Method::POST if upload => Endpoint::CompleteMultipartUpload { bucket, key },
-        Method::PUT if upload && copy => Endpoint::UploadPartCopy { bucket, key },
-        Method::PUT if upload => Endpoint::UploadPart { bucket, key },
-        Method::GET if upload => Endpoint::ListParts { bucket, key },
-        Method::DELETE if upload => Endpoint::AbortMultipartUpload { bucket, key },
+        Method::POST if upload => Endpoint::CompleteMultipartUpload {
+            bucket,
+            key,
+            upload: upload_id(query)?,
+        },
+        Method::PUT if upload => {
+            let part = part_number(query)?;
+            let upload = upload_id(query)?;
+            if copy {
+                Endpoint::UploadPartCopy {
+                    bucket,
+                    key,
+                    upload,
+                    part,
+                }
+            } else {
+                Endpoint::UploadPart {
+                    bucket,
+                    key,
+                    upload,
+                    part,
+                }
+            }
+        }
+        Method::GET if upload => Endpoint::ListParts {
+            bucket,
+            key,
+            upload: upload_id(query)?,
+        },
+        Method::DELETE if upload => Endpoint::AbortMultipartUpload {
+            bucket,
+            key,
+            upload: upload_id(query)?,
+        },
         Method::PUT if copy => Endpoint::CopyObject { bucket, key },
         Method::PUT => Endpoint::PutObject { bucket, key },
-        Method::GET => Endpoint::GetObject { bucket, key },
-        Method::HEAD => Endpoint::HeadObject { bucket, key },
+        Method::GET => Endpoint::GetObject {
+            bucket,
+            key,
+            part: optional_part_number(query)?,
+        },
+        Method::HEAD => Endpoint::HeadObject {
+            bucket,
+            key,
+            part: optional_part_number(query)?,
+        },
         Method::DELETE => Endpoint::DeleteObject { bucket, key },
         Method::POST => Endpoint::Unsupported {
             what: "POST on an object".into(),
@@ -290,9 +402,45 @@ mod tests {
             r(Method::GET, "/b/dir/a%20b%2Bc", ""),
             Endpoint::GetObject {
                 bucket: "b".into(),
-                key: "dir/a b+c".into()
+                key: "dir/a b+c".into(),
+                part: None,
             }
         );
+        let upload = ObjectId::random();
+        assert_eq!(
+            r(
+                Method::PUT,
+                "/b/k",
+                &format!("partNumber=7&uploadId={upload}")
+            ),
+            Endpoint::UploadPart {
+                bucket: "b".into(),
+                key: "k".into(),
+                upload,
+                part: 7,
+            }
+        );
+        assert_eq!(
+            r(Method::HEAD, "/b/k", "partNumber=2"),
+            Endpoint::HeadObject {
+                bucket: "b".into(),
+                key: "k".into(),
+                part: Some(2),
+            }
+        );
+        let bad = |m: Method, q: &str| route(&m, "/b/k", &parse_query(Some(q)), &HeaderMap::new());
+        assert!(matches!(
+            bad(Method::GET, "partNumber=0"),
+            Err(S3Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            bad(Method::PUT, "partNumber=1&uploadId=nope"),
+            Err(S3Error::NoSuchUpload)
+        ));
+        assert!(matches!(
+            bad(Method::DELETE, "uploadId=nope"),
+            Err(S3Error::NoSuchUpload)
+        ));
         assert!(matches!(
             r(Method::GET, "/b", "policy"),
             Endpoint::Unsupported { .. }

@@ -8,15 +8,13 @@ use base64::Engine;
 use cairn_common::ids::ObjectId;
 use cairn_gateway::error::S3Error;
 use cairn_gateway::s3::body::{declared_length, CheckedBody};
-use cairn_gateway::s3::checksum::Algorithm;
 use cairn_gateway::s3::copy::{parse_copy_range, parse_copy_source};
-use cairn_gateway::s3::multipart::parse_part_number;
-use cairn_gateway::s3::object::{
-    check_read_preconditions, meta_from_headers, parse_range, RangeSpec,
-};
-use cairn_gateway::s3::router::{parse_query, route};
+use cairn_gateway::s3::object::{check_read_preconditions, parse_range, RangeSpec};
+use cairn_gateway::s3::router::{parse_part_number, parse_query, route};
 use cairn_gateway::s3::sigv4::Payload;
-use cairn_gateway::store::catalog::{ObjectMeta, ObjectRecord};
+use cairn_gateway::s3::write::meta_from_headers;
+use cairn_store::checksum::Algorithm;
+use cairn_store::{ObjectMeta, ObjectRecord};
 use futures::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use percent_encoding::{utf8_percent_encode, AsciiSet};
@@ -73,7 +71,7 @@ fn record(etag: &str, modified_ms: i64) -> ObjectRecord {
             content_type: None,
             headers: Default::default(),
             user_meta: Default::default(),
-            checksums: Default::default(),
+            checksum: None,
         },
         segments: Vec::new(),
     }

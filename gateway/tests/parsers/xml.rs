@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use cairn_gateway::s3::checksum::Algorithm;
 use cairn_gateway::s3::delete::parse_delete;
 use cairn_gateway::s3::multipart::parse_complete;
+use cairn_store::checksum::Algorithm;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use quick_xml::escape::escape;

@@ -2,9 +2,8 @@
 //!
 //! Each step is arranged so that only the newest state word waits on the step before: the
 //! message word and constant join the oldest word first, and `opaque` stops the compiler
-//! from re-associating those sums back onto the critical path. That makes this portable
-//! code faster than OpenSSL's assembly on the bench box (646 against 598 MB/s; md-5 0.10:
-//! 475 MB/s).
+//! from re-associating those sums back onto the critical path, which is what makes this
+//! portable code fast.
 
 use super::block::{Block, Pending};
 

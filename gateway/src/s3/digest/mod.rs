@@ -3,12 +3,10 @@
 //! (whole, or chunk by chunk in aws-chunked uploads).
 //!
 //! They are most of the gateway's CPU on a PUT, so they are written here, not taken from a
-//! crate; each is checked against the md-5 and sha2 crates in the tests. Measured on the
-//! bench box (AMD EPYC, Zen 3):
-//! - MD5 ([`md5`]): 646 MB/s, against 598 for OpenSSL's assembly and 475 for md-5 0.10.
+//! crate; each is checked against the md-5 and sha2 crates in the tests:
+//! - MD5 ([`md5`]), arranged for a short critical path (faster than md-5's portable code);
 //! - MD5 and SHA-256 of the same bytes, stitched into one pass on x86-64 with the SHA
-//!   extensions (`x86.rs`): 630 MB/s for both, against 432 MB/s for OpenSSL's MD5 and then
-//!   its SHA-256: 0.78 CPU-seconds less per GiB of signed upload.
+//!   extensions (`x86.rs`), which costs about what MD5 alone does.
 
 mod block;
 pub mod md5;

@@ -3,8 +3,7 @@
 //! Both hashes are long chains of dependent operations: MD5's through the scalar adders,
 //! SHA-256's through `sha256rnds2` in the vector unit. Interleaved in one instruction
 //! stream, the CPU runs the two chains side by side, so MD5 and SHA-256 of the same bytes
-//! cost about what MD5 alone does (630 MB/s for both, against 432 MB/s for OpenSSL's MD5
-//! then SHA-256 on the bench box). `fence!` keeps the compiler from regrouping the
+//! cost about what MD5 alone does. `fence!` keeps the compiler from regrouping the
 //! interleaved code into one hash after the other.
 
 use std::arch::x86_64::*;

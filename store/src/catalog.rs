@@ -11,171 +11,17 @@
 //! the records themselves, and every shard delete (failed writes, replaced versions,
 //! repair, rebalance, garbage collection) asks them right before it is sent.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use cairn_common::ids::{NodeId, ObjectId};
 use cairn_common::protocol::ShardRef;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use super::StoreError;
-
-/// A bucket.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct BucketRecord {
-    /// Creation time, unix milliseconds.
-    pub created_ms: i64,
-}
-
-/// Where one segment (a PUT's whole body, or one multipart part) is stored.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SegmentRecord {
-    /// Segment number in the shard headers.
-    pub segment: u32,
-    /// Logical bytes.
-    pub len: u64,
-    /// Data shards.
-    pub k: u8,
-    /// Parity shards.
-    pub m: u8,
-    /// Bytes of a full block.
-    pub block_size: u32,
-    /// Node holding shard `i`, for `i` in `0..k+m`.
-    pub nodes: Vec<NodeId>,
-    /// Shard file format the segment was written in (records from before the field are 1).
-    #[serde(default = "format_v1")]
-    pub format: u8,
-}
-
-fn format_v1() -> u8 {
-    1
-}
-
-/// What the client said about an object, kept with it and returned on GET/HEAD.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct ObjectMeta {
-    /// ETag without quotes.
-    pub etag: String,
-    /// Content-Type.
-    pub content_type: Option<String>,
-    /// Other standard headers kept with the object (content-encoding, cache-control...).
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// `x-amz-meta-*` user metadata (names without the prefix).
-    #[serde(default)]
-    pub user_meta: BTreeMap<String, String>,
-    /// Flexible checksums of the whole object: algorithm name → value.
-    #[serde(default)]
-    pub checksums: BTreeMap<String, String>,
-}
-
-/// A committed object version.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ObjectRecord {
-    /// Identity of this version's shards.
-    pub id: ObjectId,
-    /// Logical size in bytes.
-    pub size: u64,
-    /// Last-Modified, unix milliseconds.
-    pub modified_ms: i64,
-    /// Client-visible metadata.
-    pub meta: ObjectMeta,
-    /// Segments in object order.
-    pub segments: Vec<SegmentRecord>,
-}
-
-/// What the gateway stores on nodes beside a committed object's shards, so the catalog
-/// can be rebuilt from the nodes alone ([`super::rebuild`]).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Manifest {
-    /// Bucket.
-    pub bucket: String,
-    /// Key.
-    pub key: String,
-    /// The record as committed (segment node lists may be outdated; the nodes' shard
-    /// inventories say where shards really are).
-    pub record: ObjectRecord,
-    /// When this manifest was written, unix milliseconds: repair rewrites it, and the
-    /// newest manifest of a version wins.
-    pub written_ms: i64,
-}
-
-/// A multipart upload in progress.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct UploadRecord {
-    /// Target bucket.
-    pub bucket: String,
-    /// Target key.
-    pub key: String,
-    /// Metadata given at creation (ETag and checksums are filled at completion).
-    pub meta: ObjectMeta,
-    /// Creation time, unix milliseconds.
-    pub created_ms: i64,
-    /// Checksum algorithm asked for at creation (`CRC32`...).
-    #[serde(default)]
-    pub checksum_algorithm: Option<String>,
-    /// `COMPOSITE` or `FULL_OBJECT`.
-    #[serde(default)]
-    pub checksum_type: Option<String>,
-}
-
-/// One uploaded part.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PartRecord {
-    /// Hex MD5 of the part.
-    pub etag: String,
-    /// Bytes.
-    pub size: u64,
-    /// Upload time, unix milliseconds.
-    pub modified_ms: i64,
-    /// Where the part's data is.
-    pub segment: SegmentRecord,
-    /// The part's flexible checksum (base64), if the upload has an algorithm.
-    #[serde(default)]
-    pub checksum: Option<String>,
-}
-
-/// The result of a completed upload, kept so that a retried Complete answers the same.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct CompletedRecord {
-    /// Bucket.
-    pub bucket: String,
-    /// Key.
-    pub key: String,
-    /// Quoted-less ETag of the object.
-    pub etag: String,
-    /// Object checksum and its type, if any.
-    #[serde(default)]
-    pub checksum: Option<(String, String, String)>,
-    /// Completion time, unix milliseconds.
-    pub completed_ms: i64,
-}
-
-/// A condition on the current version of a key, checked atomically with a commit.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum WriteCondition {
-    /// Always write.
-    #[default]
-    None,
-    /// Only if the key does not exist (`If-None-Match: *`).
-    IfAbsent,
-    /// Only if the key's current ETag is this one (`If-Match`).
-    IfEtag(String),
-}
-
-impl WriteCondition {
-    /// Checks the condition against the current record.
-    pub fn check(&self, current: Option<&ObjectRecord>) -> Result<(), StoreError> {
-        match (self, current) {
-            (WriteCondition::None, _) => Ok(()),
-            (WriteCondition::IfAbsent, None) => Ok(()),
-            (WriteCondition::IfAbsent, Some(_)) => Err(StoreError::PreconditionFailed),
-            (WriteCondition::IfEtag(_), None) => Err(StoreError::NoSuchKey),
-            (WriteCondition::IfEtag(e), Some(r)) if e == "*" || *e == r.meta.etag => Ok(()),
-            (WriteCondition::IfEtag(_), Some(_)) => Err(StoreError::PreconditionFailed),
-        }
-    }
-}
+use crate::records::{
+    self, BucketRecord, CompletedRecord, ObjectRecord, PartRecord, SegmentRecord, UploadRecord,
+    WriteCondition,
+};
+use crate::StoreError;
 
 /// The sled-backed catalog.
 #[derive(Clone)]
@@ -196,6 +42,14 @@ pub struct Catalog {
 
 /// Key in the `meta` tree marking that `versions` indexes every object.
 const VERSIONS_INDEXED: &[u8] = b"versions-indexed";
+
+/// The error of a failed catalog transaction: its storage failure, or why it aborted.
+fn transaction_error(e: sled::transaction::TransactionError<StoreError>) -> StoreError {
+    match e {
+        sled::transaction::TransactionError::Storage(e) => StoreError::Catalog(e),
+        sled::transaction::TransactionError::Abort(e) => e,
+    }
+}
 
 fn part_key(upload: &ObjectId, part: u32) -> Vec<u8> {
     let mut k = upload.0.to_vec();
@@ -248,7 +102,7 @@ impl Catalog {
         let mut n = 0usize;
         for item in self.objects.iter() {
             let (okey, v) = item?;
-            let rec: ObjectRecord = serde_json::from_slice(&v)?;
+            let rec: ObjectRecord = records::decode(&v)?;
             self.versions.insert(rec.id.0, okey)?;
             n += 1;
         }
@@ -268,7 +122,7 @@ impl Catalog {
         let Some(v) = self.objects.get(&okey)? else {
             return Ok(None);
         };
-        let rec: ObjectRecord = serde_json::from_slice(&v)?;
+        let rec: ObjectRecord = records::decode(&v)?;
         Ok((rec.id == *id).then_some(rec))
     }
 
@@ -323,7 +177,7 @@ impl Catalog {
             let (k, v) = item?;
             out.push((
                 String::from_utf8_lossy(&k).into_owned(),
-                serde_json::from_slice(&v)?,
+                records::decode(&v)?,
             ));
         }
         Ok(out)
@@ -332,14 +186,14 @@ impl Catalog {
     /// The bucket's record, if it exists.
     pub fn bucket(&self, name: &str) -> Result<Option<BucketRecord>, StoreError> {
         Ok(match self.buckets.get(name.as_bytes())? {
-            Some(v) => Some(serde_json::from_slice(&v)?),
+            Some(v) => Some(records::decode(&v)?),
             None => None,
         })
     }
 
     /// Creates a bucket; returns false if it already existed.
     pub async fn create_bucket(&self, name: &str, rec: &BucketRecord) -> Result<bool, StoreError> {
-        let v = serde_json::to_vec(rec)?;
+        let v = records::encode(rec)?;
         let created = self
             .buckets
             .compare_and_swap(name.as_bytes(), None as Option<&[u8]>, Some(v))?
@@ -357,16 +211,25 @@ impl Catalog {
             .is_none())
     }
 
-    /// Removes a bucket record.
+    /// Removes an empty bucket's record. Writes into a bucket check it exists in the
+    /// transaction that commits them, so once the record is gone no object can land in
+    /// the bucket: if one landed before, the record is put back and the bucket is not
+    /// empty.
     pub async fn delete_bucket(&self, name: &str) -> Result<(), StoreError> {
-        self.buckets.remove(name.as_bytes())?;
+        let Some(rec) = self.buckets.remove(name.as_bytes())? else {
+            return Err(StoreError::NoSuchBucket);
+        };
+        if !self.bucket_is_empty(name)? {
+            self.buckets.insert(name.as_bytes(), rec)?;
+            return Err(StoreError::BucketNotEmpty);
+        }
         self.flush().await
     }
 
     /// The committed record of `bucket/key`.
     pub fn object(&self, bucket: &str, key: &str) -> Result<Option<ObjectRecord>, StoreError> {
         Ok(match self.objects.get(object_key(bucket, key))? {
-            Some(v) => Some(serde_json::from_slice(&v)?),
+            Some(v) => Some(records::decode(&v)?),
             None => None,
         })
     }
@@ -379,25 +242,31 @@ impl Catalog {
         rec: &ObjectRecord,
         cond: &WriteCondition,
     ) -> Result<Option<ObjectRecord>, StoreError> {
+        use sled::Transactional;
         let okey = object_key(bucket, key);
-        let value = serde_json::to_vec(rec)?;
+        let value = records::encode(rec)?;
         self.versions.insert(rec.id.0, okey.as_slice())?;
-        let old = loop {
-            let current = self.objects.get(&okey)?;
-            let parsed: Option<ObjectRecord> = match &current {
-                Some(v) => Some(serde_json::from_slice(v)?),
-                None => None,
-            };
-            cond.check(parsed.as_ref())?;
-            match self
-                .objects
-                .compare_and_swap(&okey, current.clone(), Some(value.as_slice()))?
-            {
-                Ok(()) => break current,
-                Err(_) => continue, // raced with another writer: check again
-            }
-        };
-        let old: Option<ObjectRecord> = old.and_then(|v| serde_json::from_slice(&v).ok());
+        let old = (&self.buckets, &self.objects)
+            .transaction(|(buckets, objects)| {
+                if buckets.get(bucket.as_bytes())?.is_none() {
+                    return sled::transaction::abort(StoreError::NoSuchBucket);
+                }
+                let current = objects.get(okey.as_slice())?;
+                let parsed: Option<ObjectRecord> = match &current {
+                    Some(v) => match records::decode(v) {
+                        Ok(r) => Some(r),
+                        Err(e) => return sled::transaction::abort(e),
+                    },
+                    None => None,
+                };
+                if let Err(e) = cond.check(parsed.as_ref()) {
+                    return sled::transaction::abort(e);
+                }
+                objects.insert(okey.as_slice(), value.as_slice())?;
+                Ok(current)
+            })
+            .map_err(transaction_error)?;
+        let old: Option<ObjectRecord> = old.and_then(|v| records::decode(&v).ok());
         if let Some(old) = old.as_ref().filter(|o| o.id != rec.id) {
             self.unindex_version(&old.id, &okey)?;
         }
@@ -415,7 +284,7 @@ impl Catalog {
         let old: Option<ObjectRecord> = self
             .objects
             .remove(&okey)?
-            .and_then(|v| serde_json::from_slice(&v).ok());
+            .and_then(|v| records::decode(&v).ok());
         if let Some(old) = &old {
             self.unindex_version(&old.id, &okey)?;
         }
@@ -451,7 +320,7 @@ impl Catalog {
             .map(move |item| {
                 let (k, v) = item?;
                 let key = String::from_utf8_lossy(&k[base_len..]).into_owned();
-                Ok((key, serde_json::from_slice(&v)?))
+                Ok((key, records::decode(&v)?))
             })
     }
 
@@ -462,14 +331,14 @@ impl Catalog {
 
     /// Registers a new multipart upload.
     pub async fn create_upload(&self, id: &ObjectId, rec: &UploadRecord) -> Result<(), StoreError> {
-        self.uploads.insert(id.0, serde_json::to_vec(rec)?)?;
+        self.uploads.insert(id.0, records::encode(rec)?)?;
         self.flush().await
     }
 
     /// A multipart upload in progress.
     pub fn upload(&self, id: &ObjectId) -> Result<Option<UploadRecord>, StoreError> {
         Ok(match self.uploads.get(id.0)? {
-            Some(v) => Some(serde_json::from_slice(&v)?),
+            Some(v) => Some(records::decode(&v)?),
             None => None,
         })
     }
@@ -482,7 +351,7 @@ impl Catalog {
             let mut id = [0u8; 16];
             if k.len() == 16 {
                 id.copy_from_slice(&k);
-                out.push((ObjectId(id), serde_json::from_slice(&v)?));
+                out.push((ObjectId(id), records::decode(&v)?));
             }
         }
         Ok(out)
@@ -510,21 +379,27 @@ impl Catalog {
         Ok(n)
     }
 
-    /// Records a part (durably), returning the part it replaced.
+    /// Records a part (durably) if its upload is still in progress, returning the part
+    /// it replaced.
     pub async fn put_part(
         &self,
         upload: &ObjectId,
         number: u32,
         rec: &PartRecord,
     ) -> Result<Option<PartRecord>, StoreError> {
-        let old = self
-            .parts
-            .insert(part_key(upload, number), serde_json::to_vec(rec)?)?;
+        use sled::Transactional;
+        let pkey = part_key(upload, number);
+        let value = records::encode(rec)?;
+        let old = (&self.uploads, &self.parts)
+            .transaction(|(uploads, parts)| {
+                if uploads.get(upload.0)?.is_none() {
+                    return sled::transaction::abort(StoreError::NoSuchUpload);
+                }
+                Ok(parts.insert(pkey.as_slice(), value.as_slice())?)
+            })
+            .map_err(transaction_error)?;
         self.flush().await?;
-        Ok(match old {
-            Some(v) => serde_json::from_slice(&v).ok(),
-            None => None,
-        })
+        Ok(old.and_then(|v| records::decode(&v).ok()))
     }
 
     /// Parts of an upload, by part number.
@@ -534,7 +409,7 @@ impl Catalog {
             let (k, v) = item?;
             if k.len() == 20 {
                 let n = u32::from_be_bytes([k[16], k[17], k[18], k[19]]);
-                out.push((n, serde_json::from_slice(&v)?));
+                out.push((n, records::decode(&v)?));
             }
         }
         Ok(out)
@@ -552,20 +427,28 @@ impl Catalog {
     ) -> Result<Option<ObjectRecord>, StoreError> {
         use sled::Transactional;
         let okey = object_key(&done.bucket, &done.key);
-        let value = serde_json::to_vec(rec)?;
-        let done_value = serde_json::to_vec(done)?;
+        let value = records::encode(rec)?;
+        let done_value = records::encode(done)?;
         let part_keys: Vec<sled::IVec> = self
             .parts
             .scan_prefix(upload.0)
             .keys()
             .collect::<Result<_, _>>()?;
         self.versions.insert(upload.0, okey.as_slice())?;
-        let old = (&self.objects, &self.uploads, &self.parts, &self.completed)
-            .transaction(|(objects, uploads, parts, completed)| {
+        let old = (
+            &self.buckets,
+            &self.objects,
+            &self.uploads,
+            &self.parts,
+            &self.completed,
+        )
+            .transaction(|(buckets, objects, uploads, parts, completed)| {
+                if buckets.get(done.bucket.as_bytes())?.is_none() {
+                    return sled::transaction::abort(StoreError::NoSuchBucket);
+                }
                 let current = objects.get(okey.as_slice())?;
-                let parsed: Option<ObjectRecord> = current
-                    .as_ref()
-                    .and_then(|v| serde_json::from_slice(v).ok());
+                let parsed: Option<ObjectRecord> =
+                    current.as_ref().and_then(|v| records::decode(v).ok());
                 if let Err(e) = cond.check(parsed.as_ref()) {
                     return sled::transaction::abort(e);
                 }
@@ -575,7 +458,7 @@ impl Catalog {
                 let mut current = std::collections::HashSet::with_capacity(part_keys.len());
                 for k in &part_keys {
                     if let Some(v) = parts.remove(k)? {
-                        if let Ok(p) = serde_json::from_slice::<PartRecord>(&v) {
+                        if let Ok(p) = records::decode::<PartRecord>(&v) {
                             current.insert(p.segment.segment);
                         }
                     }
@@ -590,13 +473,8 @@ impl Catalog {
                 completed.insert(&upload.0, done_value.as_slice())?;
                 Ok(old)
             })
-            .map_err(
-                |e: sled::transaction::TransactionError<StoreError>| match e {
-                    sled::transaction::TransactionError::Storage(e) => StoreError::Catalog(e),
-                    sled::transaction::TransactionError::Abort(e) => e,
-                },
-            )?;
-        let old: Option<ObjectRecord> = old.and_then(|v| serde_json::from_slice(&v).ok());
+            .map_err(transaction_error)?;
+        let old: Option<ObjectRecord> = old.and_then(|v| records::decode(&v).ok());
         if let Some(old) = old.as_ref().filter(|o| o.id != *upload) {
             self.unindex_version(&old.id, &okey)?;
         }
@@ -607,7 +485,7 @@ impl Catalog {
     /// The remembered result of a completed upload.
     pub fn completed(&self, upload: &ObjectId) -> Result<Option<CompletedRecord>, StoreError> {
         Ok(match self.completed.get(upload.0)? {
-            Some(v) => Some(serde_json::from_slice(&v)?),
+            Some(v) => Some(records::decode(&v)?),
             None => None,
         })
     }
@@ -616,7 +494,7 @@ impl Catalog {
     pub fn prune_completed(&self, before_ms: i64) -> Result<(), StoreError> {
         for item in self.completed.iter() {
             let (k, v) = item?;
-            if let Ok(c) = serde_json::from_slice::<CompletedRecord>(&v) {
+            if let Ok(c) = records::decode::<CompletedRecord>(&v) {
                 if c.completed_ms < before_ms {
                     self.completed.remove(k)?;
                 }
@@ -625,18 +503,23 @@ impl Catalog {
         Ok(())
     }
 
-    /// Removes an upload and its parts (durably), returning the parts.
+    /// Removes an upload and its parts (durably), returning the parts; None if the
+    /// upload was not (or no longer) in progress.
     pub async fn abort_upload(
         &self,
         upload: &ObjectId,
-    ) -> Result<Vec<(u32, PartRecord)>, StoreError> {
+    ) -> Result<Option<Vec<(u32, PartRecord)>>, StoreError> {
+        // The upload goes first: no part can be recorded after it (see `put_part`), so
+        // the parts listed next are all there will ever be.
+        if self.uploads.remove(upload.0)?.is_none() {
+            return Ok(None);
+        }
         let parts = self.parts(upload)?;
-        self.uploads.remove(upload.0)?;
         for (n, _) in &parts {
             self.parts.remove(part_key(upload, *n))?;
         }
         self.flush().await?;
-        Ok(parts)
+        Ok(Some(parts))
     }
 
     /// Every committed object with its bucket and key.
@@ -652,7 +535,7 @@ impl Catalog {
             Ok((
                 String::from_utf8_lossy(bucket).into_owned(),
                 String::from_utf8_lossy(key).into_owned(),
-                serde_json::from_slice(&v)?,
+                records::decode(&v)?,
             ))
         })
     }
@@ -674,12 +557,12 @@ impl Catalog {
             let Some(current) = self.objects.get(&okey)? else {
                 return Ok(None);
             };
-            let mut rec: ObjectRecord = serde_json::from_slice(&current)?;
+            let mut rec: ObjectRecord = records::decode(&current)?;
             if rec.id != *id || rec.segments.get(index) != Some(old) {
                 return Ok(None);
             }
             rec.segments[index] = new.clone();
-            let value = serde_json::to_vec(&rec)?;
+            let value = records::encode(&rec)?;
             if self
                 .objects
                 .compare_and_swap(&okey, Some(current), Some(value))?
@@ -705,12 +588,12 @@ impl Catalog {
             let Some(current) = self.parts.get(&pkey)? else {
                 return Ok(false);
             };
-            let mut part: PartRecord = serde_json::from_slice(&current)?;
+            let mut part: PartRecord = records::decode(&current)?;
             if part.segment != *old {
                 return Ok(false);
             }
             part.segment = new.clone();
-            let value = serde_json::to_vec(&part)?;
+            let value = records::encode(&part)?;
             if self
                 .parts
                 .compare_and_swap(&pkey, Some(current), Some(value))?
@@ -759,6 +642,7 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ObjectMeta;
 
     fn segment(number: u32, nodes: &[NodeId]) -> SegmentRecord {
         SegmentRecord {
@@ -786,6 +670,11 @@ mod tests {
         let catalog = Catalog::open(dir.path()).expect("open");
         let nodes: Vec<NodeId> = (0..4).map(|_| NodeId::random()).collect();
         let (a, b, c) = (nodes[0], nodes[1], nodes[2]);
+
+        catalog
+            .create_bucket("bkt", &BucketRecord { created_ms: 0 })
+            .await
+            .expect("bucket");
 
         // A committed object: its shards, on their nodes only, and its version.
         let v1 = ObjectId::random();
@@ -827,8 +716,7 @@ mod tests {
             key: "big".into(),
             meta: ObjectMeta::default(),
             created_ms: 0,
-            checksum_algorithm: None,
-            checksum_type: None,
+            checksum: None,
         };
         catalog.create_upload(&up, &urec).await.expect("create");
         let part = PartRecord {
@@ -879,6 +767,70 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn writes_land_only_in_buckets_and_uploads_that_exist() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let catalog = Catalog::open(dir.path()).expect("open");
+        let rec = ObjectRecord {
+            id: ObjectId::random(),
+            size: 10,
+            modified_ms: 0,
+            meta: ObjectMeta::default(),
+            segments: vec![segment(1, &[NodeId::random()])],
+        };
+        let put = catalog
+            .put_object("nobucket", "k", &rec, &WriteCondition::None)
+            .await;
+        assert!(matches!(put, Err(StoreError::NoSuchBucket)), "{put:?}");
+
+        // A bucket with an object in it is not deleted, and stays usable.
+        catalog
+            .create_bucket("b", &BucketRecord { created_ms: 5 })
+            .await
+            .expect("bucket");
+        catalog
+            .put_object("b", "k", &rec, &WriteCondition::None)
+            .await
+            .expect("put");
+        let del = catalog.delete_bucket("b").await;
+        assert!(matches!(del, Err(StoreError::BucketNotEmpty)), "{del:?}");
+        assert_eq!(
+            catalog.bucket("b").expect("read").map(|b| b.created_ms),
+            Some(5)
+        );
+        catalog.delete_object("b", "k").await.expect("delete");
+        catalog
+            .delete_bucket("b")
+            .await
+            .expect("empty bucket deleted");
+        assert!(catalog.bucket("b").expect("read").is_none());
+
+        // A part recorded after its upload was aborted is refused, not left behind.
+        let up = ObjectId::random();
+        let urec = UploadRecord {
+            bucket: "b".into(),
+            key: "k".into(),
+            meta: ObjectMeta::default(),
+            created_ms: 0,
+            checksum: None,
+        };
+        catalog.create_upload(&up, &urec).await.expect("create");
+        let part = PartRecord {
+            etag: "e".into(),
+            size: 10,
+            modified_ms: 0,
+            segment: segment(2, &[NodeId::random()]),
+            checksum: None,
+        };
+        catalog.put_part(&up, 1, &part).await.expect("part");
+        let parts = catalog.abort_upload(&up).await.expect("abort");
+        assert_eq!(parts.map(|p| p.len()), Some(1));
+        assert!(catalog.abort_upload(&up).await.expect("again").is_none());
+        let late = catalog.put_part(&up, 2, &part).await;
+        assert!(matches!(late, Err(StoreError::NoSuchUpload)), "{late:?}");
+        assert!(catalog.parts(&up).expect("parts").is_empty());
+    }
+
+    #[tokio::test]
     async fn a_catalog_without_the_version_index_gets_it_on_open() {
         let dir = tempfile::tempdir().expect("tempdir");
         let id = ObjectId::random();
@@ -897,7 +849,7 @@ mod tests {
                 .expect("tree")
                 .insert(
                     object_key("bkt", "old"),
-                    serde_json::to_vec(&rec).expect("json"),
+                    records::encode(&rec).expect("json"),
                 )
                 .expect("insert");
             db.flush().expect("flush");

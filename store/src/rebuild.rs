@@ -14,9 +14,10 @@ use std::collections::{BTreeMap, HashMap};
 use cairn_common::ids::NodeId;
 use cairn_common::protocol::ShardRef;
 
-use super::catalog::{BucketRecord, Catalog, Manifest, ObjectRecord, WriteCondition};
+use super::catalog::Catalog;
 use super::cluster::Cluster;
 use super::StoreError;
+use crate::records::{self, BucketRecord, Manifest, ObjectRecord, WriteCondition};
 
 /// What a rebuild found and restored.
 #[derive(Clone, Debug, Default)]
@@ -52,7 +53,7 @@ pub async fn rebuild(cluster: &Cluster, catalog: &Catalog) -> Result<RebuildRepo
         let manifests = client.manifests(&addr).await.map_err(node_err)?;
         report.nodes += 1;
         for (name, marker) in manifests.buckets {
-            let created = serde_json::from_str::<BucketRecord>(&marker)
+            let created = records::decode::<BucketRecord>(marker.as_bytes())
                 .map(|b| b.created_ms)
                 .unwrap_or(0);
             let e = buckets.entry(name).or_insert(created);
@@ -63,7 +64,7 @@ pub async fn rebuild(cluster: &Cluster, catalog: &Catalog) -> Result<RebuildRepo
         }
         for stored in manifests.manifests {
             report.manifests += 1;
-            match serde_json::from_str::<Manifest>(&stored.manifest) {
+            match records::decode::<Manifest>(stored.manifest.as_bytes()) {
                 Ok(m) if m.record.id == stored.object => versions
                     .entry((m.bucket.clone(), m.key.clone()))
                     .or_default()
@@ -77,21 +78,20 @@ pub async fn rebuild(cluster: &Cluster, catalog: &Catalog) -> Result<RebuildRepo
             }
         }
     }
+    let mut restored = Vec::new();
     for ((bucket, key), mut candidates) in versions {
         // Newest version first; for one version, the newest manifest (repair rewrites it).
         candidates.sort_by_key(|m| std::cmp::Reverse((m.record.modified_ms, m.written_ms)));
         match candidates.iter().find_map(|m| locate(&m.record, &located)) {
             Some(rec) => {
-                catalog
-                    .put_object(&bucket, &key, &rec, &WriteCondition::None)
-                    .await?;
-                let created = buckets.entry(bucket).or_insert(rec.modified_ms);
+                let created = buckets.entry(bucket.clone()).or_insert(rec.modified_ms);
                 *created = (*created).min(rec.modified_ms);
-                report.objects += 1;
+                restored.push((bucket, key, rec));
             }
             None => report.unrecoverable.push(format!("{bucket}/{key}")),
         }
     }
+    // Buckets first: an object is only ever committed into a bucket that exists.
     for (name, created_ms) in buckets {
         if catalog
             .create_bucket(&name, &BucketRecord { created_ms })
@@ -99,6 +99,12 @@ pub async fn rebuild(cluster: &Cluster, catalog: &Catalog) -> Result<RebuildRepo
         {
             report.buckets += 1;
         }
+    }
+    for (bucket, key, rec) in restored {
+        catalog
+            .put_object(&bucket, &key, &rec, &WriteCondition::None)
+            .await?;
+        report.objects += 1;
     }
     Ok(report)
 }

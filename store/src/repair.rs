@@ -18,9 +18,9 @@ use cairn_common::ids::ObjectId;
 use cairn_common::protocol::ShardRef;
 use futures::StreamExt;
 
-use super::catalog::{ObjectRecord, SegmentRecord};
 use super::service::ObjectService;
 use super::{BodyError, StoreError};
+use crate::records::{ObjectRecord, SegmentRecord};
 
 /// When and how often repair runs.
 #[derive(Clone, Copy, Debug)]
@@ -219,7 +219,6 @@ async fn repair(service: &ObjectService, job: &Job) -> Result<bool, StoreError> 
             &job.key,
             job.segment.len,
             &mut body,
-            true,
         )
         .await?;
     let swapped = match job.owner {

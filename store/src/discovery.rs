@@ -7,7 +7,7 @@ use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent};
 use super::cluster::Cluster;
 
 /// Browses for nodes until the process ends. Returns the daemon, which must be kept alive.
-pub fn start(scope: MdnsScope, cluster: Cluster) -> anyhow::Result<Option<ServiceDaemon>> {
+pub fn start(scope: MdnsScope, cluster: Cluster) -> Result<Option<ServiceDaemon>, mdns_sd::Error> {
     if scope == MdnsScope::Off {
         return Ok(None);
     }

@@ -66,6 +66,20 @@ impl Algorithm {
     }
 }
 
+impl serde::Serialize for Algorithm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Algorithm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Algorithm::parse(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown checksum algorithm {name:?}")))
+    }
+}
+
 /// A running checksum.
 pub enum Hasher {
     Crc32(crc32fast::Hasher),

@@ -87,8 +87,6 @@ impl ShardSink {
 /// A shard of a segment that did not land on its node.
 #[derive(Debug)]
 pub struct FailedShard {
-    /// Shard index.
-    pub index: u8,
     /// The node it was meant for.
     pub node: NodeId,
     /// Why.
@@ -154,7 +152,6 @@ pub async fn write_segment<S>(
     spec: &SegmentSpec<'_>,
     targets: &[(NodeId, String)],
     body: &mut S,
-    last_segment: bool,
 ) -> Result<Written, StoreError>
 where
     S: Stream<Item = Result<Bytes, BodyError>> + Unpin,
@@ -219,7 +216,7 @@ where
         key: shard_key,
         shards: &shards,
     };
-    let result = pump_stripes(&codec, &layout, &tags, body, &sinks, last_segment).await;
+    let result = pump_stripes(&codec, &layout, &tags, body, &sinks).await;
     if let Err(e) = result {
         // Stop the healthy transfers *before* closing their shard streams: a node whose
         // stream ended short would fail too, and must not be blamed. Only a node whose
@@ -234,11 +231,10 @@ where
             }
         }
         let mut failed = Vec::new();
-        for (i, (s, dead)) in sinks.into_iter().zip(dead).enumerate() {
+        for (s, dead) in sinks.into_iter().zip(dead) {
             if dead {
                 if let Ok(Err(error)) = s.task.await {
                     failed.push(FailedShard {
-                        index: i as u8,
                         node: s.node,
                         error,
                     });
@@ -252,7 +248,7 @@ where
         return Err(e);
     }
     let mut failed = Vec::new();
-    for (i, s) in sinks.into_iter().enumerate() {
+    for s in sinks {
         drop(s.tx);
         let r = match s.task.await {
             Ok(r) => r,
@@ -260,7 +256,6 @@ where
         };
         if let Err(error) = r {
             failed.push(FailedShard {
-                index: i as u8,
                 node: s.node,
                 error,
             });
@@ -347,7 +342,6 @@ async fn pump_stripes<S>(
     tags: &Tags<'_>,
     body: &mut S,
     sinks: &[ShardSink],
-    last_segment: bool,
 ) -> Result<(), StoreError>
 where
     S: Stream<Item = Result<Bytes, BodyError>> + Unpin,
@@ -417,11 +411,7 @@ where
         spare_parity.keep(parity);
         metrics::counter!("cairn_stripes_encoded_total").increment(1);
     }
-    if last_segment {
-        reader.finish().await?;
-    } else if !reader.pending.is_empty() {
-        return Err(StoreError::BodyTooLong);
-    }
+    reader.finish().await?;
     Ok(())
 }
 

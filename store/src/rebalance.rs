@@ -18,9 +18,9 @@ use cairn_common::ids::{NodeId, ObjectId};
 use cairn_common::placement;
 use futures::StreamExt;
 
-use super::catalog::SegmentRecord;
 use super::service::ObjectService;
 use super::StoreError;
+use crate::records::SegmentRecord;
 
 /// Time between passes.
 const EVERY: Duration = Duration::from_secs(10);

@@ -14,9 +14,9 @@ use std::time::Duration;
 use cairn_common::ids::{NodeId, ObjectId};
 use cairn_common::protocol::ShardRef;
 
-use super::catalog::SegmentRecord;
 use super::service::ObjectService;
 use super::StoreError;
+use crate::records::SegmentRecord;
 
 /// What a pass removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

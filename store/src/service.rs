@@ -9,6 +9,8 @@
 //! orphans for garbage collection otherwise). Every delete first asks the catalog
 //! whether a record still points to the shard ([`Catalog::references_shard`]).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use cairn_common::ids::{NodeId, ObjectId};
 use cairn_common::placement;
@@ -18,16 +20,18 @@ use cairn_common::shard::Layout;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
-use super::catalog::{
-    BucketRecord, Catalog, CompletedRecord, Manifest, ObjectMeta, ObjectRecord, PartRecord,
-    SegmentRecord, UploadRecord, WriteCondition,
-};
+use super::catalog::Catalog;
 use super::cluster::Cluster;
 use super::decoder;
 use super::encoder::{self, SegmentSpec};
 use super::leases::ReadLeases;
 use super::node_client::NodeCallError;
 use super::{BodyError, StoreError};
+use crate::listing::{ListQuery, Page};
+use crate::records::{
+    self, Bucket, BucketRecord, CompletedRecord, Manifest, ObjectMeta, ObjectRecord, PartRecord,
+    SegmentRecord, UploadRecord, WriteCondition,
+};
 
 /// Erasure settings for new writes.
 #[derive(Clone, Copy, Debug)]
@@ -46,8 +50,13 @@ enum Garbage {
     Shard { segment: u32, index: u8 },
 }
 
-/// Chosen `(k, m, [(node, address); k+m])` for a new segment.
-type Placement = (u8, u8, Vec<(NodeId, String)>);
+/// Where a new segment goes: its geometry, and the node (with its address) of each of
+/// its `k + m` shards.
+struct Placement {
+    k: u8,
+    m: u8,
+    targets: Vec<(NodeId, String)>,
+}
 
 /// Room counted for a shard file's header (its bucket and key included) on top of its
 /// blocks when checking a node's free space.
@@ -60,33 +69,93 @@ const MAX_REWRITES: u32 = 2;
 #[derive(Debug)]
 pub struct StagedObject {
     /// Identity of the shards.
-    pub id: ObjectId,
+    id: ObjectId,
     /// Logical size.
-    pub size: u64,
+    size: u64,
     /// Where the data went.
-    pub segments: Vec<SegmentRecord>,
+    segments: Vec<SegmentRecord>,
 }
 
 /// The object service.
 #[derive(Clone)]
 pub struct ObjectService {
-    /// The catalog.
-    pub catalog: Catalog,
-    /// Cluster membership.
-    pub cluster: Cluster,
+    pub(crate) catalog: Catalog,
+    pub(crate) cluster: Cluster,
     geometry: Geometry,
     leases: ReadLeases,
+    /// Multipart uploads a bucket may have open at once.
+    max_uploads_per_bucket: usize,
+    /// Held from counting a bucket's open uploads to registering a new one, so that
+    /// concurrent creations cannot together pass the limit (a count is a scan, which a
+    /// sled transaction cannot hold).
+    create_upload_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl ObjectService {
     /// A service over a catalog and a cluster.
-    pub fn new(catalog: Catalog, cluster: Cluster, geometry: Geometry) -> Self {
+    pub(crate) fn new(
+        catalog: Catalog,
+        cluster: Cluster,
+        geometry: Geometry,
+        max_uploads_per_bucket: usize,
+    ) -> Self {
         Self {
             catalog,
             cluster,
             geometry,
             leases: ReadLeases::default(),
+            max_uploads_per_bucket,
+            create_upload_lock: Arc::default(),
         }
+    }
+
+    /// The bucket `name`, or [`StoreError::NoSuchBucket`].
+    pub fn bucket(&self, name: &str) -> Result<Bucket, StoreError> {
+        let rec = self.catalog.bucket(name)?.ok_or(StoreError::NoSuchBucket)?;
+        Ok(Bucket {
+            name: name.to_string(),
+            created_ms: rec.created_ms,
+        })
+    }
+
+    /// All buckets, by name.
+    pub fn list_buckets(&self) -> Result<Vec<Bucket>, StoreError> {
+        Ok(self
+            .catalog
+            .list_buckets()?
+            .into_iter()
+            .map(|(name, rec)| Bucket {
+                name,
+                created_ms: rec.created_ms,
+            })
+            .collect())
+    }
+
+    /// The current version of `bucket/key`, or [`StoreError::NoSuchKey`].
+    pub fn object(&self, bucket: &str, key: &str) -> Result<ObjectRecord, StoreError> {
+        self.catalog
+            .object(bucket, key)?
+            .ok_or(StoreError::NoSuchKey)
+    }
+
+    /// Checks a write condition against the current version of `bucket/key` (it is
+    /// checked again, atomically, when the write commits).
+    pub fn check_condition(
+        &self,
+        bucket: &str,
+        key: &str,
+        cond: &WriteCondition,
+    ) -> Result<(), StoreError> {
+        if *cond == WriteCondition::None {
+            return Ok(());
+        }
+        cond.check(self.catalog.object(bucket, key)?.as_ref())
+    }
+
+    /// One page of the keys of `bucket`.
+    pub fn list_objects(&self, bucket: &str, query: &ListQuery<'_>) -> Result<Page, StoreError> {
+        self.bucket(bucket)?;
+        crate::listing::list_page(&self.catalog, bucket, query)
     }
 
     /// Chooses geometry and nodes for a new segment of `len` bytes among the live nodes
@@ -133,7 +202,7 @@ impl ObjectService {
             for (id, _) in &targets {
                 self.cluster.debit(id, shard);
             }
-            return Ok((k, m, targets));
+            return Ok(Placement { k, m, targets });
         }
     }
 
@@ -149,9 +218,7 @@ impl ObjectService {
         S: Stream<Item = Result<Bytes, BodyError>> + Unpin,
     {
         let id = ObjectId::random();
-        let seg = self
-            .write_segment(id, 0, bucket, key, len, body, true)
-            .await?;
+        let seg = self.write_segment(id, 0, bucket, key, len, body).await?;
         Ok(StagedObject {
             id,
             size: len,
@@ -165,8 +232,7 @@ impl ObjectService {
     /// still hold `k` shards: the segment is then read back (rebuilt from parity) and
     /// written again under a fresh segment number onto nodes that can take it, and only
     /// the short attempt's shards are deleted.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn write_segment<S>(
+    pub(crate) async fn write_segment<S>(
         &self,
         id: ObjectId,
         segment: u32,
@@ -174,14 +240,13 @@ impl ObjectService {
         key: &str,
         len: u64,
         body: &mut S,
-        last: bool,
     ) -> Result<SegmentRecord, StoreError>
     where
         S: Stream<Item = Result<Bytes, BodyError>> + Unpin,
     {
         let started = std::time::Instant::now();
         let (mut seg, mut short) = self
-            .write_attempt(id, segment, bucket, key, len, body, last)
+            .write_attempt(id, segment, bucket, key, len, body)
             .await?;
         let mut rewrites = 0;
         while short {
@@ -207,7 +272,7 @@ impl ObjectService {
             );
             let number = self.catalog.unique_u32()?;
             let next = self
-                .write_attempt(id, number, bucket, key, len, &mut again, true)
+                .write_attempt(id, number, bucket, key, len, &mut again)
                 .await;
             drop(again);
             self.delete_segment_later(id, seg);
@@ -224,7 +289,6 @@ impl ObjectService {
     /// One attempt at writing a segment: its record, and whether some of its shards
     /// did not land (it is readable but short of redundancy). A failed attempt's shards
     /// are deleted.
-    #[allow(clippy::too_many_arguments)]
     async fn write_attempt<S>(
         &self,
         id: ObjectId,
@@ -233,12 +297,11 @@ impl ObjectService {
         key: &str,
         len: u64,
         body: &mut S,
-        last: bool,
     ) -> Result<(SegmentRecord, bool), StoreError>
     where
         S: Stream<Item = Result<Bytes, BodyError>> + Unpin,
     {
-        let (k, m, targets) = self.place(&id, segment, len)?;
+        let Placement { k, m, targets } = self.place(&id, segment, len)?;
         let layout = Layout::new(k, m, self.geometry.block_size, len)?;
         let spec = SegmentSpec {
             object: id,
@@ -247,7 +310,7 @@ impl ObjectService {
             bucket,
             key,
         };
-        let result = encoder::write_segment(&self.cluster, &spec, &targets, body, last).await;
+        let result = encoder::write_segment(&self.cluster, &spec, &targets, body).await;
         let seg = SegmentRecord {
             segment,
             len,
@@ -305,7 +368,7 @@ impl ObjectService {
         if !self.catalog.create_bucket(name, &rec).await? {
             return Ok(false);
         }
-        let body = Bytes::from(serde_json::to_vec(&rec)?);
+        let body = Bytes::from(records::encode(&rec)?);
         let live = self.cluster.live_nodes();
         let results = self
             .cluster
@@ -319,6 +382,11 @@ impl ObjectService {
         Ok(true)
     }
 
+    /// What the gateway knows of each storage node.
+    pub fn nodes(&self) -> Vec<crate::NodeState> {
+        self.cluster.snapshot()
+    }
+
     /// Declares a storage node gone for good (durably): it gets no new shards and repair
     /// rebuilds its shards elsewhere now. False if it already was.
     pub async fn declare_node_gone(&self, id: NodeId) -> Result<bool, StoreError> {
@@ -327,7 +395,7 @@ impl ObjectService {
         Ok(fresh)
     }
 
-    /// Deletes a bucket record, then its markers in the background.
+    /// Deletes an empty bucket's record, then its markers in the background.
     pub async fn delete_bucket(&self, name: &str) -> Result<(), StoreError> {
         self.catalog.delete_bucket(name).await?;
         let cluster = self.cluster.clone();
@@ -346,7 +414,7 @@ impl ObjectService {
 
     /// Stores the manifest of `bucket/key` again if version `id` is still current (a
     /// retried request whose first attempt committed).
-    pub async fn republish_manifest(
+    async fn republish_manifest(
         &self,
         bucket: &str,
         key: &str,
@@ -362,7 +430,7 @@ impl ObjectService {
     /// first segment, so the catalog can be rebuilt from the nodes. At least `m+1` copies
     /// must land (as many node losses as the data survives), else the write is not
     /// acknowledged.
-    pub async fn publish_manifest(
+    pub(crate) async fn publish_manifest(
         &self,
         bucket: &str,
         key: &str,
@@ -374,7 +442,7 @@ impl ObjectService {
             record: rec.clone(),
             written_ms: now_ms(),
         };
-        let body = Bytes::from(serde_json::to_vec(&manifest)?);
+        let body = Bytes::from(records::encode(&manifest)?);
         let (nodes, m) = match rec.segments.first() {
             Some(seg) => (seg.nodes.clone(), seg.m as usize),
             None => (self.cluster.live_nodes(), self.geometry.m as usize),
@@ -389,6 +457,12 @@ impl ObjectService {
         enough_copies(results, (m + 1).min(nodes.len()), "manifest")
     }
 
+    /// Drops a written segment that will not be recorded (a part whose body failed its
+    /// checks): exactly its shards.
+    pub fn discard_segment(&self, id: ObjectId, seg: SegmentRecord) {
+        self.delete_segment_later(id, seg);
+    }
+
     /// Drops a staged object that will not be committed: exactly its segments' shards.
     pub fn discard(&self, staged: StagedObject) {
         for seg in staged.segments {
@@ -396,12 +470,65 @@ impl ObjectService {
         }
     }
 
-    /// Starts a multipart upload; its id is also the object id its parts are written under.
+    /// Starts a multipart upload; its id is also the object id its parts are written
+    /// under. Refused with [`StoreError::TooManyUploads`] when the bucket has as many
+    /// open as allowed.
     pub async fn create_upload(&self, rec: &UploadRecord) -> Result<ObjectId, StoreError> {
+        self.bucket(&rec.bucket)?;
         let id = ObjectId::random();
-        self.catalog.create_upload(&id, rec).await?;
+        {
+            let _one_at_a_time = self.create_upload_lock.lock().await;
+            let limit = self.max_uploads_per_bucket;
+            if self.catalog.count_uploads(&rec.bucket, limit)? >= limit {
+                return Err(StoreError::TooManyUploads(limit));
+            }
+            self.catalog.create_upload(&id, rec).await?;
+        }
         metrics::gauge!("cairn_multipart_uploads_open").increment(1.0);
         Ok(id)
+    }
+
+    /// The upload `id` into `bucket/key`, or [`StoreError::NoSuchUpload`].
+    pub fn upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        id: &ObjectId,
+    ) -> Result<UploadRecord, StoreError> {
+        match self.catalog.upload(id)? {
+            Some(rec) if rec.bucket == bucket && rec.key == key => Ok(rec),
+            _ => Err(StoreError::NoSuchUpload),
+        }
+    }
+
+    /// The parts recorded for an upload, by part number.
+    pub fn parts(&self, upload: &ObjectId) -> Result<Vec<(u32, PartRecord)>, StoreError> {
+        self.catalog.parts(upload)
+    }
+
+    /// The uploads in progress into `bucket`, ordered by id.
+    pub fn uploads_in(&self, bucket: &str) -> Result<Vec<(ObjectId, UploadRecord)>, StoreError> {
+        let mut all = self.catalog.uploads()?;
+        all.retain(|(_, r)| r.bucket == bucket);
+        Ok(all)
+    }
+
+    /// The remembered result of a completed upload into `bucket/key`, with its manifest
+    /// stored again if that version is still current (a retried Complete whose first
+    /// attempt committed but could not answer).
+    pub async fn completed_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        id: &ObjectId,
+    ) -> Result<Option<CompletedRecord>, StoreError> {
+        match self.catalog.completed(id)? {
+            Some(done) if done.bucket == bucket && done.key == key => {
+                self.republish_manifest(bucket, key, id).await?;
+                Ok(Some(done))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Writes one part of an upload as its own segment (a fresh segment number per
@@ -417,18 +544,27 @@ impl ObjectService {
         S: Stream<Item = Result<Bytes, BodyError>> + Unpin,
     {
         let segment = self.catalog.unique_u32()?;
-        self.write_segment(upload, segment, &rec.bucket, &rec.key, len, body, true)
+        self.write_segment(upload, segment, &rec.bucket, &rec.key, len, body)
             .await
     }
 
-    /// Records a written part, deleting the shards of the part it replaces.
+    /// Records a written part if its upload is still in progress (else
+    /// [`StoreError::NoSuchUpload`], and the part's shards are deleted), deleting the
+    /// shards of the part it replaces.
     pub async fn commit_part(
         &self,
         upload: ObjectId,
         number: u32,
         part: &PartRecord,
     ) -> Result<(), StoreError> {
-        if let Some(old) = self.catalog.put_part(&upload, number, part).await? {
+        let old = match self.catalog.put_part(&upload, number, part).await {
+            Ok(old) => old,
+            Err(e) => {
+                self.delete_segment_later(upload, part.segment.clone());
+                return Err(e);
+            }
+        };
+        if let Some(old) = old {
             if old.segment.segment != part.segment.segment {
                 self.delete_segment_later(upload, old.segment);
             }
@@ -473,10 +609,9 @@ impl ObjectService {
 
     /// Aborts an upload and frees its shards; returns false if there was no such upload.
     pub async fn abort_upload(&self, upload: ObjectId) -> Result<bool, StoreError> {
-        if self.catalog.upload(&upload)?.is_none() {
+        let Some(parts) = self.catalog.abort_upload(&upload).await? else {
             return Ok(false);
-        }
-        let parts = self.catalog.abort_upload(&upload).await?;
+        };
         metrics::gauge!("cairn_multipart_uploads_open").decrement(1.0);
         // Part attempts still in flight leave orphans, which garbage collection removes.
         for (_, part) in parts {
@@ -500,7 +635,7 @@ impl ObjectService {
     }
 
     /// Best-effort background delete of one segment's shards.
-    pub fn delete_segment_later(&self, id: ObjectId, seg: SegmentRecord) {
+    pub(crate) fn delete_segment_later(&self, id: ObjectId, seg: SegmentRecord) {
         let jobs = seg.nodes.iter().enumerate();
         let jobs = jobs.map(|(i, n)| {
             (
@@ -515,7 +650,7 @@ impl ObjectService {
     }
 
     /// Best-effort background delete of one shard on one node (a copy that was moved).
-    pub fn delete_shard_later(&self, id: ObjectId, node: NodeId, segment: u32, index: u8) {
+    pub(crate) fn delete_shard_later(&self, id: ObjectId, node: NodeId, segment: u32, index: u8) {
         self.delete_later(id, vec![(node, Garbage::Shard { segment, index })]);
     }
 
