@@ -238,6 +238,10 @@ impl From<StoreError> for S3Error {
             }
             StoreError::PreconditionFailed => S3Error::PreconditionFailed,
             StoreError::NoSuchKey => S3Error::NoSuchKey,
+            StoreError::NoSuchBucket => S3Error::NoSuchBucket,
+            StoreError::BucketNotEmpty => S3Error::BucketNotEmpty,
+            StoreError::NoSuchUpload => S3Error::NoSuchUpload,
+            StoreError::TooManyUploads(limit) => S3Error::TooManyUploads(limit),
             StoreError::Body(e) => match e.downcast::<S3Error>() {
                 Ok(s3) => *s3,
                 Err(other) => S3Error::InvalidRequest(format!("request body: {other}")),

@@ -82,9 +82,6 @@ pub enum StoreError {
     /// The bucket has as many multipart uploads open as allowed.
     #[error("{0} multipart uploads open in the bucket")]
     TooManyUploads(usize),
-    /// A part named in a completion is not the upload's current part of that number.
-    #[error("invalid part")]
-    InvalidPart,
     #[error("precondition failed")]
     PreconditionFailed,
     #[error("no such key")]
