@@ -3,8 +3,6 @@
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
-use quick_xml::events::Event;
-use serde::Deserialize;
 
 use super::body::{declared_length, CheckedBody};
 use super::{xml, Ctx};
@@ -14,32 +12,11 @@ use crate::error::S3Error;
 /// bytes).
 const MAX_CREATE_BODY: usize = 16 * 1024;
 
-#[derive(Debug, Deserialize)]
-struct CreateBucketConfiguration {
-    #[serde(rename = "LocationConstraint", default)]
-    location_constraint: Option<String>,
-}
-
 /// Parses a CreateBucket body (`<CreateBucketConfiguration>`) into the location
 /// constraint it names, if any; anything else is MalformedXML.
 pub fn parse_create_bucket(raw: &[u8]) -> Result<Option<String>, S3Error> {
-    let text = std::str::from_utf8(raw).map_err(|_| S3Error::MalformedXml)?;
-    let doc = xml::request_document(text)?;
-    // The deserializer does not look at the root's name: check it here.
-    let mut reader = quick_xml::Reader::from_str(&doc);
-    loop {
-        match reader.read_event().map_err(|_| S3Error::MalformedXml)? {
-            Event::Start(e) | Event::Empty(e)
-                if e.local_name().as_ref() == b"CreateBucketConfiguration" =>
-            {
-                break
-            }
-            Event::Start(_) | Event::Empty(_) | Event::Eof => return Err(S3Error::MalformedXml),
-            _ => {}
-        }
-    }
-    let conf: CreateBucketConfiguration =
-        quick_xml::de::from_str(&doc).map_err(|_| S3Error::MalformedXml)?;
+    let conf: xml::CreateBucketConfiguration =
+        xml::parse_with_root(raw, "CreateBucketConfiguration")?;
     Ok(conf
         .location_constraint
         .map(|c| c.trim().to_string())
@@ -128,10 +105,20 @@ pub async fn list_buckets(ctx: &Ctx) -> Result<Response, S3Error> {
         .into_iter()
         .map(|b| (b.name, b.created_ms))
         .collect();
-    Ok(xml::response(xml::list_buckets(
-        &ctx.state.keys.access_key,
-        &buckets,
-    )))
+    let doc = xml::ListAllMyBucketsResult {
+        xmlns: xml::Namespace,
+        owner: xml::Owner::new(&ctx.state.keys.access_key),
+        buckets: xml::Buckets {
+            bucket: buckets
+                .into_iter()
+                .map(|(name, created)| xml::Bucket {
+                    name,
+                    creation_date: created,
+                })
+                .collect(),
+        },
+    };
+    Ok(xml::response(&doc))
 }
 
 /// CreateBucket (an optional CreateBucketConfiguration body, validated).
@@ -165,17 +152,17 @@ pub async fn get_location(ctx: &Ctx) -> Result<Response, S3Error> {
     } else {
         ctx.state.region.as_str()
     };
-    let mut s = xml::document("LocationConstraint");
-    s.push_str(&quick_xml::escape::escape(region));
-    s.push_str("</LocationConstraint>");
-    Ok(xml::response(s))
+    Ok(xml::response(&xml::LocationConstraint {
+        xmlns: xml::Namespace,
+        region: region.to_string(),
+    }))
 }
 
 /// GetBucketVersioning: versioning is never enabled.
 pub async fn get_versioning() -> Result<Response, S3Error> {
-    let mut s = xml::document("VersioningConfiguration");
-    s.push_str("</VersioningConfiguration>");
-    Ok(xml::response(s))
+    Ok(xml::response(&xml::VersioningConfiguration {
+        xmlns: xml::Namespace,
+    }))
 }
 
 #[cfg(test)]

@@ -95,11 +95,12 @@ fn source_body(
 }
 
 fn copy_result(root: &str, etag: &str, modified_ms: i64) -> Response {
-    let mut s = xml::document(root);
-    xml::elem(&mut s, "LastModified", &xml::iso8601(modified_ms));
-    xml::elem(&mut s, "ETag", &format!("\"{etag}\""));
-    s.push_str(&format!("</{root}>"));
-    xml::response(s)
+    let doc = xml::CopyResult {
+        xmlns: xml::Namespace,
+        last_modified: modified_ms,
+        etag: etag.to_string(),
+    };
+    xml::response_with_root(root, &doc)
 }
 
 /// CopyObject (metadata directive COPY or REPLACE).

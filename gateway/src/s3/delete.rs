@@ -2,7 +2,6 @@
 
 use axum::body::Body;
 use axum::response::Response;
-use serde::Deserialize;
 
 use super::body::{declared_length, CheckedBody};
 use super::object::check_version_id;
@@ -13,22 +12,6 @@ use crate::error::S3Error;
 const MAX_KEYS: usize = 1000;
 /// Largest request document accepted.
 const MAX_BODY: usize = 2 * 1024 * 1024;
-
-#[derive(Debug, Deserialize)]
-struct DeleteRequest {
-    #[serde(rename = "Quiet", default)]
-    quiet: bool,
-    #[serde(rename = "Object", default)]
-    objects: Vec<DeleteObject>,
-}
-
-#[derive(Debug, Deserialize)]
-struct DeleteObject {
-    #[serde(rename = "Key")]
-    key: String,
-    #[serde(rename = "VersionId", default)]
-    version_id: Option<String>,
-}
 
 /// Parses a DeleteObjects document into its quiet flag and keys (1 to 1000 of them).
 pub fn parse_delete(raw: &[u8]) -> Result<(bool, Vec<String>), S3Error> {
@@ -42,9 +25,7 @@ pub type VersionedKey = (String, Option<String>);
 /// Parses a DeleteObjects document into its quiet flag and keys, each with the
 /// `VersionId` it names, if any.
 pub fn parse_delete_versions(raw: &[u8]) -> Result<(bool, Vec<VersionedKey>), S3Error> {
-    let text = std::str::from_utf8(raw).map_err(|_| S3Error::MalformedXml)?;
-    let req: DeleteRequest = quick_xml::de::from_str(&xml::request_document(text)?)
-        .map_err(|_| S3Error::MalformedXml)?;
+    let req: xml::Delete = xml::parse(raw)?;
     if req.objects.is_empty() || req.objects.len() > MAX_KEYS {
         return Err(S3Error::MalformedXml);
     }
@@ -65,7 +46,7 @@ pub async fn delete_objects(ctx: &Ctx, bucket: &str, body: Body) -> Result<Respo
         .collect(MAX_BODY)
         .await?;
     let (quiet, keys) = parse_delete_versions(&raw)?;
-    let mut s = xml::document("DeleteResult");
+    let mut results = Vec::with_capacity(keys.len());
     for (key, version) in &keys {
         let deleted = match check_version_id(version.as_deref()) {
             Ok(()) => ctx
@@ -79,21 +60,21 @@ pub async fn delete_objects(ctx: &Ctx, bucket: &str, body: Body) -> Result<Respo
         match deleted {
             Ok(_) => {
                 if !quiet {
-                    s.push_str("<Deleted>");
-                    xml::elem(&mut s, "Key", key);
-                    s.push_str("</Deleted>");
+                    results.push(xml::DeleteOutcome::Deleted { key: key.clone() });
                 }
             }
             Err(e) => {
                 let (code, _) = e.code_and_status();
-                s.push_str("<Error>");
-                xml::elem(&mut s, "Key", key);
-                xml::elem(&mut s, "Code", code);
-                xml::elem(&mut s, "Message", &e.to_string());
-                s.push_str("</Error>");
+                results.push(xml::DeleteOutcome::Error {
+                    key: key.clone(),
+                    code,
+                    message: e.to_string(),
+                });
             }
         }
     }
-    s.push_str("</DeleteResult>");
-    Ok(xml::response(s))
+    Ok(xml::response(&xml::DeleteResult {
+        xmlns: xml::Namespace,
+        results,
+    }))
 }

@@ -1,7 +1,5 @@
 //! ListObjects (V1) and ListObjectsV2.
 
-use std::fmt::Write;
-
 use axum::response::Response;
 use base64::Engine;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -82,65 +80,43 @@ pub async fn list_objects(ctx: &Ctx, bucket: &str, v2: bool) -> Result<Response,
         },
     )?;
 
-    let root = "ListBucketResult";
-    let mut s = xml::document(root);
-    xml::elem(&mut s, "Name", bucket);
-    xml::elem(&mut s, "Prefix", &enc(prefix));
-    if !delimiter.is_empty() {
-        xml::elem(&mut s, "Delimiter", &enc(delimiter));
-    }
-    let _ = write!(s, "<MaxKeys>{max_keys}</MaxKeys>");
-    if url {
-        xml::elem(&mut s, "EncodingType", "url");
-    }
-    let _ = write!(s, "<IsTruncated>{}</IsTruncated>", page.truncated);
-    if v2 {
-        let _ = write!(
-            s,
-            "<KeyCount>{}</KeyCount>",
-            page.objects.len() + page.prefixes.len()
-        );
-        if let Some(t) = token {
-            xml::elem(&mut s, "ContinuationToken", t);
-        }
-        if let Some(sa) = param(ctx, "start-after") {
-            xml::elem(&mut s, "StartAfter", &enc(sa));
-        }
-        if page.truncated {
-            if let Some(last) = &page.last {
-                let t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last);
-                xml::elem(&mut s, "NextContinuationToken", &t);
-            }
-        }
-    } else {
-        xml::elem(&mut s, "Marker", &enc(param(ctx, "marker").unwrap_or("")));
-        if page.truncated {
-            if let Some(last) = &page.last {
-                xml::elem(&mut s, "NextMarker", &enc(last));
-            }
-        }
-    }
     let owner = &ctx.state.keys.access_key;
     let fetch_owner = !v2 || param(ctx, "fetch-owner") == Some("true");
-    for (key, rec) in &page.objects {
-        s.push_str("<Contents>");
-        xml::elem(&mut s, "Key", &enc(key));
-        xml::elem(&mut s, "LastModified", &xml::iso8601(rec.modified_ms));
-        xml::elem(&mut s, "ETag", &format!("\"{}\"", rec.meta.etag));
-        let _ = write!(s, "<Size>{}</Size>", rec.size);
-        if fetch_owner {
-            s.push_str("<Owner>");
-            xml::elem(&mut s, "ID", owner);
-            xml::elem(&mut s, "DisplayName", owner);
-            s.push_str("</Owner>");
-        }
-        s.push_str("<StorageClass>STANDARD</StorageClass></Contents>");
-    }
-    for p in &page.prefixes {
-        s.push_str("<CommonPrefixes>");
-        xml::elem(&mut s, "Prefix", &enc(p));
-        s.push_str("</CommonPrefixes>");
-    }
-    let _ = write!(s, "</{root}>");
-    Ok(xml::response(s))
+    // Where the next page starts after, when there is one.
+    let next = page.last.as_deref().filter(|_| page.truncated);
+    let doc = xml::ListBucketResult {
+        xmlns: xml::Namespace,
+        name: bucket.to_string(),
+        prefix: enc(prefix),
+        delimiter: (!delimiter.is_empty()).then(|| enc(delimiter)),
+        max_keys,
+        encoding_type: url.then_some("url"),
+        is_truncated: page.truncated,
+        key_count: v2.then_some(page.objects.len() + page.prefixes.len()),
+        continuation_token: token.filter(|_| v2).map(String::from),
+        start_after: param(ctx, "start-after").filter(|_| v2).map(enc),
+        next_continuation_token: next
+            .filter(|_| v2)
+            .map(|last| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last)),
+        marker: (!v2).then(|| enc(param(ctx, "marker").unwrap_or(""))),
+        next_marker: next.filter(|_| !v2).map(enc),
+        contents: page
+            .objects
+            .iter()
+            .map(|(key, rec)| xml::Contents {
+                key: enc(key),
+                last_modified: rec.modified_ms,
+                etag: rec.meta.etag.clone(),
+                size: rec.size,
+                owner: fetch_owner.then(|| xml::Owner::new(owner)),
+                storage_class: xml::StorageClass::Standard,
+            })
+            .collect(),
+        common_prefixes: page
+            .prefixes
+            .iter()
+            .map(|p| xml::CommonPrefix { prefix: enc(p) })
+            .collect(),
+    };
+    Ok(xml::response(&doc))
 }

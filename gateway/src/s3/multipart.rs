@@ -4,16 +4,14 @@
 //! Completing writes one object record pointing at the chosen parts' segments, in order,
 //! so nothing is copied and nothing of an unfinished upload is ever visible.
 
-use std::fmt::Write;
-
 use super::digest::Md5;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use cairn_common::ids::ObjectId;
-use serde::Deserialize;
 
 use super::body::{declared_length, CheckedBody, Digests};
 use super::write::{check_write_preconditions, meta_from_headers, written_response, MAX_KEY_LEN};
+use super::xml::CompletePart;
 use super::{xml, Ctx};
 use crate::error::S3Error;
 use cairn_store::checksum::Algorithm;
@@ -102,12 +100,12 @@ pub async fn create(ctx: &Ctx, bucket: &str, key: &str) -> Result<Response, S3Er
         checksum,
     };
     let id = ctx.state.service.create_upload(&rec).await?;
-    let mut s = xml::document("InitiateMultipartUploadResult");
-    xml::elem(&mut s, "Bucket", bucket);
-    xml::elem(&mut s, "Key", key);
-    xml::elem(&mut s, "UploadId", &id.to_string());
-    s.push_str("</InitiateMultipartUploadResult>");
-    let mut resp = xml::response(s);
+    let mut resp = xml::response(&xml::InitiateMultipartUploadResult {
+        xmlns: xml::Namespace,
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        upload_id: id.to_string(),
+    });
     if let Some(c) = checksum {
         let h = resp.headers_mut();
         h.insert(
@@ -165,55 +163,13 @@ pub async fn record_part(
     Ok(part)
 }
 
-#[derive(Debug, Deserialize)]
-struct CompleteRequest {
-    #[serde(rename = "Part", default)]
-    parts: Vec<CompletePart>,
-}
-
-/// One `<Part>` of a CompleteMultipartUpload request.
-#[derive(Debug, Deserialize)]
-pub struct CompletePart {
-    /// `PartNumber`.
-    #[serde(rename = "PartNumber")]
-    pub number: u32,
-    /// `ETag` as sent (maybe quoted).
-    #[serde(rename = "ETag")]
-    pub etag: String,
-    #[serde(rename = "ChecksumCRC32", default)]
-    crc32: Option<String>,
-    #[serde(rename = "ChecksumCRC32C", default)]
-    crc32c: Option<String>,
-    #[serde(rename = "ChecksumCRC64NVME", default)]
-    crc64nvme: Option<String>,
-    #[serde(rename = "ChecksumSHA1", default)]
-    sha1: Option<String>,
-    #[serde(rename = "ChecksumSHA256", default)]
-    sha256: Option<String>,
-}
-
 /// Parses a CompleteMultipartUpload document into its parts (at least one).
 pub fn parse_complete(raw: &[u8]) -> Result<Vec<CompletePart>, S3Error> {
-    let text = std::str::from_utf8(raw).map_err(|_| S3Error::MalformedXml)?;
-    let req: CompleteRequest = quick_xml::de::from_str(&xml::request_document(text)?)
-        .map_err(|_| S3Error::MalformedXml)?;
+    let req: xml::CompleteMultipartUpload = xml::parse(raw)?;
     if req.parts.is_empty() {
         return Err(S3Error::MalformedXml);
     }
     Ok(req.parts)
-}
-
-impl CompletePart {
-    /// The part checksum given for `alg`, if any.
-    pub fn checksum(&self, alg: Algorithm) -> Option<&str> {
-        match alg {
-            Algorithm::Crc32 => self.crc32.as_deref(),
-            Algorithm::Crc32c => self.crc32c.as_deref(),
-            Algorithm::Crc64Nvme => self.crc64nvme.as_deref(),
-            Algorithm::Sha1 => self.sha1.as_deref(),
-            Algorithm::Sha256 => self.sha256.as_deref(),
-        }
-    }
 }
 
 fn normalize_etag(e: &str) -> String {
@@ -221,17 +177,25 @@ fn normalize_etag(e: &str) -> String {
 }
 
 fn complete_response(bucket: &str, key: &str, done: &CompletedRecord) -> Response {
-    let mut s = xml::document("CompleteMultipartUploadResult");
-    xml::elem(&mut s, "Location", &format!("/{bucket}/{key}"));
-    xml::elem(&mut s, "Bucket", bucket);
-    xml::elem(&mut s, "Key", key);
-    xml::elem(&mut s, "ETag", &format!("\"{}\"", done.etag));
-    if let Some(c) = &done.checksum {
-        xml::elem(&mut s, &format!("Checksum{}", c.algorithm.name()), &c.value);
-        xml::elem(&mut s, "ChecksumType", c.kind.name());
-    }
-    s.push_str("</CompleteMultipartUploadResult>");
-    xml::response(s)
+    let (checksum, checksum_type) = done
+        .checksum
+        .as_ref()
+        .map(|c| {
+            (
+                xml::Checksum::new(c.algorithm, c.value.clone()),
+                c.kind.name().to_string(),
+            )
+        })
+        .unzip();
+    xml::response(&xml::CompleteMultipartUploadResult {
+        xmlns: xml::Namespace,
+        location: format!("/{bucket}/{key}"),
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        etag: done.etag.clone(),
+        checksum,
+        checksum_type,
+    })
 }
 
 /// CompleteMultipartUpload (idempotent: a retry after success answers the same).
@@ -416,34 +380,30 @@ pub async fn list_parts(
     let truncated = parts.len() > max;
     let page = &parts[..parts.len().min(max)];
     let alg = rec.checksum.map(|c| c.algorithm);
-    let mut s = xml::document("ListPartsResult");
-    xml::elem(&mut s, "Bucket", bucket);
-    xml::elem(&mut s, "Key", key);
-    xml::elem(&mut s, "UploadId", &id.to_string());
-    let _ = write!(s, "<PartNumberMarker>{marker}</PartNumberMarker>");
-    if let Some((n, _)) = page.last() {
-        let _ = write!(s, "<NextPartNumberMarker>{n}</NextPartNumberMarker>");
-    }
-    let _ = write!(
-        s,
-        "<MaxParts>{max}</MaxParts><IsTruncated>{truncated}</IsTruncated>"
-    );
-    s.push_str("<StorageClass>STANDARD</StorageClass>");
-    if let Some(a) = alg {
-        xml::elem(&mut s, "ChecksumAlgorithm", a.name());
-    }
-    for (n, p) in page {
-        let _ = write!(s, "<Part><PartNumber>{n}</PartNumber>");
-        xml::elem(&mut s, "LastModified", &xml::iso8601(p.modified_ms));
-        xml::elem(&mut s, "ETag", &format!("\"{}\"", p.etag));
-        let _ = write!(s, "<Size>{}</Size>", p.size);
-        if let (Some(a), Some(c)) = (alg, &p.checksum) {
-            xml::elem(&mut s, &format!("Checksum{}", a.name()), c);
-        }
-        s.push_str("</Part>");
-    }
-    s.push_str("</ListPartsResult>");
-    Ok(xml::response(s))
+    Ok(xml::response(&xml::ListPartsResult {
+        xmlns: xml::Namespace,
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        upload_id: id.to_string(),
+        part_number_marker: marker,
+        next_part_number_marker: page.last().map(|(n, _)| *n),
+        max_parts: max,
+        is_truncated: truncated,
+        storage_class: xml::StorageClass::Standard,
+        checksum_algorithm: alg.map(|a| a.name()),
+        parts: page
+            .iter()
+            .map(|(n, p)| xml::Part {
+                part_number: *n,
+                last_modified: p.modified_ms,
+                etag: p.etag.clone(),
+                size: p.size,
+                checksum: alg
+                    .zip(p.checksum.clone())
+                    .map(|(a, c)| xml::Checksum::new(a, c)),
+            })
+            .collect(),
+    }))
 }
 
 /// ListMultipartUploads.
@@ -480,26 +440,28 @@ pub async fn list_uploads(ctx: &Ctx, bucket: &str) -> Result<Response, S3Error> 
     uploads.sort();
     let truncated = uploads.len() > max;
     uploads.truncate(max);
-    let mut s = xml::document("ListMultipartUploadsResult");
-    xml::elem(&mut s, "Bucket", bucket);
-    xml::elem(&mut s, "KeyMarker", key_marker);
-    xml::elem(&mut s, "UploadIdMarker", id_marker);
-    if let Some((k, id, _)) = uploads.last() {
-        xml::elem(&mut s, "NextKeyMarker", k);
-        xml::elem(&mut s, "NextUploadIdMarker", id);
-    }
-    xml::elem(&mut s, "Prefix", prefix);
-    let _ = write!(
-        s,
-        "<MaxUploads>{max}</MaxUploads><IsTruncated>{truncated}</IsTruncated>"
-    );
-    for (k, id, created) in &uploads {
-        s.push_str("<Upload>");
-        xml::elem(&mut s, "Key", k);
-        xml::elem(&mut s, "UploadId", id);
-        xml::elem(&mut s, "Initiated", &xml::iso8601(*created));
-        s.push_str("<StorageClass>STANDARD</StorageClass></Upload>");
-    }
-    s.push_str("</ListMultipartUploadsResult>");
-    Ok(xml::response(s))
+    let (next_key_marker, next_upload_id_marker) = uploads
+        .last()
+        .map(|(k, id, _)| (k.clone(), id.clone()))
+        .unzip();
+    Ok(xml::response(&xml::ListMultipartUploadsResult {
+        xmlns: xml::Namespace,
+        bucket: bucket.to_string(),
+        key_marker: key_marker.to_string(),
+        upload_id_marker: id_marker.to_string(),
+        next_key_marker,
+        next_upload_id_marker,
+        prefix: prefix.to_string(),
+        max_uploads: max,
+        is_truncated: truncated,
+        uploads: uploads
+            .into_iter()
+            .map(|(key, upload_id, created)| xml::Upload {
+                key,
+                upload_id,
+                initiated: created,
+                storage_class: xml::StorageClass::Standard,
+            })
+            .collect(),
+    }))
 }

@@ -1,11 +1,17 @@
-//! XML request bodies: CompleteMultipartUpload and DeleteObjects documents as clients
-//! write them round-trip; arbitrary, malformed and hostile documents are MalformedXML,
-//! never a panic, a stack overflow or a long stall.
+//! XML request bodies: CompleteMultipartUpload, DeleteObjects and CreateBucket
+//! documents as clients write them round-trip; arbitrary, malformed and hostile
+//! documents are MalformedXML, never a panic, a stack overflow or a long stall.
+//!
+//! XML response bodies: each document type is written exactly as S3 clients expect it
+//! (declaration, namespace, element order, escaping, absent optional elements).
 
 use std::time::{Duration, Instant};
 
-use cairn_gateway::s3::delete::parse_delete;
+use cairn_gateway::error::S3Error;
+use cairn_gateway::s3::bucket::parse_create_bucket;
+use cairn_gateway::s3::delete::{parse_delete, parse_delete_versions};
 use cairn_gateway::s3::multipart::parse_complete;
+use cairn_gateway::s3::xml::{self, Namespace, StorageClass};
 use cairn_store::checksum::Algorithm;
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -193,7 +199,7 @@ fn soup() -> impl Strategy<Value = Vec<u8>> {
     vec(token, 0..40).prop_map(|t| t.concat().into_bytes())
 }
 
-fn assert_malformed_or<T>(r: Result<T, cairn_gateway::error::S3Error>) -> Option<T> {
+fn assert_malformed_or<T>(r: Result<T, S3Error>) -> Option<T> {
     match r {
         Ok(v) => Some(v),
         Err(e) => {
@@ -381,5 +387,679 @@ fn doctypes_are_refused() {
     ] {
         assert!(parse_complete(doc.as_bytes()).is_err(), "{doc}");
         assert!(parse_delete(doc.as_bytes()).is_err(), "{doc}");
+    }
+}
+
+/// A CompleteMultipartUpload document as SDKs and the CLIs write it: ETags quoted,
+/// unquoted or quoted by entity, part checksums by any algorithm.
+#[test]
+fn complete_documents_as_clients_write_them() {
+    let doc = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<CompleteMultipartUpload xmlns="{NS}">
+  <Part><ETag>"0123456789abcdef0123456789abcdef"</ETag><PartNumber>1</PartNumber><ChecksumCRC32C>yZRlqg==</ChecksumCRC32C></Part>
+  <Part><PartNumber>2</PartNumber><ETag>fedcba9876543210fedcba9876543210</ETag></Part>
+  <Part><PartNumber>3</PartNumber><ETag>&quot;00000000000000000000000000000000&quot;</ETag><ChecksumSHA256>47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=</ChecksumSHA256></Part>
+</CompleteMultipartUpload>"#
+    );
+    let parts = parse_complete(doc.as_bytes()).expect("parse");
+    let got: Vec<(u32, &str)> = parts.iter().map(|p| (p.number, p.etag.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (1, "\"0123456789abcdef0123456789abcdef\""),
+            (2, "fedcba9876543210fedcba9876543210"),
+            (3, "\"00000000000000000000000000000000\""),
+        ]
+    );
+    assert_eq!(parts[0].checksum(Algorithm::Crc32c), Some("yZRlqg=="));
+    assert_eq!(parts[0].checksum(Algorithm::Crc32), None);
+    assert_eq!(parts[1].checksum(Algorithm::Crc32c), None);
+    assert_eq!(
+        parts[2].checksum(Algorithm::Sha256),
+        Some("47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=")
+    );
+    // No part at all, and a part without its number, are MalformedXML.
+    for bad in [
+        "<CompleteMultipartUpload></CompleteMultipartUpload>",
+        "<CompleteMultipartUpload><Part><ETag>x</ETag></Part></CompleteMultipartUpload>",
+        "<CompleteMultipartUpload><Part><PartNumber>x</PartNumber><ETag>x</ETag></Part></CompleteMultipartUpload>",
+    ] {
+        assert!(parse_complete(bad.as_bytes()).is_err(), "{bad}");
+    }
+}
+
+/// A DeleteObjects document: Quiet (absent means false), keys with markup escaped, and
+/// version ids.
+#[test]
+fn delete_documents_as_clients_write_them() {
+    let doc = format!(
+        r#"<Delete xmlns="{NS}"><Quiet>true</Quiet><Object><Key>a&lt;&amp;&quot;&apos;&gt;b</Key></Object><Object><Key>v</Key><VersionId>null</VersionId></Object></Delete>"#
+    );
+    let (quiet, keys) = parse_delete_versions(doc.as_bytes()).expect("parse");
+    assert!(quiet);
+    assert_eq!(
+        keys,
+        [
+            ("a<&\"'>b".to_string(), None),
+            ("v".to_string(), Some("null".to_string()))
+        ]
+    );
+    let doc = "<Delete><Object><Key>k</Key></Object></Delete>";
+    assert_eq!(
+        parse_delete(doc.as_bytes()).expect("parse"),
+        (false, vec!["k".to_string()])
+    );
+    let doc = "<Delete><Quiet>false</Quiet><Object><Key>k</Key></Object></Delete>";
+    assert!(!parse_delete(doc.as_bytes()).expect("parse").0);
+    // U+0085 is kept in a CDATA section too, as XML 1.0 reads it.
+    let doc = "<Delete><Object><Key><![CDATA[a\u{85}<b>]]></Key></Object></Delete>";
+    assert_eq!(
+        parse_delete(doc.as_bytes()).expect("parse").1,
+        ["a\u{85}<b>"]
+    );
+    // No object is MalformedXML.
+    assert!(parse_delete(b"<Delete><Quiet>true</Quiet></Delete>").is_err());
+}
+
+/// A CreateBucket body: the location constraint trimmed, absent or empty as none; the
+/// root must be CreateBucketConfiguration; a DTD is refused.
+#[test]
+fn create_bucket_documents() {
+    let doc = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<CreateBucketConfiguration xmlns=\"{NS}\">\n  <LocationConstraint> eu-west-1\n</LocationConstraint>\n</CreateBucketConfiguration>"
+    );
+    assert_eq!(
+        parse_create_bucket(doc.as_bytes()).expect("parse"),
+        Some("eu-west-1".to_string())
+    );
+    for none in [
+        "<CreateBucketConfiguration/>",
+        "<CreateBucketConfiguration></CreateBucketConfiguration>",
+        "<CreateBucketConfiguration><LocationConstraint></LocationConstraint></CreateBucketConfiguration>",
+        "<CreateBucketConfiguration><LocationConstraint/></CreateBucketConfiguration>",
+    ] {
+        assert_eq!(parse_create_bucket(none.as_bytes()).expect("parse"), None, "{none}");
+    }
+    for bad in [
+        "<Delete><LocationConstraint>eu-west-1</LocationConstraint></Delete>",
+        "<!DOCTYPE CreateBucketConfiguration><CreateBucketConfiguration/>",
+        "<CreateBucketConfiguration><LocationConstraint>a<!DOCTYPE d>b</LocationConstraint></CreateBucketConfiguration>",
+        "",
+    ] {
+        let err = parse_create_bucket(bad.as_bytes()).expect_err(bad);
+        assert_eq!(err.code_and_status().0, "MalformedXML", "{bad}");
+    }
+}
+
+/// The generic parser reports its own error, which is S3's MalformedXML.
+#[test]
+fn parse_errors_are_malformed_xml() {
+    assert_eq!(
+        xml::parse::<xml::Delete>(b"<Delete><Object>").map(|_| ()),
+        Err(xml::MalformedXml)
+    );
+    assert_eq!(
+        xml::parse::<xml::Delete>(b"\xff").map(|_| ()),
+        Err(xml::MalformedXml)
+    );
+    assert_eq!(
+        S3Error::from(xml::MalformedXml).code_and_status().0,
+        "MalformedXML"
+    );
+    let doc = xml::parse_with_root::<xml::CreateBucketConfiguration>(
+        b"<?xml version=\"1.0\"?><!-- c --><CreateBucketConfiguration><LocationConstraint>x</LocationConstraint></CreateBucketConfiguration>",
+        "CreateBucketConfiguration",
+    )
+    .expect("parse");
+    assert_eq!(doc.location_constraint.as_deref(), Some("x"));
+}
+
+const DECL: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;
+
+/// `<Root xmlns="...">` after the declaration, as every response but `<Error>` starts.
+fn open(root: &str) -> String {
+    format!(r#"{DECL}<{root} xmlns="{NS}">"#)
+}
+
+fn write<T: serde::Serialize>(doc: &T) -> String {
+    xml::document(doc).expect("serialize")
+}
+
+/// 2026-11-27T02:00:00.123Z.
+const T1: i64 = 1_795_744_800_123;
+
+#[test]
+fn list_buckets_document() {
+    let doc = xml::ListAllMyBucketsResult {
+        xmlns: Namespace,
+        owner: xml::Owner::new("AK<&>"),
+        buckets: xml::Buckets {
+            bucket: vec![
+                xml::Bucket {
+                    name: "alpha".into(),
+                    creation_date: T1,
+                },
+                xml::Bucket {
+                    name: "beta".into(),
+                    creation_date: 0,
+                },
+            ],
+        },
+    };
+    assert_eq!(
+        write(&doc),
+        open("ListAllMyBucketsResult")
+            + "<Owner><ID>AK&lt;&amp;&gt;</ID><DisplayName>AK&lt;&amp;&gt;</DisplayName></Owner>"
+            + "<Buckets><Bucket><Name>alpha</Name><CreationDate>2026-11-27T02:00:00.123Z</CreationDate></Bucket>"
+            + "<Bucket><Name>beta</Name><CreationDate>1970-01-01T00:00:00.000Z</CreationDate></Bucket></Buckets>"
+            + "</ListAllMyBucketsResult>"
+    );
+    let empty = xml::ListAllMyBucketsResult {
+        xmlns: Namespace,
+        owner: xml::Owner::new("AK"),
+        buckets: xml::Buckets { bucket: vec![] },
+    };
+    assert_eq!(
+        write(&empty),
+        open("ListAllMyBucketsResult")
+            + "<Owner><ID>AK</ID><DisplayName>AK</DisplayName></Owner><Buckets></Buckets></ListAllMyBucketsResult>"
+    );
+}
+
+#[test]
+fn location_and_versioning_documents() {
+    let location = |region: &str| {
+        write(&xml::LocationConstraint {
+            xmlns: Namespace,
+            region: region.into(),
+        })
+    };
+    assert_eq!(
+        location(""),
+        open("LocationConstraint") + "</LocationConstraint>"
+    );
+    assert_eq!(
+        location("eu-west-1"),
+        open("LocationConstraint") + "eu-west-1</LocationConstraint>"
+    );
+    assert_eq!(
+        write(&xml::VersioningConfiguration { xmlns: Namespace }),
+        open("VersioningConfiguration") + "</VersioningConfiguration>"
+    );
+}
+
+fn contents(key: &str, owner: bool) -> xml::Contents {
+    xml::Contents {
+        key: key.into(),
+        last_modified: T1,
+        etag: "d41d8cd98f00b204e9800998ecf8427e".into(),
+        size: 42,
+        owner: owner.then(|| xml::Owner::new("AK")),
+        storage_class: StorageClass::Standard,
+    }
+}
+
+/// ListObjects (V1): Marker always, Delimiter and NextMarker when they apply, Owner in
+/// every Contents; markup in keys and prefixes escaped.
+#[test]
+fn list_objects_v1_document() {
+    let doc = xml::ListBucketResult {
+        xmlns: Namespace,
+        name: "b".into(),
+        prefix: "p<&>/".into(),
+        delimiter: Some("/".into()),
+        max_keys: 2,
+        encoding_type: None,
+        is_truncated: true,
+        key_count: None,
+        continuation_token: None,
+        start_after: None,
+        next_continuation_token: None,
+        marker: Some(String::new()),
+        next_marker: Some("p<&>/q\"'/".into()),
+        contents: vec![contents("p<&>/k\"'", true)],
+        common_prefixes: vec![xml::CommonPrefix {
+            prefix: "p<&>/q\"'/".into(),
+        }],
+    };
+    assert_eq!(
+        write(&doc),
+        open("ListBucketResult")
+            + "<Name>b</Name><Prefix>p&lt;&amp;&gt;/</Prefix><Delimiter>/</Delimiter>"
+            + "<MaxKeys>2</MaxKeys><IsTruncated>true</IsTruncated><Marker></Marker>"
+            + "<NextMarker>p&lt;&amp;&gt;/q&quot;&apos;/</NextMarker>"
+            + "<Contents><Key>p&lt;&amp;&gt;/k&quot;&apos;</Key>"
+            + "<LastModified>2026-11-27T02:00:00.123Z</LastModified>"
+            + "<ETag>&quot;d41d8cd98f00b204e9800998ecf8427e&quot;</ETag><Size>42</Size>"
+            + "<Owner><ID>AK</ID><DisplayName>AK</DisplayName></Owner>"
+            + "<StorageClass>STANDARD</StorageClass></Contents>"
+            + "<CommonPrefixes><Prefix>p&lt;&amp;&gt;/q&quot;&apos;/</Prefix></CommonPrefixes>"
+            + "</ListBucketResult>"
+    );
+}
+
+/// ListObjectsV2: KeyCount, the tokens and StartAfter when they apply, no Owner unless
+/// fetched; with encoding-type=url the (already encoded) values pass as they are.
+#[test]
+fn list_objects_v2_document() {
+    let doc = xml::ListBucketResult {
+        xmlns: Namespace,
+        name: "b".into(),
+        prefix: "a%20b%26".into(),
+        delimiter: None,
+        max_keys: 1000,
+        encoding_type: Some("url"),
+        is_truncated: true,
+        key_count: Some(1),
+        continuation_token: Some("YQ".into()),
+        start_after: Some("a%3C".into()),
+        next_continuation_token: Some("a2V5".into()),
+        marker: None,
+        next_marker: None,
+        contents: vec![contents("a%20b%26%3C%3E", false)],
+        common_prefixes: vec![],
+    };
+    assert_eq!(
+        write(&doc),
+        open("ListBucketResult")
+            + "<Name>b</Name><Prefix>a%20b%26</Prefix><MaxKeys>1000</MaxKeys>"
+            + "<EncodingType>url</EncodingType><IsTruncated>true</IsTruncated>"
+            + "<KeyCount>1</KeyCount><ContinuationToken>YQ</ContinuationToken>"
+            + "<StartAfter>a%3C</StartAfter><NextContinuationToken>a2V5</NextContinuationToken>"
+            + "<Contents><Key>a%20b%26%3C%3E</Key>"
+            + "<LastModified>2026-11-27T02:00:00.123Z</LastModified>"
+            + "<ETag>&quot;d41d8cd98f00b204e9800998ecf8427e&quot;</ETag><Size>42</Size>"
+            + "<StorageClass>STANDARD</StorageClass></Contents></ListBucketResult>"
+    );
+    // An empty last page: nothing optional.
+    let doc = xml::ListBucketResult {
+        xmlns: Namespace,
+        name: "b".into(),
+        prefix: String::new(),
+        delimiter: None,
+        max_keys: 0,
+        encoding_type: None,
+        is_truncated: false,
+        key_count: Some(0),
+        continuation_token: None,
+        start_after: None,
+        next_continuation_token: None,
+        marker: None,
+        next_marker: None,
+        contents: vec![],
+        common_prefixes: vec![],
+    };
+    assert_eq!(
+        write(&doc),
+        open("ListBucketResult")
+            + "<Name>b</Name><Prefix></Prefix><MaxKeys>0</MaxKeys>"
+            + "<IsTruncated>false</IsTruncated><KeyCount>0</KeyCount></ListBucketResult>"
+    );
+}
+
+#[test]
+fn multipart_documents() {
+    assert_eq!(
+        write(&xml::InitiateMultipartUploadResult {
+            xmlns: Namespace,
+            bucket: "b".into(),
+            key: "k&<'\">".into(),
+            upload_id: "u1".into(),
+        }),
+        open("InitiateMultipartUploadResult")
+            + "<Bucket>b</Bucket><Key>k&amp;&lt;&apos;&quot;&gt;</Key><UploadId>u1</UploadId>"
+            + "</InitiateMultipartUploadResult>"
+    );
+    let complete = |checksum: Option<xml::Checksum>, kind: Option<&str>| {
+        write(&xml::CompleteMultipartUploadResult {
+            xmlns: Namespace,
+            location: "/b/k&".into(),
+            bucket: "b".into(),
+            key: "k&".into(),
+            etag: "abc-2".into(),
+            checksum,
+            checksum_type: kind.map(String::from),
+        })
+    };
+    let head = open("CompleteMultipartUploadResult")
+        + "<Location>/b/k&amp;</Location><Bucket>b</Bucket><Key>k&amp;</Key>"
+        + "<ETag>&quot;abc-2&quot;</ETag>";
+    assert_eq!(
+        complete(None, None),
+        head.clone() + "</CompleteMultipartUploadResult>"
+    );
+    assert_eq!(
+        complete(
+            Some(xml::Checksum::new(Algorithm::Crc32c, "yZRlqg==-2".into())),
+            Some("COMPOSITE")
+        ),
+        head.clone()
+            + "<ChecksumCRC32C>yZRlqg==-2</ChecksumCRC32C><ChecksumType>COMPOSITE</ChecksumType>"
+            + "</CompleteMultipartUploadResult>"
+    );
+    for alg in Algorithm::ALL {
+        let name = alg.name();
+        assert_eq!(
+            complete(Some(xml::Checksum::new(alg, "v".into())), Some("FULL_OBJECT")),
+            format!(
+                "{head}<Checksum{name}>v</Checksum{name}><ChecksumType>FULL_OBJECT</ChecksumType></CompleteMultipartUploadResult>"
+            )
+        );
+    }
+}
+
+#[test]
+fn list_parts_document() {
+    let part = |n: u32, checksum: Option<&str>| xml::Part {
+        part_number: n,
+        last_modified: T1,
+        etag: "0123".into(),
+        size: 5_242_880,
+        checksum: checksum.map(|c| xml::Checksum::new(Algorithm::Sha1, c.into())),
+    };
+    let doc = xml::ListPartsResult {
+        xmlns: Namespace,
+        bucket: "b".into(),
+        key: "k<".into(),
+        upload_id: "u".into(),
+        part_number_marker: 0,
+        next_part_number_marker: Some(2),
+        max_parts: 2,
+        is_truncated: true,
+        storage_class: StorageClass::Standard,
+        checksum_algorithm: Some("SHA1"),
+        parts: vec![part(1, Some("c1")), part(2, None)],
+    };
+    assert_eq!(
+        write(&doc),
+        open("ListPartsResult")
+            + "<Bucket>b</Bucket><Key>k&lt;</Key><UploadId>u</UploadId>"
+            + "<PartNumberMarker>0</PartNumberMarker><NextPartNumberMarker>2</NextPartNumberMarker>"
+            + "<MaxParts>2</MaxParts><IsTruncated>true</IsTruncated>"
+            + "<StorageClass>STANDARD</StorageClass><ChecksumAlgorithm>SHA1</ChecksumAlgorithm>"
+            + "<Part><PartNumber>1</PartNumber><LastModified>2026-11-27T02:00:00.123Z</LastModified>"
+            + "<ETag>&quot;0123&quot;</ETag><Size>5242880</Size><ChecksumSHA1>c1</ChecksumSHA1></Part>"
+            + "<Part><PartNumber>2</PartNumber><LastModified>2026-11-27T02:00:00.123Z</LastModified>"
+            + "<ETag>&quot;0123&quot;</ETag><Size>5242880</Size></Part>"
+            + "</ListPartsResult>"
+    );
+    let empty = xml::ListPartsResult {
+        xmlns: Namespace,
+        bucket: "b".into(),
+        key: "k".into(),
+        upload_id: "u".into(),
+        part_number_marker: 7,
+        next_part_number_marker: None,
+        max_parts: 1000,
+        is_truncated: false,
+        storage_class: StorageClass::Standard,
+        checksum_algorithm: None,
+        parts: vec![],
+    };
+    assert_eq!(
+        write(&empty),
+        open("ListPartsResult")
+            + "<Bucket>b</Bucket><Key>k</Key><UploadId>u</UploadId>"
+            + "<PartNumberMarker>7</PartNumberMarker><MaxParts>1000</MaxParts>"
+            + "<IsTruncated>false</IsTruncated><StorageClass>STANDARD</StorageClass>"
+            + "</ListPartsResult>"
+    );
+}
+
+#[test]
+fn list_uploads_document() {
+    let doc = xml::ListMultipartUploadsResult {
+        xmlns: Namespace,
+        bucket: "b".into(),
+        key_marker: "m&".into(),
+        upload_id_marker: String::new(),
+        next_key_marker: Some("k'".into()),
+        next_upload_id_marker: Some("u2".into()),
+        prefix: String::new(),
+        max_uploads: 1,
+        is_truncated: true,
+        uploads: vec![xml::Upload {
+            key: "k'".into(),
+            upload_id: "u2".into(),
+            initiated: T1,
+            storage_class: StorageClass::Standard,
+        }],
+    };
+    assert_eq!(
+        write(&doc),
+        open("ListMultipartUploadsResult")
+            + "<Bucket>b</Bucket><KeyMarker>m&amp;</KeyMarker><UploadIdMarker></UploadIdMarker>"
+            + "<NextKeyMarker>k&apos;</NextKeyMarker><NextUploadIdMarker>u2</NextUploadIdMarker>"
+            + "<Prefix></Prefix><MaxUploads>1</MaxUploads><IsTruncated>true</IsTruncated>"
+            + "<Upload><Key>k&apos;</Key><UploadId>u2</UploadId>"
+            + "<Initiated>2026-11-27T02:00:00.123Z</Initiated><StorageClass>STANDARD</StorageClass></Upload>"
+            + "</ListMultipartUploadsResult>"
+    );
+    let empty = xml::ListMultipartUploadsResult {
+        xmlns: Namespace,
+        bucket: "b".into(),
+        key_marker: String::new(),
+        upload_id_marker: String::new(),
+        next_key_marker: None,
+        next_upload_id_marker: None,
+        prefix: "p".into(),
+        max_uploads: 1000,
+        is_truncated: false,
+        uploads: vec![],
+    };
+    assert_eq!(
+        write(&empty),
+        open("ListMultipartUploadsResult")
+            + "<Bucket>b</Bucket><KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker>"
+            + "<Prefix>p</Prefix><MaxUploads>1000</MaxUploads><IsTruncated>false</IsTruncated>"
+            + "</ListMultipartUploadsResult>"
+    );
+}
+
+#[test]
+fn copy_documents() {
+    let doc = xml::CopyResult {
+        xmlns: Namespace,
+        last_modified: T1,
+        etag: "e1".into(),
+    };
+    for root in ["CopyObjectResult", "CopyPartResult"] {
+        assert_eq!(
+            xml::document_with_root(root, &doc).expect("serialize"),
+            format!(
+                "{}<LastModified>2026-11-27T02:00:00.123Z</LastModified><ETag>&quot;e1&quot;</ETag></{root}>",
+                open(root)
+            )
+        );
+    }
+}
+
+/// DeleteResult: Deleted and Error elements in request order; nothing in quiet mode
+/// when all went well.
+#[test]
+fn delete_result_document() {
+    let doc = xml::DeleteResult {
+        xmlns: Namespace,
+        results: vec![
+            xml::DeleteOutcome::Deleted { key: "a&".into() },
+            xml::DeleteOutcome::Error {
+                key: "b<".into(),
+                code: "InvalidArgument",
+                message: "Invalid version id specified".into(),
+            },
+            xml::DeleteOutcome::Deleted { key: "c\"".into() },
+        ],
+    };
+    assert_eq!(
+        write(&doc),
+        open("DeleteResult")
+            + "<Deleted><Key>a&amp;</Key></Deleted>"
+            + "<Error><Key>b&lt;</Key><Code>InvalidArgument</Code>"
+            + "<Message>Invalid version id specified</Message></Error>"
+            + "<Deleted><Key>c&quot;</Key></Deleted></DeleteResult>"
+    );
+    assert_eq!(
+        write(&xml::DeleteResult {
+            xmlns: Namespace,
+            results: vec![],
+        }),
+        open("DeleteResult") + "</DeleteResult>"
+    );
+}
+
+/// The Error document: no namespace, the error's own elements between Message and
+/// Resource, markup escaped.
+#[test]
+fn error_documents() {
+    let doc = |e: S3Error| write(&e.error_document("/b/k<&>", "RID"));
+    let wrap = |code: &str, message: &str, extra: &str| {
+        format!(
+            "{DECL}<Error><Code>{code}</Code><Message>{message}</Message>{extra}<Resource>/b/k&lt;&amp;&gt;</Resource><RequestId>RID</RequestId></Error>"
+        )
+    };
+    assert_eq!(
+        doc(S3Error::NoSuchKey),
+        wrap("NoSuchKey", "The specified key does not exist.", "")
+    );
+    assert_eq!(
+        doc(S3Error::HeadersNotSigned("x-amz-a,x-amz-b".into())),
+        wrap(
+            "AccessDenied",
+            "There were headers present in the request which were not signed",
+            "<HeadersNotSigned>x-amz-a,x-amz-b</HeadersNotSigned>"
+        )
+    );
+    assert_eq!(
+        doc(S3Error::WrongRegion {
+            got: "x".into(),
+            expected: "eu-west-1".into()
+        }),
+        wrap(
+            "AuthorizationHeaderMalformed",
+            "The authorization header is malformed; the region &apos;x&apos; is wrong; expecting &apos;eu-west-1&apos;",
+            "<Region>eu-west-1</Region>"
+        )
+    );
+    assert_eq!(
+        doc(S3Error::MetadataTooLarge {
+            size: 2049,
+            max: 2048
+        }),
+        wrap(
+            "MetadataTooLarge",
+            "Your metadata headers exceed the maximum allowed metadata size",
+            "<Size>2049</Size><MaxSizeAllowed>2048</MaxSizeAllowed>"
+        )
+    );
+    assert_eq!(
+        doc(S3Error::InvalidLocationConstraint("<x>".into())),
+        wrap(
+            "InvalidLocationConstraint",
+            "The specified location-constraint is not valid",
+            "<LocationConstraint>&lt;x&gt;</LocationConstraint>"
+        )
+    );
+    assert_eq!(
+        doc(S3Error::IllegalLocationConstraint("eu-west-1".into())),
+        wrap(
+            "IllegalLocationConstraintException",
+            "The eu-west-1 location constraint is incompatible for the region specific endpoint this request was sent to.",
+            "<LocationConstraint>eu-west-1</LocationConstraint>"
+        )
+    );
+    assert_eq!(
+        doc(S3Error::InvalidVersionId("v&1".into())),
+        wrap(
+            "InvalidArgument",
+            "Invalid version id specified",
+            "<ArgumentName>versionId</ArgumentName><ArgumentValue>v&amp;1</ArgumentValue>"
+        )
+    );
+    assert_eq!(
+        S3Error::MetadataTooLarge { size: 3, max: 2 }.extra_elements(),
+        [
+            ("Size", "3".to_string()),
+            ("MaxSizeAllowed", "2".to_string())
+        ]
+    );
+}
+
+fn body_of(resp: axum::response::Response) -> (http::StatusCode, Option<String>, String) {
+    let status = resp.status();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let body =
+        futures::executor::block_on(axum::body::to_bytes(resp.into_body(), 1 << 20)).expect("body");
+    (
+        status,
+        ctype,
+        String::from_utf8(body.to_vec()).expect("utf-8"),
+    )
+}
+
+/// A document goes out as `application/xml`, and an error's document with its status.
+#[test]
+fn responses_carry_documents() {
+    let (status, ctype, body) = body_of(xml::response(&xml::VersioningConfiguration {
+        xmlns: Namespace,
+    }));
+    assert_eq!(status, http::StatusCode::OK);
+    assert_eq!(ctype.as_deref(), Some("application/xml"));
+    assert_eq!(
+        body,
+        open("VersioningConfiguration") + "</VersioningConfiguration>"
+    );
+    let (status, ctype, body) = body_of(S3Error::NoSuchBucket.to_response("/nope", "RID", false));
+    assert_eq!(status, http::StatusCode::NOT_FOUND);
+    assert_eq!(ctype.as_deref(), Some("application/xml"));
+    assert_eq!(
+        body,
+        format!(
+            "{DECL}<Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message><Resource>/nope</Resource><RequestId>RID</RequestId></Error>"
+        )
+    );
+    // HEAD: no document.
+    let (status, _, body) = body_of(S3Error::NoSuchBucket.to_response("/nope", "RID", true));
+    assert_eq!((status, body.as_str()), (http::StatusCode::NOT_FOUND, ""));
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// Any key is written escaped exactly as `quick_xml::escape::escape` escapes it, and
+    /// the written document reads back to the key.
+    #[test]
+    fn keys_are_escaped_by_the_serializer(key in prop_oneof![key(), "[<>&'\"a ]{0,12}"]) {
+        let doc = write(&xml::DeleteResult {
+            xmlns: Namespace,
+            results: vec![xml::DeleteOutcome::Deleted { key: key.clone() }],
+        });
+        let element = format!("<Key>{}</Key>", escape(&key));
+        prop_assert!(doc.contains(&element), "{} in {}", element, doc);
+        let mut reader = quick_xml::Reader::from_str(&doc);
+        let mut text = String::new();
+        loop {
+            match reader.read_event().expect("read") {
+                quick_xml::events::Event::Text(t) => text.push_str(&t.decode().expect("decode")),
+                quick_xml::events::Event::GeneralRef(r) => {
+                    let name = r.decode().expect("decode");
+                    text.push_str(match name.as_ref() {
+                        "lt" => "<",
+                        "gt" => ">",
+                        "amp" => "&",
+                        "apos" => "'",
+                        "quot" => "\"",
+                        other => panic!("entity {other}"),
+                    });
+                }
+                quick_xml::events::Event::Eof => break,
+                _ => {}
+            }
+        }
+        prop_assert_eq!(text, key);
     }
 }
