@@ -67,6 +67,10 @@ pub struct Args {
     /// Discover storage nodes over mDNS: `off`, `loopback` (one-box clusters) or `all`.
     #[arg(long, default_value = "off")]
     pub mdns: cairn_common::protocol::MdnsScope,
+    /// With `--mdns all`: browse only these network interfaces, comma-separated (e.g.
+    /// `en0` on a Mac that also has Wi-Fi and a VPN); default: every interface.
+    #[arg(long, value_delimiter = ',')]
+    pub mdns_interface: Vec<String>,
     /// A node down for this long is lost: its shards are rebuilt on the other nodes
     /// (e.g. `5s`, `15m`). A node whose address answers with a new id (disk replaced) is
     /// lost at once.
@@ -137,6 +141,9 @@ pub struct RebuildArgs {
     /// Also find nodes over mDNS: `off`, `loopback` or `all`.
     #[arg(long, default_value = "off")]
     pub mdns: cairn_common::protocol::MdnsScope,
+    /// With `--mdns all`: browse only these network interfaces, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub mdns_interface: Vec<String>,
     /// How long to wait for nodes to answer (and mDNS announcements to arrive).
     #[arg(long, default_value = "5s", value_parser = cairn_common::daemon::parse_duration)]
     pub wait: Duration,
@@ -156,6 +163,7 @@ pub fn rebuild_catalog(args: RebuildArgs) -> anyhow::Result<()> {
         meta: args.meta,
         nodes: args.nodes,
         mdns: args.mdns,
+        mdns_interfaces: args.mdns_interface,
         wait: args.wait,
         cluster_secret: args.cluster_secret,
         node_timeout: REBUILD_NODE_TIMEOUT,
@@ -229,6 +237,7 @@ pub async fn serve(
         meta: args.meta.clone(),
         nodes: args.nodes.clone(),
         mdns: args.mdns,
+        mdns_interfaces: args.mdns_interface.clone(),
         cluster_secret: args.cluster_secret.clone(),
         geometry: Geometry {
             k: args.ec.0,

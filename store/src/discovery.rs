@@ -7,7 +7,13 @@ use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent};
 use super::cluster::Cluster;
 
 /// Browses for nodes until the process ends. Returns the daemon, which must be kept alive.
-pub fn start(scope: MdnsScope, cluster: Cluster) -> Result<Option<ServiceDaemon>, mdns_sd::Error> {
+/// With scope `all`, `interfaces` (names such as `en0`), when given, are the only ones
+/// browsed: a Mac with Wi-Fi, Ethernet and a VPN then asks only on the cluster's network.
+pub fn start(
+    scope: MdnsScope,
+    interfaces: &[String],
+    cluster: Cluster,
+) -> Result<Option<ServiceDaemon>, mdns_sd::Error> {
     if scope == MdnsScope::Off {
         return Ok(None);
     }
@@ -15,6 +21,11 @@ pub fn start(scope: MdnsScope, cluster: Cluster) -> Result<Option<ServiceDaemon>
     if scope == MdnsScope::Loopback {
         daemon.disable_interface(IfKind::All)?;
         daemon.enable_interface(IfKind::LoopbackV4)?;
+    } else if !interfaces.is_empty() {
+        daemon.disable_interface(IfKind::All)?;
+        for name in interfaces {
+            daemon.enable_interface(IfKind::Name(name.clone()))?;
+        }
     }
     let events = daemon.browse(MDNS_SERVICE_TYPE)?;
     tokio::spawn(async move {
@@ -29,6 +40,6 @@ pub fn start(scope: MdnsScope, cluster: Cluster) -> Result<Option<ServiceDaemon>
             }
         }
     });
-    tracing::info!(?scope, "browsing for storage nodes over mDNS");
+    tracing::info!(?scope, ?interfaces, "browsing for storage nodes over mDNS");
     Ok(Some(daemon))
 }

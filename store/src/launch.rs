@@ -24,6 +24,8 @@ pub struct StoreConfig {
     pub nodes: Vec<String>,
     /// Also find nodes over mDNS.
     pub mdns: MdnsScope,
+    /// With mDNS scope `all`: the only interfaces browsed (all when empty).
+    pub mdns_interfaces: Vec<String>,
     /// Secret shared by the gateway and all storage nodes.
     pub cluster_secret: String,
     /// Erasure geometry of new writes.
@@ -77,7 +79,7 @@ pub async fn start(config: StoreConfig) -> Result<Running, StoreError> {
     for id in catalog.gone_nodes()? {
         cluster.declare_gone(id);
     }
-    let mdns = crate::discovery::start(config.mdns, cluster.clone())
+    let mdns = crate::discovery::start(config.mdns, &config.mdns_interfaces, cluster.clone())
         .map_err(|e| StoreError::Unavailable(format!("starting mDNS discovery: {e}")))?;
     cluster.probe_all().await;
     tokio::spawn(
@@ -147,6 +149,8 @@ pub struct RebuildConfig {
     pub nodes: Vec<String>,
     /// Also find nodes over mDNS.
     pub mdns: MdnsScope,
+    /// With mDNS scope `all`: the only interfaces browsed (all when empty).
+    pub mdns_interfaces: Vec<String>,
     /// How long to wait for nodes to answer (and mDNS announcements to arrive).
     pub wait: Duration,
     /// Secret shared by the gateway and all storage nodes.
@@ -166,7 +170,7 @@ pub async fn rebuild_catalog(config: RebuildConfig) -> Result<RebuildReport, Sto
     }
     let client = NodeClient::new(ClusterKey::new(&config.cluster_secret), config.node_timeout);
     let cluster = Cluster::new(client, config.nodes.clone());
-    let _mdns = crate::discovery::start(config.mdns, cluster.clone())
+    let _mdns = crate::discovery::start(config.mdns, &config.mdns_interfaces, cluster.clone())
         .map_err(|e| StoreError::Unavailable(format!("starting mDNS discovery: {e}")))?;
     // Probe until the wait is over: nodes found by mDNS join meanwhile.
     let deadline = tokio::time::Instant::now() + config.wait;
