@@ -1,7 +1,8 @@
 //! Rebalance: move shards until placement matches the current nodes.
 //!
 //! When a node joins, or capacities change, the weighted ranking ([`placement::rank`])
-//! of committed segments can pick nodes other than those holding them. A background
+//! of stored segments (of committed objects, and parts of uploads in progress) can pick
+//! nodes other than those holding them. A background
 //! pass finds such segments and moves one shard at a time: the shard file is copied
 //! from the node leaving the segment's set to the node joining it (verified blocks, the
 //! same shard identity), the new copy is durable before the record is swapped with a
@@ -36,6 +37,18 @@ pub struct PassReport {
     pub bytes: u64,
     /// Moves that failed (tried again next pass).
     pub failed: usize,
+}
+
+/// The record that points to a segment: where a move swaps it.
+enum Holder {
+    /// Segment `index` of the object at `bucket/key`.
+    Object {
+        bucket: String,
+        key: String,
+        index: usize,
+    },
+    /// Part `number` of the upload in progress.
+    Part { number: u32 },
 }
 
 /// One shard to move.
@@ -92,23 +105,43 @@ fn plan(service: &ObjectService, id: &ObjectId, seg: &SegmentRecord) -> Option<M
     })
 }
 
-/// Finds misplaced shards of committed objects and moves them, paced to `rate`.
-pub async fn pass(service: &ObjectService, rate: u64) -> Result<PassReport, StoreError> {
-    let mut report = PassReport::default();
+/// Every stored segment whose placement wants a shard elsewhere, with its record.
+fn misplaced(
+    service: &ObjectService,
+) -> Result<Vec<(ObjectId, Holder, SegmentRecord, Move)>, StoreError> {
     let mut jobs = Vec::new();
     for item in service.catalog.scan_all_objects() {
         let (bucket, key, rec) = item?;
         for (index, seg) in rec.segments.iter().enumerate() {
             if let Some(mv) = plan(service, &rec.id, seg) {
-                jobs.push((bucket.clone(), key.clone(), rec.id, index, seg.clone(), mv));
+                let holder = Holder::Object {
+                    bucket: bucket.clone(),
+                    key: key.clone(),
+                    index,
+                };
+                jobs.push((rec.id, holder, seg.clone(), mv));
             }
         }
     }
+    for (upload, _) in service.catalog.uploads()? {
+        for (number, part) in service.catalog.parts(&upload)? {
+            if let Some(mv) = plan(service, &upload, &part.segment) {
+                jobs.push((upload, Holder::Part { number }, part.segment, mv));
+            }
+        }
+    }
+    Ok(jobs)
+}
+
+/// Finds misplaced shards and moves them, paced to `rate`.
+pub async fn pass(service: &ObjectService, rate: u64) -> Result<PassReport, StoreError> {
+    let mut report = PassReport::default();
+    let jobs = misplaced(service)?;
     report.misplaced = jobs.len();
     metrics::gauge!("cairn_rebalance_pending_shards").set(jobs.len() as f64);
-    for (done, (bucket, key, id, index, seg, mv)) in jobs.into_iter().enumerate() {
+    for (done, (id, holder, seg, mv)) in jobs.into_iter().enumerate() {
         let started = Instant::now();
-        match move_shard(service, &bucket, &key, id, index, &seg, &mv).await {
+        match move_shard(service, id, &holder, &seg, &mv).await {
             Ok(Some(bytes)) => {
                 report.moved += 1;
                 report.bytes += bytes;
@@ -136,10 +169,8 @@ pub async fn pass(service: &ObjectService, rate: u64) -> Result<PassReport, Stor
 /// the bytes moved, or None when the record changed meanwhile (nothing to do).
 async fn move_shard(
     service: &ObjectService,
-    bucket: &str,
-    key: &str,
     id: ObjectId,
-    seg_index: usize,
+    holder: &Holder,
     seg: &SegmentRecord,
     mv: &Move,
 ) -> Result<Option<u64>, StoreError> {
@@ -172,15 +203,24 @@ async fn move_shard(
     cluster.debit(&mv.to, len);
     let mut new = seg.clone();
     new.nodes[mv.index] = mv.to;
-    let swapped = service
-        .catalog
-        .replace_segment(bucket, key, &id, seg_index, seg, &new)
-        .await?;
-    if swapped.is_some() {
+    let swapped = match holder {
+        Holder::Object { bucket, key, index } => service
+            .catalog
+            .replace_segment(bucket, key, &id, *index, seg, &new)
+            .await?
+            .is_some(),
+        Holder::Part { number } => {
+            service
+                .catalog
+                .replace_part_segment(&id, *number, seg, &new)
+                .await?
+        }
+    };
+    if swapped {
         service.delete_shard_later(id, mv.from, seg.segment, index);
         Ok(Some(len))
     } else {
-        // The object changed meanwhile: the new copy is the one nothing points to.
+        // The object or part changed meanwhile: the new copy is the one nothing points to.
         service.delete_shard_later(id, mv.to, seg.segment, index);
         Ok(None)
     }
