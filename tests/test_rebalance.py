@@ -53,11 +53,27 @@ def test_shards_follow_capacity(cluster_factory):
     assert all(n < counts[0] * 0.8 for n in counts[1:]), counts
 
 
-def test_a_joining_node_gets_its_share_and_nothing_is_lost(cluster_factory):
+def cluster_with_a_late_node(cluster_factory):
+    """Four nodes, 2+1, rebalancing fast; the fourth is away until the test starts it."""
     c = cluster_factory(nodes=4, ec="2+1", gateway_args=["--rebalance-rate", "64MiB"])
     late = c.nodes[3]
     late.kill()
     wait_for(lambda: c.gateway_node_count() == 3, timeout=30, what="gateway sees 3 nodes up")
+    return c, late
+
+
+def survives_each_node_loss(c, read_all):
+    """`read_all` (which asserts what it reads) passes with each node down in turn."""
+    for victim in c.nodes:
+        victim.kill()
+        time.sleep(0.3)
+        read_all(f"with {victim.name} down")
+        victim.start()
+        c.wait_gateway_sees_nodes(4)
+
+
+def test_a_joining_node_gets_its_share_and_nothing_is_lost(cluster_factory):
+    c, late = cluster_with_a_late_node(cluster_factory)
     s3 = c.client()
     s3.create_bucket(Bucket="rebal")
     data = {}
@@ -77,24 +93,19 @@ def test_a_joining_node_gets_its_share_and_nothing_is_lost(cluster_factory):
         what="shards moved to the joining node and old copies deleted",
     )
     assert c.gateway.metrics().value("cairn_rebalance_shards_total") >= 4
-    for key, digest in data.items():
-        assert sha256(s3.get_object(Bucket="rebal", Key=key)["Body"].read()) == digest, key
-    for victim in c.nodes:
-        victim.kill()
-        time.sleep(0.3)
+
+    def read_all(when):
         for key, digest in data.items():
-            assert sha256(s3.get_object(Bucket="rebal", Key=key)["Body"].read()) == digest, f"{key} with {victim.name} down"
-        victim.start()
-        c.wait_gateway_sees_nodes(4)
+            assert sha256(s3.get_object(Bucket="rebal", Key=key)["Body"].read()) == digest, f"{key} {when}"
+
+    read_all("with every node up")
+    survives_each_node_loss(c, read_all)
 
 
 def test_parts_of_an_upload_in_progress_move_too(cluster_factory):
     # Parts written while a node was away follow placement once it is back, before the
     # upload completes; the completed object then reads back and survives any one loss.
-    c = cluster_factory(nodes=4, ec="2+1", gateway_args=["--rebalance-rate", "64MiB"])
-    late = c.nodes[3]
-    late.kill()
-    wait_for(lambda: c.gateway_node_count() == 3, timeout=30, what="gateway sees 3 nodes up")
+    c, late = cluster_with_a_late_node(cluster_factory)
     s3 = c.client()
     s3.create_bucket(Bucket="rebalmp")
     up = s3.create_multipart_upload(Bucket="rebalmp", Key="mp")["UploadId"]
@@ -114,12 +125,10 @@ def test_parts_of_an_upload_in_progress_move_too(cluster_factory):
         what="shards of the open upload's parts moved to the joining node, old copies deleted",
     )
     s3.complete_multipart_upload(Bucket="rebalmp", Key="mp", UploadId=up, MultipartUpload={"Parts": parts})
-    whole = b"".join(bodies)
-    assert sha256(s3.get_object(Bucket="rebalmp", Key="mp")["Body"].read()) == sha256(whole)
-    for victim in c.nodes:
-        victim.kill()
-        time.sleep(0.3)
-        got = s3.get_object(Bucket="rebalmp", Key="mp")["Body"].read()
-        assert sha256(got) == sha256(whole), f"object unreadable with {victim.name} down"
-        victim.start()
-        c.wait_gateway_sees_nodes(4)
+    want = sha256(b"".join(bodies))
+
+    def read_all(when):
+        assert sha256(s3.get_object(Bucket="rebalmp", Key="mp")["Body"].read()) == want, when
+
+    read_all("with every node up")
+    survives_each_node_loss(c, read_all)
