@@ -5,11 +5,16 @@
 //! models by their index, HF checkpoint dirs by `trainer_state.json`, DCP dirs by
 //! `.metadata`. Anything else must have been quiet (unmodified) for a while.
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
+
+use zip::result::ZipError;
+use zip::ZipArchive;
 
 use crate::detect::{Kind, LocalFile};
 
@@ -137,12 +142,18 @@ fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-const EOCD_SIG: u32 = 0x0605_4b50;
-const ZIP64_LOCATOR_SIG: u32 = 0x0706_4b50;
-const ZIP64_EOCD_SIG: u32 = 0x0606_4b50;
-const CDH_SIG: u32 = 0x0201_4b50;
-const LFH_SIG: u32 = 0x0403_4b50;
-/// The central directory is read whole; torch archives have a few entries per tensor.
+const EOCD_SIG: u64 = 0x0605_4b50;
+const ZIP64_LOCATOR_SIG: u64 = 0x0706_4b50;
+const ZIP64_EOCD_SIG: u64 = 0x0606_4b50;
+/// Fixed sizes of the end-of-central-directory record, the ZIP64 locator and ZIP64 record,
+/// a central directory header and a local file header.
+const EOCD_LEN: usize = 22;
+const ZIP64_LOCATOR_LEN: usize = 20;
+const ZIP64_EOCD_LEN: usize = 56;
+const CDH_LEN: usize = 46;
+const LFH_LEN: u64 = 30;
+/// Largest central directory accepted: the zip crate keeps an entry in memory per header,
+/// and torch archives have a few entries per tensor.
 const MAX_CENTRAL_DIRECTORY: u64 = 256 << 20;
 
 /// True when the file starts like a zip archive (torch.save's format since 1.6).
@@ -158,154 +169,273 @@ pub fn is_zip(path: &Path) -> std::io::Result<bool> {
 
 /// Checks a zip archive: the end-of-central-directory record ends the file, and the
 /// central directory it points to is intact and points at local headers.
+///
+/// The zip crate reads the central directory (headers, ZIP64 records and extra fields, local
+/// header signatures). What it cannot say is read here from the end records' fixed fields:
+/// whether the archive ends the file, and whether the directory fills the size it is given.
 pub fn check_zip(path: &Path) -> std::io::Result<Verdict> {
-    let mut f = File::open(path)?;
-    let size = f.metadata()?.len();
-    if size < 22 {
-        return Ok(Verdict::incomplete(
-            "zip archive shorter than an end-of-central-directory record",
-        ));
+    let file = File::open(path)?;
+    match check_zip_structure(&file) {
+        Ok(()) => Ok(Verdict::Complete),
+        Err(ZipStop::Incomplete(reason)) => Ok(Verdict::Incomplete(reason)),
+        Err(ZipStop::Io(e)) => Err(e),
     }
-    let tail_len = size.min(22 + 65535);
-    let tail_start = size - tail_len;
-    let mut tail = vec![0u8; tail_len as usize];
-    f.seek(SeekFrom::Start(tail_start))?;
-    f.read_exact(&mut tail)?;
-    // The EOCD is the last record whose comment runs exactly to the end of the file.
-    let mut eocd = None;
-    for p in (0..=tail.len() - 22).rev() {
-        if le32(&tail, p) == EOCD_SIG as u64 && p + 22 + le16(&tail, p + 20) as usize == tail.len()
-        {
-            eocd = Some(p);
-            break;
-        }
-    }
-    let Some(p) = eocd else {
-        return Ok(Verdict::incomplete(
-            "zip archive has no end-of-central-directory record at its end",
-        ));
-    };
-    let eocd_pos = tail_start + p as u64;
-    let mut entries = le16(&tail, p + 10);
-    let mut cd_size = le32(&tail, p + 12);
-    let mut cd_offset = le32(&tail, p + 16);
-    let mut cd_end_limit = eocd_pos;
-    if entries == 0xFFFF || cd_size == 0xFFFF_FFFF || cd_offset == 0xFFFF_FFFF {
-        // ZIP64: a locator sits right before the EOCD and points at the ZIP64 EOCD record.
-        if eocd_pos < 20 {
-            return Ok(Verdict::incomplete("zip64 locator missing"));
-        }
-        let mut loc = [0u8; 20];
-        f.seek(SeekFrom::Start(eocd_pos - 20))?;
-        f.read_exact(&mut loc)?;
-        if le32(&loc, 0) != ZIP64_LOCATOR_SIG as u64 {
-            return Ok(Verdict::incomplete("zip64 locator missing"));
-        }
-        let rec_pos = le64(&loc, 8);
-        if rec_pos + 56 > eocd_pos - 20 {
-            return Ok(Verdict::incomplete(
-                "zip64 end-of-central-directory record out of range",
-            ));
-        }
-        let mut rec = [0u8; 56];
-        f.seek(SeekFrom::Start(rec_pos))?;
-        f.read_exact(&mut rec)?;
-        if le32(&rec, 0) != ZIP64_EOCD_SIG as u64 {
-            return Ok(Verdict::incomplete(
-                "zip64 end-of-central-directory record missing",
-            ));
-        }
-        entries = le64(&rec, 32);
-        cd_size = le64(&rec, 40);
-        cd_offset = le64(&rec, 48);
-        cd_end_limit = rec_pos;
-    }
-    if cd_offset
-        .checked_add(cd_size)
-        .is_none_or(|end| end > cd_end_limit)
-    {
-        return Ok(Verdict::incomplete(
-            "zip central directory lies outside the archive",
-        ));
-    }
-    if cd_size > MAX_CENTRAL_DIRECTORY {
-        return Ok(Verdict::incomplete(
-            "zip central directory larger than 256 MiB",
-        ));
-    }
-    let mut cd = vec![0u8; cd_size as usize];
-    f.seek(SeekFrom::Start(cd_offset))?;
-    f.read_exact(&mut cd)?;
-    let mut at = 0usize;
-    let mut seen = 0u64;
-    while at < cd.len() {
-        if at + 46 > cd.len() || le32(&cd, at) != CDH_SIG as u64 {
-            return Ok(Verdict::incomplete("zip central directory is corrupt"));
-        }
-        let name_len = le16(&cd, at + 28) as usize;
-        let extra_len = le16(&cd, at + 30) as usize;
-        let comment_len = le16(&cd, at + 32) as usize;
-        let end = at + 46 + name_len + extra_len + comment_len;
-        if end > cd.len() {
-            return Ok(Verdict::incomplete(
-                "zip central directory entry is truncated",
-            ));
-        }
-        let mut local = le32(&cd, at + 42);
-        if local == 0xFFFF_FFFF {
-            let extra = &cd[at + 46 + name_len..at + 46 + name_len + extra_len];
-            let Some(off) = zip64_local_offset(extra, le32(&cd, at + 24), le32(&cd, at + 20))
-            else {
-                return Ok(Verdict::incomplete(
-                    "zip64 entry without its local header offset",
-                ));
-            };
-            local = off;
-        }
-        if local + 30 > cd_offset {
-            return Ok(Verdict::incomplete(
-                "zip entry points past the central directory",
-            ));
-        }
-        let mut sig = [0u8; 4];
-        f.seek(SeekFrom::Start(local))?;
-        f.read_exact(&mut sig)?;
-        if u32::from_le_bytes(sig) != LFH_SIG {
-            return Ok(Verdict::incomplete(
-                "zip entry does not point at a local file header",
-            ));
-        }
-        seen += 1;
-        at = end;
-    }
-    if seen != entries {
-        return Ok(Verdict::incomplete(format!(
-            "zip central directory lists {seen} entries, its end record says {entries}"
-        )));
-    }
-    Ok(Verdict::Complete)
 }
 
-/// Finds the local header offset in a ZIP64 extended-information extra field.
-fn zip64_local_offset(extra: &[u8], uncompressed: u64, compressed: u64) -> Option<u64> {
-    let mut at = 0;
-    while at + 4 <= extra.len() {
-        let id = le16(extra, at);
-        let len = le16(extra, at + 2) as usize;
-        let body = extra.get(at + 4..at + 4 + len)?;
-        if id == 0x0001 {
-            let mut i = 0;
-            if uncompressed == 0xFFFF_FFFF {
-                i += 8;
-            }
-            if compressed == 0xFFFF_FFFF {
-                i += 8;
-            }
-            return (i + 8 <= body.len()).then(|| le64(body, i));
-        }
-        at += 4 + len;
+/// Why a zip check stopped before finding the archive complete.
+#[derive(Debug)]
+enum ZipStop {
+    /// The archive is not (yet) complete, with the reason.
+    Incomplete(String),
+    /// The file could not be read.
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for ZipStop {
+    fn from(e: std::io::Error) -> Self {
+        ZipStop::Io(e)
     }
-    None
+}
+
+fn unfinished<T>(reason: impl Into<String>) -> Result<T, ZipStop> {
+    Err(ZipStop::Incomplete(reason.into()))
+}
+
+/// The zip checks in order: end record, directory bounds, the crate's reading of the
+/// directory and local headers, and the directory's size.
+fn check_zip_structure(file: &File) -> Result<(), ZipStop> {
+    let size = file.metadata()?.len();
+    let (eocd_pos, eocd) = find_end_record(file, size)?;
+    let dir = locate_central_directory(file, eocd_pos, &eocd)?;
+    let budget = Cell::new(parse_budget(size, &dir));
+    let mut archive = read_central_directory(file, &budget)?;
+    budget.set(u64::MAX);
+    let last_header = check_local_headers(&mut archive, &dir)?;
+    check_directory_size(file, &dir, last_header)
+}
+
+/// Finds the end-of-central-directory record where a finished archive has it: its comment
+/// runs exactly to the end of the file. Read by hand because the zip crate accepts bytes
+/// after the comment, and without a record at the end searches the whole file for an earlier
+/// one; a file still being written has no record at its end, which its tail alone shows.
+fn find_end_record(file: &File, size: u64) -> Result<(u64, [u8; EOCD_LEN]), ZipStop> {
+    if size < EOCD_LEN as u64 {
+        return unfinished("zip archive shorter than an end-of-central-directory record");
+    }
+    let tail_len = size.min(EOCD_LEN as u64 + 65535);
+    let tail_start = size - tail_len;
+    let mut tail = vec![0u8; tail_len as usize];
+    file.read_exact_at(&mut tail, tail_start)?;
+    // The record is the last one whose comment runs exactly to the end of the file.
+    let found = (0..=tail.len() - EOCD_LEN).rev().find(|&p| {
+        le32(&tail, p) == EOCD_SIG && p + EOCD_LEN + le16(&tail, p + 20) as usize == tail.len()
+    });
+    let Some(p) = found else {
+        return unfinished("zip archive has no end-of-central-directory record at its end");
+    };
+    let mut eocd = [0u8; EOCD_LEN];
+    eocd.copy_from_slice(&tail[p..p + EOCD_LEN]);
+    Ok((tail_start + p as u64, eocd))
+}
+
+/// Where the end records place the central directory.
+struct CentralDirectory {
+    /// Offset of its first header.
+    offset: u64,
+    /// Its size in bytes, as the end records give it.
+    size: u64,
+    /// Where the end records start; the directory must end before.
+    end_records: u64,
+}
+
+/// Reads the central directory's offset and size from the end record, or from the ZIP64
+/// record when the end record's fields overflow, and checks they lie inside the archive.
+/// The zip crate exposes neither the size nor where the end records start, and the bounds
+/// and size checks need both.
+fn locate_central_directory(
+    file: &File,
+    eocd_pos: u64,
+    eocd: &[u8; EOCD_LEN],
+) -> Result<CentralDirectory, ZipStop> {
+    let entries = le16(eocd, 10);
+    let (size, offset) = (le32(eocd, 12), le32(eocd, 16));
+    let dir = if entries == 0xFFFF || size == 0xFFFF_FFFF || offset == 0xFFFF_FFFF {
+        locate_zip64_directory(file, eocd_pos)?
+    } else {
+        CentralDirectory {
+            offset,
+            size,
+            end_records: eocd_pos,
+        }
+    };
+    if dir
+        .offset
+        .checked_add(dir.size)
+        .is_none_or(|end| end > dir.end_records)
+    {
+        return unfinished("zip central directory lies outside the archive");
+    }
+    if dir.size > MAX_CENTRAL_DIRECTORY {
+        return unfinished("zip central directory larger than 256 MiB");
+    }
+    Ok(dir)
+}
+
+/// The ZIP64 locator sits right before the end record and points at the ZIP64 record,
+/// which holds the directory's 64-bit offset and size.
+fn locate_zip64_directory(file: &File, eocd_pos: u64) -> Result<CentralDirectory, ZipStop> {
+    let Some(locator_pos) = eocd_pos.checked_sub(ZIP64_LOCATOR_LEN as u64) else {
+        return unfinished("zip64 locator missing");
+    };
+    let mut locator = [0u8; ZIP64_LOCATOR_LEN];
+    file.read_exact_at(&mut locator, locator_pos)?;
+    if le32(&locator, 0) != ZIP64_LOCATOR_SIG {
+        return unfinished("zip64 locator missing");
+    }
+    let record_pos = le64(&locator, 8);
+    if record_pos
+        .checked_add(ZIP64_EOCD_LEN as u64)
+        .is_none_or(|end| end > locator_pos)
+    {
+        return unfinished("zip64 end-of-central-directory record out of range");
+    }
+    let mut record = [0u8; ZIP64_EOCD_LEN];
+    file.read_exact_at(&mut record, record_pos)?;
+    if le32(&record, 0) != ZIP64_EOCD_SIG {
+        return unfinished("zip64 end-of-central-directory record missing");
+    }
+    Ok(CentralDirectory {
+        offset: le64(&record, 48),
+        size: le64(&record, 40),
+        end_records: record_pos,
+    })
+}
+
+/// Bytes the zip crate may read while parsing the directory: the end records and the
+/// directory twice over (it searches back to the end record before reading forward), its
+/// 1 KiB search window, and room to spare.
+fn parse_budget(size: u64, dir: &CentralDirectory) -> u64 {
+    2 * (size - dir.offset) + (64 << 10)
+}
+
+/// The archive file as the zip crate reads it, with a cap on the bytes it may read.
+///
+/// On a directory it cannot read, the crate searches the rest of the file backwards for an
+/// earlier end record, 1 KiB at a time. The cap ends that search within the bytes the end
+/// records and the directory span, so a damaged multi-gigabyte archive costs no more to
+/// check than an intact one.
+struct CappedReader<'a> {
+    file: &'a File,
+    left: &'a Cell<u64>,
+}
+
+/// The error a [`CappedReader`] returns once its cap is used up.
+#[derive(Debug)]
+struct ReadCapReached;
+
+impl std::fmt::Display for ReadCapReached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("search for another end record stopped at the read cap")
+    }
+}
+
+impl std::error::Error for ReadCapReached {}
+
+impl Read for CappedReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.left.get();
+        if left == 0 {
+            return Err(std::io::Error::other(ReadCapReached));
+        }
+        let allowed = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.file.read(&mut buf[..allowed])?;
+        self.left.set(left - n as u64);
+        Ok(n)
+    }
+}
+
+impl Seek for CappedReader<'_> {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        self.file.seek(pos)
+    }
+}
+
+/// The central directory as the zip crate reads it. The archive must start at offset 0:
+/// a directory that is not where the end record says is damage, not prepended data.
+fn read_central_directory<'a>(
+    file: &'a File,
+    budget: &'a Cell<u64>,
+) -> Result<ZipArchive<CappedReader<'a>>, ZipStop> {
+    let config = zip::read::Config {
+        archive_offset: zip::read::ArchiveOffset::Known(0),
+    };
+    let reader = CappedReader { file, left: budget };
+    ZipArchive::with_config(config, reader)
+        .map_err(|e| zip_stop("zip central directory is corrupt", e))
+}
+
+/// A zip crate error as a reason the archive is incomplete, unless it is a failed read.
+fn zip_stop(what: &str, e: ZipError) -> ZipStop {
+    match e {
+        ZipError::Io(e)
+            if !matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+            ) && !e
+                .get_ref()
+                .is_some_and(|inner| inner.is::<ReadCapReached>()) =>
+        {
+            ZipStop::Io(e)
+        }
+        e => ZipStop::Incomplete(format!("{what}: {e}")),
+    }
+}
+
+/// Every entry must point at a local file header (the crate reads it and checks its
+/// signature) that starts before the central directory. Returns where the directory's last
+/// header starts.
+fn check_local_headers(
+    archive: &mut ZipArchive<CappedReader<'_>>,
+    dir: &CentralDirectory,
+) -> Result<Option<u64>, ZipStop> {
+    let mut last_header = None;
+    for i in 0..archive.len() {
+        let entry = archive
+            .by_index_raw(i)
+            .map_err(|e| zip_stop("zip entry does not point at a local file header", e))?;
+        if entry.header_start().saturating_add(LFH_LEN) > dir.offset {
+            return unfinished("zip entry points past the central directory");
+        }
+        last_header = last_header.max(Some(entry.central_header_start()));
+    }
+    Ok(last_header)
+}
+
+/// The headers the crate read must fill the directory's size exactly. The crate reads as
+/// many headers as the end record lists and never uses the size, so a count that disagrees
+/// with the directory shows only here: in where the last header ends.
+fn check_directory_size(
+    file: &File,
+    dir: &CentralDirectory,
+    last_header: Option<u64>,
+) -> Result<(), ZipStop> {
+    let end = match last_header {
+        None => dir.offset,
+        Some(at) => {
+            let mut header = [0u8; CDH_LEN];
+            file.read_exact_at(&mut header, at)?;
+            let variable = le16(&header, 28) + le16(&header, 30) + le16(&header, 32);
+            at + CDH_LEN as u64 + variable
+        }
+    };
+    if end != dir.offset + dir.size {
+        return unfinished(format!(
+            "zip central directory has {} bytes of headers, its end record says {}",
+            end - dir.offset,
+            dir.size
+        ));
+    }
+    Ok(())
 }
 
 /// Checks that a JSON file parses to an object or array (a partial write does not).
@@ -459,12 +589,22 @@ pub(crate) mod tests {
         out
     }
 
+    const LFH_SIG: u32 = 0x0403_4b50;
+    const CDH_SIG: u32 = 0x0201_4b50;
+
     /// A stored (uncompressed) zip with the given entries, as torch.save would lay it out.
     pub fn zip_bytes(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        zip_archive(entries, false, b"")
+    }
+
+    /// A stored zip; with `zip64`, ended the way large archives are (ZIP64 record and
+    /// locator, the end record's fields at their maximum, local header offsets in ZIP64
+    /// extra fields). `comment` ends the archive.
+    fn zip_archive(entries: &[(&str, &[u8])], zip64: bool, comment: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         let mut cd = Vec::new();
         for (name, data) in entries {
-            let off = out.len() as u32;
+            let off = out.len() as u64;
             let crc = crc32c::crc32c(data); // not the zip CRC, irrelevant to the structure check
             out.extend_from_slice(&LFH_SIG.to_le_bytes());
             out.extend_from_slice(&[20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
@@ -475,26 +615,76 @@ pub(crate) mod tests {
             out.extend_from_slice(&0u16.to_le_bytes());
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(data);
-            cd.extend_from_slice(&CDH_SIG.to_le_bytes());
-            cd.extend_from_slice(&[20, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-            cd.extend_from_slice(&crc.to_le_bytes());
-            cd.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            cd.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            cd.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            cd.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-            cd.extend_from_slice(&off.to_le_bytes());
-            cd.extend_from_slice(name.as_bytes());
+            push_central_header(&mut cd, name, data.len() as u32, crc, off, zip64);
         }
-        let cd_off = out.len() as u32;
+        let cd_off = out.len() as u64;
         out.extend_from_slice(&cd);
-        out.extend_from_slice(&EOCD_SIG.to_le_bytes());
-        out.extend_from_slice(&[0, 0, 0, 0]);
-        out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
-        out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
-        out.extend_from_slice(&(cd.len() as u32).to_le_bytes());
-        out.extend_from_slice(&cd_off.to_le_bytes());
-        out.extend_from_slice(&0u16.to_le_bytes());
+        push_end_records(&mut out, entries.len() as u64, cd_off, zip64, comment);
         out
+    }
+
+    fn push_central_header(
+        cd: &mut Vec<u8>,
+        name: &str,
+        len: u32,
+        crc: u32,
+        off: u64,
+        zip64: bool,
+    ) {
+        let extra: Vec<u8> = if zip64 {
+            [
+                &1u16.to_le_bytes()[..],
+                &8u16.to_le_bytes(),
+                &off.to_le_bytes(),
+            ]
+            .concat()
+        } else {
+            Vec::new()
+        };
+        cd.extend_from_slice(&CDH_SIG.to_le_bytes());
+        cd.extend_from_slice(&[45, 0, 45, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        cd.extend_from_slice(&crc.to_le_bytes());
+        cd.extend_from_slice(&len.to_le_bytes());
+        cd.extend_from_slice(&len.to_le_bytes());
+        cd.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        cd.extend_from_slice(&(extra.len() as u16).to_le_bytes());
+        cd.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let local = if zip64 { u32::MAX } else { off as u32 };
+        cd.extend_from_slice(&local.to_le_bytes());
+        cd.extend_from_slice(name.as_bytes());
+        cd.extend_from_slice(&extra);
+    }
+
+    /// Ends an archive whose `n`-entry central directory starts at `cd_off` and runs to the
+    /// end of `out`.
+    fn push_end_records(out: &mut Vec<u8>, n: u64, cd_off: u64, zip64: bool, comment: &[u8]) {
+        let cd_len = out.len() as u64 - cd_off;
+        if zip64 {
+            let record = out.len() as u64;
+            out.extend_from_slice(&(ZIP64_EOCD_SIG as u32).to_le_bytes());
+            out.extend_from_slice(&44u64.to_le_bytes());
+            out.extend_from_slice(&[45, 0, 45, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+            for v in [n, n, cd_len, cd_off] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            out.extend_from_slice(&(ZIP64_LOCATOR_SIG as u32).to_le_bytes());
+            out.extend_from_slice(&0u32.to_le_bytes());
+            out.extend_from_slice(&record.to_le_bytes());
+            out.extend_from_slice(&1u32.to_le_bytes());
+        }
+        let (n16, size32, off32) = if zip64 {
+            (u16::MAX, u32::MAX, u32::MAX)
+        } else {
+            (n as u16, cd_len as u32, cd_off as u32)
+        };
+        out.extend_from_slice(&(EOCD_SIG as u32).to_le_bytes());
+        out.extend_from_slice(&[0, 0, 0, 0]);
+        out.extend_from_slice(&n16.to_le_bytes());
+        out.extend_from_slice(&n16.to_le_bytes());
+        out.extend_from_slice(&size32.to_le_bytes());
+        out.extend_from_slice(&off32.to_le_bytes());
+        out.extend_from_slice(&(comment.len() as u16).to_le_bytes());
+        out.extend_from_slice(comment);
     }
 
     fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
@@ -548,29 +738,213 @@ pub(crate) mod tests {
         ));
     }
 
+    fn zip_verdict(dir: &Path, bytes: &[u8]) -> Verdict {
+        let p = write(dir, "x.pt", bytes);
+        check_zip(&p).unwrap()
+    }
+
+    fn assert_incomplete(v: Verdict, why: &str) {
+        assert!(matches!(v, Verdict::Incomplete(_)), "{why}: {v:?}");
+    }
+
+    const TORCH_ENTRIES: &[(&str, &[u8])] = &[
+        ("archive/data.pkl", b"pickle bytes"),
+        ("archive/data/0", &[7u8; 200]),
+        ("archive/version", b"3\n"),
+    ];
+
     #[test]
-    fn zip_complete_and_truncated() {
+    fn zip_complete_and_every_truncation_incomplete() {
         let d = tempfile::tempdir().unwrap();
-        let z = zip_bytes(&[
-            ("archive/data.pkl", b"pickle bytes"),
-            ("archive/data/0", &[7u8; 5000]),
-        ]);
-        let p = write(d.path(), "opt.pt", &z);
-        assert!(is_zip(&p).unwrap());
-        assert_eq!(check_zip(&p).unwrap(), Verdict::Complete);
-        for cut in [10, 100, z.len() - 30, z.len() - 1] {
-            let p = write(d.path(), "t.pt", &z[..cut]);
-            assert!(
-                matches!(check_zip(&p).unwrap(), Verdict::Incomplete(_)),
-                "cut at {cut}"
+        for zip64 in [false, true] {
+            let z = zip_archive(TORCH_ENTRIES, zip64, b"");
+            let p = write(d.path(), "opt.pt", &z);
+            assert!(is_zip(&p).unwrap());
+            assert_eq!(check_zip(&p).unwrap(), Verdict::Complete, "zip64 {zip64}");
+            for cut in 0..z.len() {
+                assert_incomplete(
+                    zip_verdict(d.path(), &z[..cut]),
+                    &format!("zip64 {zip64}, cut at {cut}"),
+                );
+            }
+        }
+        // Cut short, the reason names the missing end record.
+        let z = zip_bytes(TORCH_ENTRIES);
+        let v = zip_verdict(d.path(), &z[..z.len() - 10]);
+        assert!(
+            matches!(&v, Verdict::Incomplete(r) if r.contains("end-of-central-directory")),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn zip_with_longest_comment_is_complete() {
+        let d = tempfile::tempdir().unwrap();
+        let comment = vec![b'c'; 65535];
+        for zip64 in [false, true] {
+            let z = zip_archive(TORCH_ENTRIES, zip64, &comment);
+            assert_eq!(
+                zip_verdict(d.path(), &z),
+                Verdict::Complete,
+                "zip64 {zip64}"
             );
         }
-        // An EOCD whose central directory offset is wrong is not accepted.
+        let empty = zip_archive(&[], false, b"");
+        assert_eq!(zip_verdict(d.path(), &empty), Verdict::Complete);
+    }
+
+    #[test]
+    fn zip_end_record_must_end_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let mut z = zip_bytes(TORCH_ENTRIES);
+        z.push(0);
+        assert_incomplete(zip_verdict(d.path(), &z), "a byte after the end record");
+    }
+
+    #[test]
+    fn zip_missing_or_misplaced_central_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let z = zip_bytes(TORCH_ENTRIES);
+        let n = z.len();
+        let cd_off = u32::from_le_bytes(z[n - 6..n - 2].try_into().unwrap()) as usize;
+        // The end record alone, its directory never written.
+        let mut gone = z[..cd_off].to_vec();
+        gone.extend_from_slice(&z[n - EOCD_LEN..]);
+        assert_incomplete(zip_verdict(d.path(), &gone), "no central directory");
+        // The directory overwritten with zeros.
+        let mut zeroed = z.clone();
+        zeroed[cd_off..n - EOCD_LEN].fill(0);
+        assert_incomplete(zip_verdict(d.path(), &zeroed), "zeroed central directory");
+        // The end record's directory offset off by one either way, or past the end record.
+        for off in [cd_off - 1, cd_off + 1, n, n + 100] {
+            let mut bad = z.clone();
+            bad[n - 6..n - 2].copy_from_slice(&(off as u32).to_le_bytes());
+            assert_incomplete(zip_verdict(d.path(), &bad), &format!("offset {off}"));
+        }
+        // Bytes before the archive: its offsets no longer point where they say.
+        let prefixed = [&[0u8; 100][..], &z].concat();
+        assert_incomplete(zip_verdict(d.path(), &prefixed), "bytes before the archive");
+        // A ZIP64 end without its locator.
+        let z64 = zip_archive(TORCH_ENTRIES, true, b"");
+        let m = z64.len();
+        let mut no_locator = z64.clone();
+        no_locator[m - EOCD_LEN - ZIP64_LOCATOR_LEN] ^= 0xFF;
+        assert_incomplete(zip_verdict(d.path(), &no_locator), "zip64 locator");
+    }
+
+    #[test]
+    fn zip_directory_must_match_its_end_record() {
+        let d = tempfile::tempdir().unwrap();
+        let z = zip_bytes(TORCH_ENTRIES);
+        let n = z.len();
+        // One entry fewer than the directory holds, or one more.
+        for count in [2u16, 4] {
+            let mut bad = z.clone();
+            bad[n - 14..n - 10]
+                .copy_from_slice(&[count.to_le_bytes(), count.to_le_bytes()].concat());
+            assert_incomplete(zip_verdict(d.path(), &bad), &format!("{count} entries"));
+        }
+        // A directory size one byte short or long.
+        let size = u32::from_le_bytes(z[n - 10..n - 6].try_into().unwrap());
+        for s in [size - 1, size + 1] {
+            let mut bad = z.clone();
+            bad[n - 10..n - 6].copy_from_slice(&s.to_le_bytes());
+            assert_incomplete(zip_verdict(d.path(), &bad), &format!("size {s}"));
+        }
+    }
+
+    #[test]
+    fn zip_entries_must_point_at_local_headers() {
+        let d = tempfile::tempdir().unwrap();
+        let z = zip_bytes(TORCH_ENTRIES);
+        let n = z.len();
+        let cd_off = u32::from_le_bytes(z[n - 6..n - 2].try_into().unwrap()) as usize;
+        // The second entry's local header offset moved by one, or into the directory.
+        let second = cd_off + CDH_LEN + TORCH_ENTRIES[0].0.len();
+        let local = u32::from_le_bytes(z[second + 42..second + 46].try_into().unwrap());
+        for to in [local + 1, cd_off as u32] {
+            let mut bad = z.clone();
+            bad[second + 42..second + 46].copy_from_slice(&to.to_le_bytes());
+            assert_incomplete(
+                zip_verdict(d.path(), &bad),
+                &format!("local header at {to}"),
+            );
+        }
+        // A local header's signature damaged.
         let mut bad = z.clone();
-        let n = bad.len();
-        bad[n - 6] ^= 0x01;
-        let p = write(d.path(), "b.pt", &bad);
-        assert!(matches!(check_zip(&p).unwrap(), Verdict::Incomplete(_)));
+        bad[local as usize] ^= 0xFF;
+        assert_incomplete(zip_verdict(d.path(), &bad), "local header signature");
+        // A later central header's signature damaged.
+        let mut bad = z.clone();
+        bad[second] ^= 0xFF;
+        assert_incomplete(zip_verdict(d.path(), &bad), "central header signature");
+    }
+
+    #[test]
+    fn zip_local_header_inside_the_directory_is_rejected() {
+        let d = tempfile::tempdir().unwrap();
+        // A name holding a local header signature: the second entry pointed at that spot in
+        // the directory finds a signature, but not before the directory.
+        let entries: &[(&str, &[u8])] = &[("PK\x03\x04", b"x"), ("b", b"y")];
+        let z = zip_bytes(entries);
+        let n = z.len();
+        let cd_off = u32::from_le_bytes(z[n - 6..n - 2].try_into().unwrap()) as usize;
+        let inside = cd_off + CDH_LEN;
+        assert_eq!(&z[inside..inside + 4], b"PK\x03\x04");
+        let second = cd_off + CDH_LEN + entries[0].0.len();
+        let mut bad = z.clone();
+        bad[second + 42..second + 46].copy_from_slice(&(inside as u32).to_le_bytes());
+        let v = zip_verdict(d.path(), &bad);
+        assert!(
+            matches!(&v, Verdict::Incomplete(r) if r.contains("past the central directory")),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn zip_damaged_directory_is_read_within_the_cap() {
+        let d = tempfile::tempdir().unwrap();
+        let first = "archive/data/0";
+        let z = zip_bytes(&[(first, &vec![7u8; 1 << 20]), ("archive/version", b"3\n")]);
+        let n = z.len();
+        let cd_off = u32::from_le_bytes(z[n - 6..n - 2].try_into().unwrap()) as usize;
+        let mut bad = z.clone();
+        bad[cd_off + CDH_LEN + first.len()] ^= 0xFF; // the second central header's signature
+        for (bytes, damaged) in [(&z, false), (&bad, true)] {
+            let file = File::open(write(d.path(), "x.pt", bytes)).unwrap();
+            let size = bytes.len() as u64;
+            let (pos, eocd) = find_end_record(&file, size).unwrap();
+            let dir = locate_central_directory(&file, pos, &eocd).unwrap();
+            let budget = Cell::new(parse_budget(size, &dir));
+            let parsed = read_central_directory(&file, &budget);
+            assert_eq!(
+                matches!(parsed, Err(ZipStop::Incomplete(_))),
+                damaged,
+                "damaged {damaged}"
+            );
+            // The crate's search for an earlier end record stops at the cap, short of the
+            // megabyte before the directory.
+            assert_eq!(budget.get() == 0, damaged, "damaged {damaged}");
+        }
+    }
+
+    #[test]
+    fn zip_directory_over_256_mib_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        // A sparse file: a directory of 257 MiB of zeros at offset 0, then the end record.
+        let size = 257u64 << 20;
+        let mut eocd = [0u8; EOCD_LEN];
+        eocd[..4].copy_from_slice(&(EOCD_SIG as u32).to_le_bytes());
+        eocd[12..16].copy_from_slice(&(size as u32).to_le_bytes());
+        let p = d.path().join("big.pt");
+        let f = File::create(&p).unwrap();
+        f.set_len(size).unwrap();
+        f.write_all_at(&eocd, size).unwrap();
+        let v = check_zip(&p).unwrap();
+        assert!(
+            matches!(&v, Verdict::Incomplete(r) if r.contains("256 MiB")),
+            "{v:?}"
+        );
     }
 
     #[test]

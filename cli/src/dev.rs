@@ -43,8 +43,10 @@ pub struct DevArgs {
     pub region: String,
 }
 
+/// A cluster process: what to call it, where it listens.
 struct Proc {
     name: String,
+    addr: SocketAddr,
     child: Child,
 }
 
@@ -95,25 +97,21 @@ fn healthy(addr: &SocketAddr, path: &str) -> bool {
     matches!(s.read(&mut buf), Ok(n) if n >= 12 && &buf[9..12] == b"200")
 }
 
-fn wait_healthy(
-    p: &mut Proc,
-    addr: &SocketAddr,
-    path: &str,
-    timeout: Duration,
-) -> anyhow::Result<()> {
+fn wait_healthy(p: &mut Proc, path: &str, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if let Ok(Some(status)) = p.child.try_wait() {
             bail!("{} exited during start-up ({status})", p.name);
         }
-        if healthy(addr, path) {
+        if healthy(&p.addr, path) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!(
-        "{} did not become healthy on {addr} within {timeout:?}",
-        p.name
+        "{} did not become healthy on {} within {timeout:?}",
+        p.name,
+        p.addr
     )
 }
 
@@ -130,68 +128,101 @@ fn terminate(p: &mut Proc) {
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("creating {}", args.data.display()))?;
-    let secret = cluster_secret(&args.data)?;
-    let exe = std::env::current_exe().context("finding the cairn binary")?;
-    let host = args.listen.ip();
-    let first_port = args
-        .node_port
-        .unwrap_or(args.listen.port().saturating_add(1));
-    let mut procs: Vec<Proc> = Vec::new();
-    let mut node_addrs = Vec::new();
-    for i in 0..args.nodes {
-        let addr = SocketAddr::new(host, first_port + i);
-        let dir = args.data.join(format!("node{}", i + 1));
-        let child = Command::new(&exe)
-            .args(["node", "--listen", &addr.to_string(), "--data"])
-            .arg(&dir)
-            .env("CAIRN_CLUSTER_SECRET", &secret)
-            .stdin(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting node {}", i + 1))?;
-        procs.push(Proc {
-            name: format!("node{} ({addr})", i + 1),
-            child,
-        });
-        node_addrs.push(addr);
-    }
-    for (p, addr) in procs.iter_mut().zip(&node_addrs) {
-        wait_healthy(p, addr, NODE_HEALTH, Duration::from_secs(20))?;
-    }
-    let nodes: Vec<String> = node_addrs.iter().map(|a| a.to_string()).collect();
-    let child = Command::new(&exe)
-        .args(["gateway", "--listen", &args.listen.to_string(), "--meta"])
-        .arg(args.data.join("meta"))
-        .args([
-            "--nodes",
-            &nodes.join(","),
-            "--ec",
-            &args.ec,
-            "--region",
-            &args.region,
-        ])
-        .env("CAIRN_CLUSTER_SECRET", &secret)
-        .env("CAIRN_ACCESS_KEY", &args.access_key)
-        .env("CAIRN_SECRET_KEY", &args.secret_key)
-        .stdin(Stdio::null())
-        .spawn()
-        .context("starting the gateway")?;
-    procs.push(Proc {
-        name: format!("gateway ({})", args.listen),
-        child,
-    });
-    let last = procs.len() - 1;
-    wait_healthy(
-        &mut procs[last],
-        &args.listen,
-        GATEWAY_HEALTH,
-        Duration::from_secs(20),
-    )?;
+    let launcher = Launcher {
+        secret: cluster_secret(&args.data)?,
+        exe: std::env::current_exe().context("finding the cairn binary")?,
+        args: &args,
+    };
+    let mut procs = launcher.start_nodes()?;
+    let nodes: Vec<SocketAddr> = procs.iter().map(|p| p.addr).collect();
+    procs.push(launcher.start_gateway(&nodes)?);
     // The gateway inherits CAIRN_ADMIN_TOKEN if set; else it derives one from the secret.
     let admin_token = std::env::var("CAIRN_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| cairn_common::auth::ClusterKey::new(&secret).admin_token());
+        .unwrap_or_else(|| cairn_common::auth::ClusterKey::new(&launcher.secret).admin_token());
+    print_banner(&args, &admin_token);
+    let stopped_by_user = run_until_stopped(&mut procs)?;
+    stop(procs);
+    if stopped_by_user {
+        println!("Cairn stopped.");
+        Ok(())
+    } else {
+        bail!("a cluster process died")
+    }
+}
 
+/// Starts the cluster's processes: this binary as `cairn node` and `cairn gateway`.
+struct Launcher<'a> {
+    exe: PathBuf,
+    secret: String,
+    args: &'a DevArgs,
+}
+
+impl Launcher<'_> {
+    /// Starts every storage node, then waits until each is healthy.
+    fn start_nodes(&self) -> anyhow::Result<Vec<Proc>> {
+        let host = self.args.listen.ip();
+        let first_port = self
+            .args
+            .node_port
+            .unwrap_or(self.args.listen.port().saturating_add(1));
+        let mut nodes = Vec::new();
+        for i in 0..self.args.nodes {
+            let addr = SocketAddr::new(host, first_port + i);
+            let dir = self.args.data.join(format!("node{}", i + 1));
+            let child = Command::new(&self.exe)
+                .args(["node", "--listen", &addr.to_string(), "--data"])
+                .arg(&dir)
+                .env("CAIRN_CLUSTER_SECRET", &self.secret)
+                .stdin(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting node {}", i + 1))?;
+            nodes.push(Proc {
+                name: format!("node{} ({addr})", i + 1),
+                addr,
+                child,
+            });
+        }
+        for p in nodes.iter_mut() {
+            wait_healthy(p, NODE_HEALTH, Duration::from_secs(20))?;
+        }
+        Ok(nodes)
+    }
+
+    /// Starts the gateway in front of `nodes`, then waits until it is healthy.
+    fn start_gateway(&self, nodes: &[SocketAddr]) -> anyhow::Result<Proc> {
+        let args = self.args;
+        let nodes: Vec<String> = nodes.iter().map(|a| a.to_string()).collect();
+        let child = Command::new(&self.exe)
+            .args(["gateway", "--listen", &args.listen.to_string(), "--meta"])
+            .arg(args.data.join("meta"))
+            .args([
+                "--nodes",
+                &nodes.join(","),
+                "--ec",
+                &args.ec,
+                "--region",
+                &args.region,
+            ])
+            .env("CAIRN_CLUSTER_SECRET", &self.secret)
+            .env("CAIRN_ACCESS_KEY", &args.access_key)
+            .env("CAIRN_SECRET_KEY", &args.secret_key)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting the gateway")?;
+        let mut gateway = Proc {
+            name: format!("gateway ({})", args.listen),
+            addr: args.listen,
+            child,
+        };
+        wait_healthy(&mut gateway, GATEWAY_HEALTH, Duration::from_secs(20))?;
+        Ok(gateway)
+    }
+}
+
+/// Prints the endpoint, the credentials, the admin token and how to try it.
+fn print_banner(args: &DevArgs, admin_token: &str) {
     let endpoint = format!("http://{}", args.listen);
     println!(
         "Cairn is running: {} storage nodes, erasure coding {}",
@@ -216,11 +247,15 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     println!();
     println!("Press Ctrl-C to stop.");
     let _ = std::io::stdout().flush();
+}
 
+/// Waits for Ctrl-C, SIGTERM, or a cluster process exiting. Returns true when stopped by
+/// a signal.
+fn run_until_stopped(procs: &mut [Proc]) -> anyhow::Result<bool> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let stopped_by_user = rt.block_on(async {
+    rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -237,8 +272,12 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
                 }
             }
         }
-    })?;
-    // Gateway first, so no request is in flight when nodes go.
+    })
+}
+
+/// Stops every process, the gateway first so no request is in flight when nodes go; whatever
+/// has not exited within 10 seconds is killed.
+fn stop(mut procs: Vec<Proc>) {
     for p in procs.iter_mut().rev() {
         terminate(p);
     }
@@ -252,10 +291,4 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     }
     drop(procs); // kills whatever did not stop in time
-    if stopped_by_user {
-        println!("Cairn stopped.");
-        Ok(())
-    } else {
-        bail!("a cluster process died")
-    }
 }

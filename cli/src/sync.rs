@@ -12,7 +12,7 @@ use crate::detect::{list_files, Candidate, LocalFile};
 use crate::error::{s3_error, Error, Result};
 use crate::manifest::{self, Committed, FileEntry, Manifest};
 use crate::s3client::S3Url;
-use crate::state::{FileState, StateStore};
+use crate::state::{CkptState, FileState, MultipartState, StateStore};
 use crate::upload::{SaveFn, Uploader};
 
 /// What one sync pass did.
@@ -83,19 +83,50 @@ pub async fn sync_checkpoint(ctx: &Ctx, c: &Candidate) -> Result<Outcome> {
     if st.retired {
         return Ok(Outcome::Retired);
     }
-    let unchanged = files.len() == st.files.len()
-        && files.iter().all(|f| {
-            st.files
-                .get(&f.rel)
-                .is_some_and(|fs| same_fp(fs, f) && fs.done.is_some())
-        });
-    if st.committed && unchanged {
+    if st.committed && uploaded_as_listed(&st, &files) {
         return Ok(Outcome::Unchanged);
     }
-    let verdict = check_checkpoint(c.kind, &files, ctx.quiet, SystemTime::now())
+    if let Some(reason) = unfinished(ctx, c, &files)? {
+        return Ok(Outcome::Incomplete(reason));
+    }
+    if st.generation == 0 {
+        if let Some(m) = adopt_remote(ctx, c, &files).await? {
+            return Ok(Outcome::Committed(Box::new(m), Committed::Already));
+        }
+    }
+    let upload = GenerationUpload {
+        ctx,
+        c,
+        generation: start_generation(ctx, c, &st).await?,
+    };
+    let mut entries = Vec::with_capacity(files.len());
+    for f in &files {
+        entries.push(upload.file(f).await?);
+    }
+    upload.commit(&files, entries).await
+}
+
+/// True when `files` are exactly the files `st` records, with the recorded sizes and
+/// modification times.
+fn same_listing(st: &CkptState, files: &[LocalFile]) -> bool {
+    files.len() == st.files.len()
+        && files
+            .iter()
+            .all(|f| st.files.get(&f.rel).is_some_and(|fs| same_fp(fs, f)))
+}
+
+/// True when `files` are the recorded files and every one of them is uploaded.
+fn uploaded_as_listed(st: &CkptState, files: &[LocalFile]) -> bool {
+    same_listing(st, files) && st.files.values().all(|fs| fs.done.is_some())
+}
+
+/// Why the checkpoint cannot be committed yet: a file not finished, or the whole of it
+/// modified within the settle time.
+fn unfinished(ctx: &Ctx, c: &Candidate, files: &[LocalFile]) -> Result<Option<String>> {
+    let verdict = check_checkpoint(c.kind, files, ctx.quiet, SystemTime::now())
         .map_err(|e| Error::io(&c.path, e))?;
     if let Verdict::Incomplete(reason) = verdict {
-        return Ok(Outcome::Incomplete(reason));
+        return Ok(Some(reason));
     }
     let newest = files
         .iter()
@@ -104,17 +135,18 @@ pub async fn sync_checkpoint(ctx: &Ctx, c: &Candidate) -> Result<Outcome> {
         .unwrap_or(SystemTime::UNIX_EPOCH);
     let age = SystemTime::now().duration_since(newest).unwrap_or_default();
     if age < ctx.settle {
-        return Ok(Outcome::Incomplete(format!(
+        return Ok(Some(format!(
             "modified {:.1}s ago, waiting for {}s of quiet",
             age.as_secs_f64(),
             ctx.settle.as_secs()
         )));
     }
-    if st.generation == 0 {
-        if let Some(m) = adopt_remote(ctx, c, &files).await? {
-            return Ok(Outcome::Committed(Box::new(m), Committed::Already));
-        }
-    }
+    Ok(None)
+}
+
+/// The generation to upload: the unfinished one the state records, else the next one
+/// free in the bucket and above the state's. Recorded as started, not committed.
+async fn start_generation(ctx: &Ctx, c: &Candidate, st: &CkptState) -> Result<u64> {
     let generation = if st.generation == 0 || st.committed {
         next_remote_generation(ctx, &c.name)
             .await?
@@ -126,105 +158,146 @@ pub async fn sync_checkpoint(ctx: &Ctx, c: &Candidate) -> Result<Outcome> {
         s.generation = generation;
         s.committed = false;
     })?;
-    let mut entries = Vec::with_capacity(files.len());
-    for f in &files {
-        let fs = ctx.store.get(&c.name).files.get(&f.rel).cloned();
+    Ok(generation)
+}
+
+/// The upload of one generation of a checkpoint.
+struct GenerationUpload<'a> {
+    ctx: &'a Ctx,
+    c: &'a Candidate,
+    generation: u64,
+}
+
+impl GenerationUpload<'_> {
+    /// Uploads one file unless it is already uploaded unchanged; resumes its half-done
+    /// multipart upload when the file is unchanged, else starts over.
+    async fn file(&self, f: &LocalFile) -> Result<FileEntry> {
+        let fs = self.ctx.store.get(&self.c.name).files.get(&f.rel).cloned();
         if let Some(entry) = fs
             .as_ref()
             .filter(|fs| same_fp(fs, f))
             .and_then(|fs| fs.done.clone())
         {
-            entries.push(entry);
-            continue;
+            return Ok(entry);
         }
-        let (key, resume) = match fs {
-            Some(fs) if same_fp(&fs, f) && fs.multipart.is_some() => (fs.key, fs.multipart),
-            Some(fs) => {
-                if let Some(mp) = &fs.multipart {
-                    ctx.uploader.abort(&fs.key, &mp.upload_id).await;
-                }
-                (
-                    manifest::data_key(&ctx.url, &c.name, generation, &f.rel),
-                    None,
-                )
-            }
-            None => (
-                manifest::data_key(&ctx.url, &c.name, generation, &f.rel),
-                None,
-            ),
-        };
-        let (size, mtime_ns) = (f.size, f.mtime_ns());
-        ctx.store.update(&c.name, |s| {
-            s.files.insert(
-                f.rel.clone(),
-                FileState {
-                    size,
-                    mtime_ns,
-                    key: key.clone(),
-                    done: None,
-                    multipart: resume.clone(),
-                },
-            );
-        })?;
-        let save: SaveFn = {
-            let (store, name, rel) = (ctx.store.clone(), c.name.clone(), f.rel.clone());
-            Arc::new(move |mp| {
-                store.update(&name, |s| {
-                    if let Some(fs) = s.files.get_mut(&rel) {
-                        fs.multipart = Some(mp.clone());
-                    }
-                })
-            })
-        };
-        let up = ctx.uploader.upload(f, &key, resume, save).await?;
-        // Verify the file did not change under us.
-        let now = std::fs::metadata(&f.abs).map_err(|e| Error::io(&f.abs, e))?;
-        let mtime_ns = LocalFile {
-            mtime: now.modified().map_err(|e| Error::io(&f.abs, e))?,
-            ..f.clone()
-        }
-        .mtime_ns();
-        if now.len() != f.size || mtime_ns != f.mtime_ns() {
-            return Err(Error::Changed(f.abs.clone()));
-        }
+        let (key, resume) = self.destination(f, fs).await;
+        self.record_started(f, &key, &resume)?;
+        let up = self
+            .ctx
+            .uploader
+            .upload(f, &key, resume, self.save_progress(f))
+            .await?;
+        unchanged_since_listed(f)?;
         let entry = FileEntry {
             path: f.rel.clone(),
-            key: key.clone(),
+            key,
             size: f.size,
             sha256: up.sha256,
             crc32c: up.crc32c,
             parts: up.parts,
         };
-        ctx.store.update(&c.name, |s| {
+        self.ctx.store.update(&self.c.name, |s| {
             if let Some(fs) = s.files.get_mut(&f.rel) {
                 fs.done = Some(entry.clone());
                 fs.multipart = None;
             }
         })?;
-        entries.push(entry);
+        Ok(entry)
     }
-    // Forget files that no longer exist, then make sure the listing is what we uploaded.
-    ctx.store.update(&c.name, |s| {
-        s.files.retain(|rel, _| files.iter().any(|f| &f.rel == rel))
-    })?;
-    let Some(again) = listing(c)? else {
-        return Ok(Outcome::Vanished);
-    };
-    let st = ctx.store.get(&c.name);
-    if again.len() != st.files.len()
-        || !again
-            .iter()
-            .all(|f| st.files.get(&f.rel).is_some_and(|fs| same_fp(fs, f)))
-    {
-        return Err(Error::Changed(c.path.clone()));
+
+    /// Object key and upload to resume for `f`: its recorded ones when the file is
+    /// unchanged and a multipart upload is half done; else this generation's key, after
+    /// aborting a recorded upload of an earlier version of the file.
+    async fn destination(
+        &self,
+        f: &LocalFile,
+        fs: Option<FileState>,
+    ) -> (String, Option<MultipartState>) {
+        match fs {
+            Some(fs) if same_fp(&fs, f) && fs.multipart.is_some() => (fs.key, fs.multipart),
+            fs => {
+                if let Some(fs) = &fs {
+                    if let Some(mp) = &fs.multipart {
+                        self.ctx.uploader.abort(&fs.key, &mp.upload_id).await;
+                    }
+                }
+                let key = manifest::data_key(&self.ctx.url, &self.c.name, self.generation, &f.rel);
+                (key, None)
+            }
+        }
     }
-    let m = Manifest::new(&c.name, c.step, generation, c.kind, entries);
-    let how = manifest::commit(&ctx.client, &ctx.url, &m).await?;
-    ctx.store.update(&c.name, |s| s.committed = true)?;
-    if generation > 1 {
-        drop_old_generations(ctx, &m).await?;
+
+    /// Records `f` as being uploaded to `key`, not yet done.
+    fn record_started(
+        &self,
+        f: &LocalFile,
+        key: &str,
+        resume: &Option<MultipartState>,
+    ) -> Result<()> {
+        let (size, mtime_ns) = (f.size, f.mtime_ns());
+        self.ctx.store.update(&self.c.name, |s| {
+            s.files.insert(
+                f.rel.clone(),
+                FileState {
+                    size,
+                    mtime_ns,
+                    key: key.to_owned(),
+                    done: None,
+                    multipart: resume.clone(),
+                },
+            );
+        })
     }
-    Ok(Outcome::Committed(Box::new(m), how))
+
+    /// Saves a multipart upload's state of `f` as its parts finish.
+    fn save_progress(&self, f: &LocalFile) -> SaveFn {
+        let (store, name, rel) = (self.ctx.store.clone(), self.c.name.clone(), f.rel.clone());
+        Arc::new(move |mp| {
+            store.update(&name, |s| {
+                if let Some(fs) = s.files.get_mut(&rel) {
+                    fs.multipart = Some(mp.clone());
+                }
+            })
+        })
+    }
+
+    /// Commits the manifest if the checkpoint's files are still the ones uploaded, then
+    /// drops the previous generations.
+    async fn commit(&self, files: &[LocalFile], entries: Vec<FileEntry>) -> Result<Outcome> {
+        let (ctx, c) = (self.ctx, self.c);
+        // Forget files that no longer exist, then make sure the listing is what we uploaded.
+        ctx.store.update(&c.name, |s| {
+            s.files.retain(|rel, _| files.iter().any(|f| &f.rel == rel))
+        })?;
+        let Some(again) = listing(c)? else {
+            return Ok(Outcome::Vanished);
+        };
+        if !same_listing(&ctx.store.get(&c.name), &again) {
+            return Err(Error::Changed(c.path.clone()));
+        }
+        let m = Manifest::new(&c.name, c.step, self.generation, c.kind, entries);
+        let how = manifest::commit(&ctx.client, &ctx.url, &m).await?;
+        ctx.store.update(&c.name, |s| s.committed = true)?;
+        if self.generation > 1 {
+            drop_old_generations(ctx, &m).await?;
+        }
+        Ok(Outcome::Committed(Box::new(m), how))
+    }
+}
+
+/// Fails with [`Error::Changed`] when `f`'s size or modification time differ from its
+/// listing's: the file changed while it was uploaded.
+fn unchanged_since_listed(f: &LocalFile) -> Result<()> {
+    let now = std::fs::metadata(&f.abs).map_err(|e| Error::io(&f.abs, e))?;
+    let mtime_ns = LocalFile {
+        mtime: now.modified().map_err(|e| Error::io(&f.abs, e))?,
+        ..f.clone()
+    }
+    .mtime_ns();
+    if now.len() != f.size || mtime_ns != f.mtime_ns() {
+        return Err(Error::Changed(f.abs.clone()));
+    }
+    Ok(())
 }
 
 /// When the bucket already holds a committed checkpoint of this name with exactly these

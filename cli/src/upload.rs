@@ -11,12 +11,12 @@ use aws_sdk_s3::Client;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::detect::LocalFile;
 use crate::error::{s3_error, Error, Result};
-use crate::progress::Progress;
+use crate::progress::{Bar, Progress};
 use crate::state::{MultipartState, PartDone};
 
 /// S3's limit on the number of parts.
@@ -244,6 +244,8 @@ impl Uploader {
         Ok(Some(out))
     }
 
+    /// Multipart upload: resume the saved upload or start one, send the parts the server
+    /// does not have, complete it, and check the server's checksum of the whole object.
     async fn multipart(
         &self,
         file: &LocalFile,
@@ -251,186 +253,157 @@ impl Uploader {
         resume: Option<MultipartState>,
         save: SaveFn,
     ) -> Result<Uploaded> {
-        let size = file.size;
-        let part_size = self.part_size_for(size);
-        let nparts = size.div_ceil(part_size);
-        let mut state = None;
-        if let Some(mut r) = resume.filter(|r| r.part_size == part_size) {
-            if let Some(server) = self.server_parts(key, &r.upload_id).await? {
-                r.parts.retain(|n, p| {
-                    server
-                        .get(n)
-                        .is_some_and(|e| *e == p.etag.trim_matches('"'))
-                });
-                tracing::info!(
-                    "resuming upload of {} ({} of {nparts} parts done)",
-                    file.rel,
-                    r.parts.len()
-                );
-                state = Some(r);
-            }
-        }
-        let state = match state {
-            Some(s) => s,
-            None => {
-                let resp = self
-                    .client
-                    .create_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .checksum_algorithm(ChecksumAlgorithm::Crc32C)
-                    .send()
-                    .await
-                    .map_err(|e| s3_error("CreateMultipartUpload", &self.bucket, key, e))?;
-                let upload_id = resp.upload_id().ok_or_else(|| Error::S3 {
-                    op: "CreateMultipartUpload",
-                    key: key.to_owned(),
-                    message: "no upload id in the response".into(),
-                })?;
-                MultipartState {
-                    upload_id: upload_id.to_owned(),
-                    part_size,
-                    parts: Default::default(),
-                }
-            }
+        let part_size = self.part_size_for(file.size);
+        let nparts = file.size.div_ceil(part_size);
+        let state = match self.resumable(file, key, part_size, resume).await? {
+            Some(state) => state,
+            None => self.create_upload(key, part_size).await?,
         };
         save(&state)?;
-        let upload_id = state.upload_id.clone();
-        let shared = Arc::new(Mutex::new(state));
+        let bar = self.progress.bar(&file.rel, file.size);
+        let target = PartTarget {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            upload_id: state.upload_id.clone(),
+            limiter: self.limiter.clone(),
+            state: Arc::new(Mutex::new(state)),
+            save,
+            bar: bar.clone(),
+        };
+        let sums = self.send_parts(file, &target, part_size, nparts).await?;
+        let completed = completed_parts(key, &lock(&target.state), nparts)?;
+        let got = self
+            .complete(key, &target.upload_id, completed, file.size)
+            .await?;
+        sums.verify(key, got)?;
+        bar.finish();
+        Ok(sums.uploaded())
+    }
+
+    /// The saved upload to continue, when it used this part size and the server still has
+    /// it; of its parts, only those the server still holds with the same ETag count as done.
+    async fn resumable(
+        &self,
+        file: &LocalFile,
+        key: &str,
+        part_size: u64,
+        resume: Option<MultipartState>,
+    ) -> Result<Option<MultipartState>> {
+        let Some(mut r) = resume.filter(|r| r.part_size == part_size) else {
+            return Ok(None);
+        };
+        let Some(server) = self.server_parts(key, &r.upload_id).await? else {
+            return Ok(None);
+        };
+        r.parts.retain(|n, p| {
+            server
+                .get(n)
+                .is_some_and(|e| *e == p.etag.trim_matches('"'))
+        });
+        tracing::info!(
+            "resuming upload of {} ({} of {} parts done)",
+            file.rel,
+            r.parts.len(),
+            file.size.div_ceil(part_size)
+        );
+        Ok(Some(r))
+    }
+
+    /// Starts a multipart upload with CRC32C checksums.
+    async fn create_upload(&self, key: &str, part_size: u64) -> Result<MultipartState> {
+        let resp = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            .send()
+            .await
+            .map_err(|e| s3_error("CreateMultipartUpload", &self.bucket, key, e))?;
+        let upload_id = resp.upload_id().ok_or_else(|| Error::S3 {
+            op: "CreateMultipartUpload",
+            key: key.to_owned(),
+            message: "no upload id in the response".into(),
+        })?;
+        Ok(MultipartState {
+            upload_id: upload_id.to_owned(),
+            part_size,
+            parts: Default::default(),
+        })
+    }
+
+    /// Reads the whole file part by part, checksumming all of it, and sends the parts not
+    /// already done, at most `concurrency` at a time.
+    async fn send_parts(
+        &self,
+        file: &LocalFile,
+        target: &PartTarget,
+        part_size: u64,
+        nparts: u64,
+    ) -> Result<FileSums> {
         let sem = Arc::new(Semaphore::new(self.opts.concurrency));
-        let bar = self.progress.bar(&file.rel, size);
         let mut tasks: JoinSet<Result<()>> = JoinSet::new();
         let mut f = tokio::fs::File::open(&file.abs)
             .await
             .map_err(|e| read_err(file, e))?;
-        let mut sha = Sha256::new();
-        let mut crc = 0u32;
-        let mut part_crcs = Vec::with_capacity(nparts as usize);
-        for n in 1..=nparts as u32 {
-            let len = part_size.min(size - (n as u64 - 1) * part_size);
+        let mut sums = FileSums::new(nparts);
+        for number in 1..=nparts as u32 {
+            let len = part_size.min(file.size - (number as u64 - 1) * part_size);
             // Take the permit before reading: at most `concurrency` parts are in memory.
             let permit = sem
                 .clone()
                 .acquire_owned()
                 .await
                 .map_err(|_| changed(file))?;
-            let mut buf = vec![0u8; len as usize];
-            f.read_exact(&mut buf)
+            let mut data = vec![0u8; len as usize];
+            f.read_exact(&mut data)
                 .await
                 .map_err(|e| read_err(file, e))?;
-            sha.update(&buf);
-            crc = crc32c::crc32c_append(crc, &buf);
-            let pcrc = crc32c::crc32c(&buf);
-            part_crcs.push(pcrc);
-            let pcrc_b64 = crc_b64(pcrc);
-            let done = lock(&shared)
-                .parts
-                .get(&n)
-                .is_some_and(|p| p.crc32c == pcrc_b64);
-            if done {
-                bar.inc(len);
+            let crc32c = crc_b64(sums.add_part(&data));
+            let part = Part {
+                number,
+                data,
+                crc32c,
+            };
+            if target.has(&part) {
+                target.bar.inc(len);
                 continue;
             }
             while let Some(r) = tasks.try_join_next() {
-                r.map_err(|e| join_err(key, e))??;
+                r.map_err(|e| join_err(&target.key, e))??;
             }
-            let (client, bucket, key_s, uid) = (
-                self.client.clone(),
-                self.bucket.clone(),
-                key.to_owned(),
-                upload_id.clone(),
-            );
-            let (limiter, shared, save, bar) = (
-                self.limiter.clone(),
-                shared.clone(),
-                save.clone(),
-                bar.clone(),
-            );
-            tasks.spawn(async move {
-                let _permit = permit;
-                if let Some(l) = &limiter {
-                    l.acquire(len).await;
-                }
-                let resp = client
-                    .upload_part()
-                    .bucket(&bucket)
-                    .key(&key_s)
-                    .upload_id(&uid)
-                    .part_number(n as i32)
-                    .content_length(len as i64)
-                    .checksum_crc32_c(&pcrc_b64)
-                    .body(ByteStream::from(buf))
-                    .send()
-                    .await
-                    .map_err(|e| s3_error("UploadPart", &bucket, &key_s, e))?;
-                if let Some(got) = resp.checksum_crc32_c() {
-                    if got != pcrc_b64 {
-                        return Err(Error::ChecksumMismatch {
-                            what: format!("{key_s} part {n}"),
-                            expected: pcrc_b64,
-                            actual: got.to_owned(),
-                        });
-                    }
-                }
-                let etag = resp
-                    .e_tag()
-                    .unwrap_or_default()
-                    .trim_matches('"')
-                    .to_owned();
-                let snapshot = {
-                    let mut s = lock(&shared);
-                    s.parts.insert(
-                        n,
-                        PartDone {
-                            etag,
-                            crc32c: pcrc_b64,
-                        },
-                    );
-                    s.clone()
-                };
-                save(&snapshot)?;
-                bar.inc(len);
-                Ok(())
-            });
+            tasks.spawn(target.clone().send(part, permit));
         }
         while let Some(r) = tasks.join_next().await {
-            r.map_err(|e| join_err(key, e))??;
+            r.map_err(|e| join_err(&target.key, e))??;
         }
-        let final_state = lock(&shared).clone();
-        let mut completed = Vec::with_capacity(nparts as usize);
-        for n in 1..=nparts as u32 {
-            let p = final_state.parts.get(&n).ok_or_else(|| Error::S3 {
-                op: "UploadPart",
-                key: key.to_owned(),
-                message: format!("part {n} missing after upload"),
-            })?;
-            completed.push(
-                CompletedPart::builder()
-                    .part_number(n as i32)
-                    .e_tag(format!("\"{}\"", p.etag))
-                    .checksum_crc32_c(&p.crc32c)
-                    .build(),
-            );
-        }
-        let composite = {
-            let raw: Vec<u8> = part_crcs.iter().flat_map(|c| c.to_be_bytes()).collect();
-            format!("{}-{nparts}", crc_b64(crc32c::crc32c(&raw)))
-        };
+        Ok(sums)
+    }
+
+    /// Completes the upload; returns the object's CRC32C as the server reports it.
+    async fn complete(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+        size: u64,
+    ) -> Result<Option<String>> {
         let res = self
             .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
-            .upload_id(&upload_id)
+            .upload_id(upload_id)
             .multipart_upload(
                 CompletedMultipartUpload::builder()
-                    .set_parts(Some(completed))
+                    .set_parts(Some(parts))
                     .build(),
             )
             .send()
             .await;
-        let got = match res {
-            Ok(r) => r.checksum_crc32_c().map(str::to_owned),
+        match res {
+            Ok(r) => Ok(r.checksum_crc32_c().map(str::to_owned)),
             // Completed by an earlier run that died before saving: check what is there.
             Err(e) if crate::error::http_status(&e) == Some(404) => {
                 let head = self
@@ -445,25 +418,10 @@ impl Uploader {
                 if head.content_length() != Some(size as i64) {
                     return Err(s3_error("CompleteMultipartUpload", &self.bucket, key, e));
                 }
-                head.checksum_crc32_c().map(str::to_owned)
+                Ok(head.checksum_crc32_c().map(str::to_owned))
             }
-            Err(e) => return Err(s3_error("CompleteMultipartUpload", &self.bucket, key, e)),
-        };
-        if let Some(got) = got {
-            if got != composite && got != crc_b64(crc) {
-                return Err(Error::ChecksumMismatch {
-                    what: key.to_owned(),
-                    expected: composite,
-                    actual: got,
-                });
-            }
+            Err(e) => Err(s3_error("CompleteMultipartUpload", &self.bucket, key, e)),
         }
-        bar.finish();
-        Ok(Uploaded {
-            sha256: hex::encode(sha.finalize()),
-            crc32c: crc_b64(crc),
-            parts: nparts as u32,
-        })
     }
 
     /// Aborts a multipart upload (best effort; failures are only logged).
@@ -483,6 +441,166 @@ impl Uploader {
             );
         }
     }
+}
+
+/// What every part of one multipart upload is sent with; each part's task owns a clone.
+#[derive(Clone)]
+struct PartTarget {
+    client: Client,
+    bucket: String,
+    key: String,
+    upload_id: String,
+    limiter: Option<Arc<RateLimiter>>,
+    /// The upload's state, updated as parts finish.
+    state: Arc<Mutex<MultipartState>>,
+    save: SaveFn,
+    bar: Bar,
+}
+
+/// One part read from the file.
+struct Part {
+    number: u32,
+    data: Vec<u8>,
+    /// Base64 CRC32C of `data`.
+    crc32c: String,
+}
+
+impl PartTarget {
+    /// True when the upload already has this part with the same checksum.
+    fn has(&self, part: &Part) -> bool {
+        lock(&self.state)
+            .parts
+            .get(&part.number)
+            .is_some_and(|p| p.crc32c == part.crc32c)
+    }
+
+    /// Sends one part (holding `_permit` until done), checks the server's checksum of it,
+    /// and records and saves it as done.
+    async fn send(self, part: Part, _permit: OwnedSemaphorePermit) -> Result<()> {
+        let len = part.data.len() as u64;
+        if let Some(l) = &self.limiter {
+            l.acquire(len).await;
+        }
+        let resp = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .part_number(part.number as i32)
+            .content_length(len as i64)
+            .checksum_crc32_c(&part.crc32c)
+            .body(ByteStream::from(part.data))
+            .send()
+            .await
+            .map_err(|e| s3_error("UploadPart", &self.bucket, &self.key, e))?;
+        if let Some(got) = resp.checksum_crc32_c() {
+            if got != part.crc32c {
+                return Err(Error::ChecksumMismatch {
+                    what: format!("{} part {}", self.key, part.number),
+                    expected: part.crc32c,
+                    actual: got.to_owned(),
+                });
+            }
+        }
+        let etag = resp
+            .e_tag()
+            .unwrap_or_default()
+            .trim_matches('"')
+            .to_owned();
+        let done = PartDone {
+            etag,
+            crc32c: part.crc32c,
+        };
+        let snapshot = {
+            let mut s = lock(&self.state);
+            s.parts.insert(part.number, done);
+            s.clone()
+        };
+        (self.save)(&snapshot)?;
+        self.bar.inc(len);
+        Ok(())
+    }
+}
+
+/// Checksums of a whole file, built part by part as it is read.
+struct FileSums {
+    sha256: Sha256,
+    crc32c: u32,
+    part_crcs: Vec<u32>,
+}
+
+impl FileSums {
+    fn new(nparts: u64) -> Self {
+        FileSums {
+            sha256: Sha256::new(),
+            crc32c: 0,
+            part_crcs: Vec::with_capacity(nparts as usize),
+        }
+    }
+
+    /// Adds the next part; returns its CRC32C.
+    fn add_part(&mut self, data: &[u8]) -> u32 {
+        self.sha256.update(data);
+        self.crc32c = crc32c::crc32c_append(self.crc32c, data);
+        let crc = crc32c::crc32c(data);
+        self.part_crcs.push(crc);
+        crc
+    }
+
+    /// S3's checksum of a multipart object: the CRC32C of the parts' CRC32Cs, then the
+    /// number of parts.
+    fn composite(&self) -> String {
+        let raw: Vec<u8> = self
+            .part_crcs
+            .iter()
+            .flat_map(|c| c.to_be_bytes())
+            .collect();
+        format!("{}-{}", crc_b64(crc32c::crc32c(&raw)), self.part_crcs.len())
+    }
+
+    /// Checks the server's CRC32C of the object, when it gives one: the composite checksum
+    /// or the whole file's.
+    fn verify(&self, key: &str, got: Option<String>) -> Result<()> {
+        let Some(got) = got else {
+            return Ok(());
+        };
+        let composite = self.composite();
+        if got != composite && got != crc_b64(self.crc32c) {
+            return Err(Error::ChecksumMismatch {
+                what: key.to_owned(),
+                expected: composite,
+                actual: got,
+            });
+        }
+        Ok(())
+    }
+
+    fn uploaded(self) -> Uploaded {
+        Uploaded {
+            sha256: hex::encode(self.sha256.finalize()),
+            crc32c: crc_b64(self.crc32c),
+            parts: self.part_crcs.len() as u32,
+        }
+    }
+}
+
+/// The parts to complete the upload with, in order; every part must be done.
+fn completed_parts(key: &str, state: &MultipartState, nparts: u64) -> Result<Vec<CompletedPart>> {
+    (1..=nparts as u32)
+        .map(|n| {
+            let p = state.parts.get(&n).ok_or_else(|| Error::S3 {
+                op: "UploadPart",
+                key: key.to_owned(),
+                message: format!("part {n} missing after upload"),
+            })?;
+            Ok(CompletedPart::builder()
+                .part_number(n as i32)
+                .e_tag(format!("\"{}\"", p.etag))
+                .checksum_crc32_c(&p.crc32c)
+                .build())
+        })
+        .collect()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

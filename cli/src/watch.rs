@@ -9,12 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use notify::{EventKind, RecursiveMode, Watcher};
+use aws_sdk_s3::Client;
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::detect::{self, Candidate};
 use crate::error::{Error, Result};
-use crate::manifest::Committed;
+use crate::manifest::{Committed, Manifest};
 use crate::metrics as m;
 use crate::progress::Progress;
 use crate::pull::human;
@@ -80,94 +82,110 @@ struct Watch {
 
 /// Runs `cairn watch` until interrupted (or after one pass with `--once`).
 pub async fn run(args: WatchArgs) -> Result<()> {
-    if !args.dir.is_dir() {
-        return Err(if args.dir.exists() {
-            Error::BadArg(format!("{} is not a directory", args.dir.display()))
-        } else {
-            Error::NoSuchPath(args.dir)
-        });
-    }
-    let url = S3Url::parse(&args.to)?;
-    if args.keep_last == Some(0) {
-        return Err(Error::BadArg("--keep-last must be at least 1".into()));
-    }
+    let url = check_args(&args)?;
     let dest = url.to_string();
-    let state_path = args.state_file.clone().unwrap_or_else(|| {
-        let h = hex::encode(&Sha256::digest(dest.as_bytes())[..4]);
-        args.dir.join(".cairn").join(format!("watch-{h}.json"))
-    });
+    let state_path = args
+        .state_file
+        .clone()
+        .unwrap_or_else(|| default_state_path(&args.dir, &dest));
     let _lock = crate::state::lock_exclusive(&state_path.with_extension("lock"))?;
     let store = Arc::new(StateStore::load(&state_path, &dest)?);
     let client = s3client::connect(&args.s3).await?;
     if let Some(addr) = args.metrics_listen {
         m::serve(addr).await?;
     }
-    let mut backoff = Duration::from_secs(1);
-    loop {
-        match s3client::check_bucket(&client, &url.bucket).await {
-            Ok(()) => break,
-            Err(e) if e.is_permanent() => return Err(e),
-            Err(e) => {
-                tracing::warn!("{e}; retrying in {}s", backoff.as_secs());
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(args.max_backoff);
-            }
-        }
-    }
-    let uploader = Uploader::new(
-        client.clone(),
-        &url.bucket,
-        args.transfer.clone(),
-        Progress::new(false),
-    )?;
-    let mut w = Watch {
-        ctx: Ctx {
-            client,
-            url,
-            uploader,
-            store,
-            quiet: args.quiet_period,
-            // A single pass (`--once`) is a push of what is there now.
-            settle: if args.once {
-                Duration::ZERO
-            } else {
-                args.quiet_period
-            },
-        },
-        dir: args.dir.clone(),
-        keep_last: args.keep_last,
-        report_after: args.report_incomplete_after,
-        pending: HashMap::new(),
-        seen: HashSet::new(),
-        seen_failed: HashSet::new(),
-    };
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    wait_for_bucket(&client, &url.bucket, args.max_backoff).await?;
+    let mut w = Watch::new(&args, client, url, store)?;
     let ignore = state_path
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
+    let (_watcher, events) = watch_dir(&args.dir, ignore);
+    tracing::info!("watching {} → {}", args.dir.display(), w.ctx.url);
+    w.serve(&args, events).await
+}
+
+/// Checks the arguments; returns the destination.
+fn check_args(args: &WatchArgs) -> Result<S3Url> {
+    if !args.dir.is_dir() {
+        return Err(if args.dir.exists() {
+            Error::BadArg(format!("{} is not a directory", args.dir.display()))
+        } else {
+            Error::NoSuchPath(args.dir.clone())
+        });
+    }
+    let url = S3Url::parse(&args.to)?;
+    if args.keep_last == Some(0) {
+        return Err(Error::BadArg("--keep-last must be at least 1".into()));
+    }
+    Ok(url)
+}
+
+/// `DIR/.cairn/watch-<hash of destination>.json`: one state file per destination.
+fn default_state_path(dir: &Path, dest: &str) -> PathBuf {
+    let h = hex::encode(&Sha256::digest(dest.as_bytes())[..4]);
+    dir.join(".cairn").join(format!("watch-{h}.json"))
+}
+
+/// Waits between retries: from one second, doubling up to a maximum.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Self {
+        Backoff {
+            next: Duration::from_secs(1),
+            max,
+        }
+    }
+
+    /// The wait before this retry; the next one waits twice as long.
+    fn wait(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.next = Duration::from_secs(1);
+    }
+}
+
+/// Waits until the bucket answers; only a permanent failure (missing bucket, refused
+/// credentials) ends the wait with an error.
+async fn wait_for_bucket(client: &Client, bucket: &str, max_backoff: Duration) -> Result<()> {
+    let mut backoff = Backoff::new(max_backoff);
+    loop {
+        match s3client::check_bucket(client, bucket).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_permanent() => return Err(e),
+            Err(e) => {
+                let wait = backoff.wait();
+                tracing::warn!("{e}; retrying in {}s", wait.as_secs());
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// Watches `dir` recursively; each relevant event sends a `()`. Without notifications
+/// (none available, or the watch refused) the daemon relies on rescans.
+fn watch_dir(dir: &Path, ignore: PathBuf) -> (Option<RecommendedWatcher>, UnboundedReceiver<()>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            let relevant = match ev.kind {
-                EventKind::Access(notify::event::AccessKind::Close(
-                    notify::event::AccessMode::Write,
-                )) => true,
-                EventKind::Access(_) => false,
-                _ => true,
-            };
-            if relevant && ev.paths.iter().any(|p| !p.starts_with(&ignore)) {
+            if is_relevant(&ev) && ev.paths.iter().any(|p| !p.starts_with(&ignore)) {
                 let _ = tx.send(());
             }
         }
     });
-    let _watcher = match watcher {
-        Ok(mut wt) => match wt.watch(&args.dir, RecursiveMode::Recursive) {
+    let watcher = match watcher {
+        Ok(mut wt) => match wt.watch(dir, RecursiveMode::Recursive) {
             Ok(()) => Some(wt),
             Err(e) => {
-                tracing::warn!(
-                    "cannot watch {} ({e}); relying on rescans",
-                    args.dir.display()
-                );
+                tracing::warn!("cannot watch {} ({e}); relying on rescans", dir.display());
                 None
             }
         },
@@ -176,59 +194,95 @@ pub async fn run(args: WatchArgs) -> Result<()> {
             None
         }
     };
-    tracing::info!("watching {} → {}", args.dir.display(), w.ctx.url);
-    let mut backoff = Duration::from_secs(1);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| Error::BadArg(format!("cannot install SIGTERM handler: {e}")))?;
-    loop {
-        // A signal stops the watcher even mid-upload: the state file already has every
-        // finished part, so the next start resumes where this one stopped.
-        let result = tokio::select! {
-            r = w.pass() => r,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = term.recv() => return Ok(()),
-        };
-        let wait = match result {
-            Ok(any_pending) => {
-                backoff = Duration::from_secs(1);
-                if args.once {
-                    return Ok(());
-                }
-                if any_pending {
-                    args.rescan_interval.min(Duration::from_secs(1))
-                } else {
-                    args.rescan_interval
-                }
-            }
-            Err(e) if args.once && e.is_permanent() => return Err(e),
-            // The daemon never gives up: even a missing bucket or refused credentials may be
-            // a gateway that is still starting, so they are logged loudly and retried.
-            Err(e) => {
-                metrics::counter!(m::RETRIES).increment(1);
-                if e.is_permanent() {
-                    tracing::error!("{e}; retrying in {:.0}s", backoff.as_secs_f64());
-                } else {
-                    tracing::warn!("{e}; retrying in {:.0}s", backoff.as_secs_f64());
-                }
-                let b = backoff;
-                backoff = (backoff * 2).min(args.max_backoff);
-                b
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            Some(()) = rx.recv() => {
-                // Let a burst of writes settle, then coalesce the events.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                while rx.try_recv().is_ok() {}
-            }
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = term.recv() => return Ok(()),
+    (watcher, rx)
+}
+
+/// Whether an event may mean a checkpoint changed: any event but a file access, except
+/// the close of a file opened for writing.
+fn is_relevant(ev: &notify::Event) -> bool {
+    match ev.kind {
+        EventKind::Access(notify::event::AccessKind::Close(notify::event::AccessMode::Write)) => {
+            true
         }
+        EventKind::Access(_) => false,
+        _ => true,
     }
 }
 
 impl Watch {
+    /// A watcher that has seen nothing yet, with its uploader.
+    fn new(args: &WatchArgs, client: Client, url: S3Url, store: Arc<StateStore>) -> Result<Self> {
+        let uploader = Uploader::new(
+            client.clone(),
+            &url.bucket,
+            args.transfer.clone(),
+            Progress::new(false),
+        )?;
+        Ok(Watch {
+            ctx: Ctx {
+                client,
+                url,
+                uploader,
+                store,
+                quiet: args.quiet_period,
+                // A single pass (`--once`) is a push of what is there now.
+                settle: if args.once {
+                    Duration::ZERO
+                } else {
+                    args.quiet_period
+                },
+            },
+            dir: args.dir.clone(),
+            keep_last: args.keep_last,
+            report_after: args.report_incomplete_after,
+            pending: HashMap::new(),
+            seen: HashSet::new(),
+            seen_failed: HashSet::new(),
+        })
+    }
+
+    /// Passes until a signal (or after one pass with `--once`). After a pass, waits for
+    /// file events or the rescan interval; after a failure, for the backoff.
+    async fn serve(&mut self, args: &WatchArgs, mut events: UnboundedReceiver<()>) -> Result<()> {
+        let mut backoff = Backoff::new(args.max_backoff);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| Error::BadArg(format!("cannot install SIGTERM handler: {e}")))?;
+        loop {
+            // A signal stops the watcher even mid-upload: the state file already has every
+            // finished part, so the next start resumes where this one stopped.
+            let result = tokio::select! {
+                r = self.pass() => r,
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = term.recv() => return Ok(()),
+            };
+            let wait = match result {
+                Ok(any_pending) => {
+                    backoff.reset();
+                    if args.once {
+                        return Ok(());
+                    }
+                    if any_pending {
+                        args.rescan_interval.min(Duration::from_secs(1))
+                    } else {
+                        args.rescan_interval
+                    }
+                }
+                Err(e) if args.once && e.is_permanent() => return Err(e),
+                Err(e) => failed_pass(&e, &mut backoff),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                Some(()) = events.recv() => {
+                    // Let a burst of writes settle, then coalesce the events.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    while events.try_recv().is_ok() {}
+                }
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = term.recv() => return Ok(()),
+            }
+        }
+    }
+
     /// One scan: sync every checkpoint. Returns whether some are still incomplete.
     async fn pass(&mut self) -> Result<bool> {
         let cands = detect::scan(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
@@ -238,85 +292,97 @@ impl Watch {
             if self.seen.insert(c.name.clone()) {
                 metrics::counter!(m::SEEN).increment(1);
             }
-            let outcome = match sync_checkpoint(&self.ctx, c).await {
-                Ok(o) => o,
-                Err(Error::Changed(p)) => {
-                    tracing::info!(
-                        "{} changed during upload; will upload it again",
-                        p.display()
-                    );
-                    any_pending = true;
-                    continue;
-                }
-                // Another writer committed this name differently: leave it, keep the others going.
-                Err(e @ (Error::CommitConflict(_) | Error::BadManifest { .. })) => {
-                    if self.seen_failed.insert(c.name.clone()) {
-                        metrics::counter!(m::FAILED).increment(1);
-                        tracing::error!("not committing {}: {e}", c.name);
-                    }
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            match outcome {
-                Outcome::Committed(man, how) => {
-                    self.pending.remove(&c.name);
-                    if how == Committed::Now {
-                        metrics::counter!(m::COMMITTED).increment(1);
-                        if let Some(delay) = last_write_age(c) {
-                            metrics::histogram!(m::COMMIT_DELAY).record(delay.as_secs_f64());
-                        }
-                    }
-                    tracing::info!(
-                        "{} {} (step {}, generation {}, {} files, {}) to {}",
-                        if how == Committed::Now {
-                            "committed"
-                        } else {
-                            "already committed:"
-                        },
-                        man.name,
-                        man.step
-                            .map(|s| s.to_string())
-                            .unwrap_or_else(|| "-".into()),
-                        man.generation,
-                        man.files.len(),
-                        human(man.total_size),
-                        self.ctx.url
-                    );
-                    if let Some(n) = self.keep_last {
-                        crate::retention::apply(
-                            &self.ctx.client,
-                            &self.ctx.url,
-                            n,
-                            Some(&self.ctx.store),
-                        )
-                        .await?;
-                    }
-                }
-                Outcome::Incomplete(reason) => {
-                    any_pending = true;
-                    let p = self.pending.entry(c.name.clone()).or_insert(Pending {
-                        since: Instant::now(),
-                        reported: false,
-                    });
-                    if !p.reported && p.since.elapsed() >= self.report_after {
-                        p.reported = true;
-                        metrics::counter!(m::FAILED).increment(1);
-                        tracing::warn!(
-                            "checkpoint {} still incomplete after {}s, not committing it: {reason}",
-                            c.name,
-                            p.since.elapsed().as_secs()
-                        );
-                    } else {
-                        tracing::debug!("{} not finished: {reason}", c.name);
-                    }
-                }
-                Outcome::Unchanged | Outcome::Retired | Outcome::Vanished => {
-                    self.pending.remove(&c.name);
-                }
-            }
+            any_pending |= self.sync(c).await?;
         }
         Ok(any_pending)
+    }
+
+    /// Syncs one checkpoint. Returns whether it is still pending.
+    async fn sync(&mut self, c: &Candidate) -> Result<bool> {
+        let outcome = match sync_checkpoint(&self.ctx, c).await {
+            Ok(o) => o,
+            Err(Error::Changed(p)) => {
+                tracing::info!(
+                    "{} changed during upload; will upload it again",
+                    p.display()
+                );
+                return Ok(true);
+            }
+            // Another writer committed this name differently: leave it, keep the others going.
+            Err(e @ (Error::CommitConflict(_) | Error::BadManifest { .. })) => {
+                if self.seen_failed.insert(c.name.clone()) {
+                    metrics::counter!(m::FAILED).increment(1);
+                    tracing::error!("not committing {}: {e}", c.name);
+                }
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        match outcome {
+            Outcome::Committed(man, how) => {
+                self.pending.remove(&c.name);
+                self.committed(c, &man, how).await?;
+                Ok(false)
+            }
+            Outcome::Incomplete(reason) => {
+                self.still_incomplete(c, &reason);
+                Ok(true)
+            }
+            Outcome::Unchanged | Outcome::Retired | Outcome::Vanished => {
+                self.pending.remove(&c.name);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Counts and logs a commit, then applies retention.
+    async fn committed(&self, c: &Candidate, man: &Manifest, how: Committed) -> Result<()> {
+        if how == Committed::Now {
+            metrics::counter!(m::COMMITTED).increment(1);
+            if let Some(delay) = last_write_age(c) {
+                metrics::histogram!(m::COMMIT_DELAY).record(delay.as_secs_f64());
+            }
+        }
+        tracing::info!(
+            "{} {} (step {}, generation {}, {} files, {}) to {}",
+            if how == Committed::Now {
+                "committed"
+            } else {
+                "already committed:"
+            },
+            man.name,
+            man.step
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "-".into()),
+            man.generation,
+            man.files.len(),
+            human(man.total_size),
+            self.ctx.url
+        );
+        if let Some(n) = self.keep_last {
+            crate::retention::apply(&self.ctx.client, &self.ctx.url, n, Some(&self.ctx.store))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Notes an incomplete checkpoint; warns once when it stays incomplete too long.
+    fn still_incomplete(&mut self, c: &Candidate, reason: &str) {
+        let p = self.pending.entry(c.name.clone()).or_insert(Pending {
+            since: Instant::now(),
+            reported: false,
+        });
+        if !p.reported && p.since.elapsed() >= self.report_after {
+            p.reported = true;
+            metrics::counter!(m::FAILED).increment(1);
+            tracing::warn!(
+                "checkpoint {} still incomplete after {}s, not committing it: {reason}",
+                c.name,
+                p.since.elapsed().as_secs()
+            );
+        } else {
+            tracing::debug!("{} not finished: {reason}", c.name);
+        }
     }
 
     /// Drops state of checkpoints no longer on disk, aborting their unfinished uploads.
@@ -339,6 +405,21 @@ impl Watch {
         }
         Ok(())
     }
+}
+
+/// Counts and logs a failed pass; returns the wait before the next.
+///
+/// The daemon never gives up: even a missing bucket or refused credentials may be a
+/// gateway that is still starting, so they are logged loudly and retried.
+fn failed_pass(e: &Error, backoff: &mut Backoff) -> Duration {
+    metrics::counter!(m::RETRIES).increment(1);
+    let wait = backoff.wait();
+    if e.is_permanent() {
+        tracing::error!("{e}; retrying in {:.0}s", wait.as_secs_f64());
+    } else {
+        tracing::warn!("{e}; retrying in {:.0}s", wait.as_secs_f64());
+    }
+    wait
 }
 
 fn last_write_age(c: &Candidate) -> Option<Duration> {
