@@ -4,20 +4,26 @@
 //! - [`store`]: shard files on disk, node id, durability (fsync + rename),
 //! - [`write`]: streaming PUT with per-block crc32c checks,
 //! - [`read`]: streaming verified range reads,
+//! - [`block_reader`]: a stored shard file's header and blocks, read and verified,
 //! - [`scrub`]: background re-verification at a bounded rate,
 //! - [`api`]: routes and the cluster-credential check,
 //! - [`error`]: the error enum and its one HTTP mapping,
 //! - [`faults`]: faults injected for tests (`CAIRN_NODE_FAULTS`),
-//! - [`metrics`]: Prometheus metrics.
+//! - [`metrics`]: Prometheus metrics,
+//! - [`space`]: capacity and free space,
+//! - [`direct_io`]: aligned buffers and `O_DIRECT` files,
+//! - [`announce`]: mDNS announcement.
 
 pub mod announce;
 pub mod api;
+pub mod block_reader;
 pub mod direct_io;
 pub mod error;
 pub mod faults;
 pub mod metrics;
 pub mod read;
 pub mod scrub;
+pub mod space;
 pub mod store;
 pub mod write;
 
@@ -158,7 +164,7 @@ impl Node {
             .with_context(|| format!("opening data dir {}", cfg.data_dir.display()))?;
         let handle = metrics::init();
         metrics::shards(store.shard_count());
-        publish_space(&store);
+        store.publish_space();
         Ok(Self {
             state: api::AppState {
                 store: Arc::new(store),
@@ -251,17 +257,7 @@ async fn refresh_disk_gauges(store: Arc<Store>) {
     loop {
         tick.tick().await;
         let s = store.clone();
-        let _ = tokio::task::spawn_blocking(move || publish_space(&s)).await;
-    }
-}
-
-/// Publishes the filesystem's and the node's space gauges (blocking: `statvfs`).
-pub(crate) fn publish_space(store: &Store) {
-    if let Ok(disk) = store.disk_space() {
-        metrics::disk(disk);
-    }
-    if let Ok(space) = store.reported_space() {
-        metrics::space(space);
+        let _ = tokio::task::spawn_blocking(move || s.publish_space()).await;
     }
 }
 

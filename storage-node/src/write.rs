@@ -417,7 +417,7 @@ fn write_blocking(
                 finished?;
                 store.commit(&tmp, &addr)?;
                 guard.0 = None;
-                crate::publish_space(store);
+                store.publish_space();
                 return Ok(file_len);
             }
         }
