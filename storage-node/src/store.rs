@@ -120,11 +120,6 @@ impl Store {
         self.stored.load(Ordering::Relaxed)
     }
 
-    /// The `--capacity` limit, if any.
-    pub fn capacity_limit(&self) -> Option<u64> {
-        self.capacity
-    }
-
     /// Holds `len` bytes under the capacity for a shard write, or `Err(free)` (the bytes
     /// left) when they do not fit. Without a capacity every write fits here (the file
     /// system has the last word).
@@ -190,11 +185,6 @@ impl Store {
     /// This node's persistent id.
     pub fn node_id(&self) -> NodeId {
         self.node_id
-    }
-
-    /// The data directory.
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     /// Shard files stored (kept up to date by writes and deletes).
