@@ -2,8 +2,8 @@
 //! verified one at a time.
 //!
 //! Blocks are read with `O_DIRECT` into a few recycled aligned buffers ([`BlockReader`]):
-//! the disk fills them without a copy out of the page cache, the largest share of a
-//! node's CPU time on a GET otherwise. Where the file system refuses, the page cache is
+//! the disk fills them without a copy out of the page cache, which would otherwise be
+//! most of a node's CPU time on a GET. Where the file system refuses, the page cache is
 //! used.
 
 use std::fs::File;
@@ -135,8 +135,8 @@ pub(crate) struct BlockReader {
     ///
     /// Each block's span is read into a 2 MiB huge-page buffer, so a read stream holds up
     /// to ~12 MiB (`READ_AHEAD` blocks and the ones being sent). Exactly sized buffers of
-    /// small pages would halve that, but measured on a 1 GiB GET they cost the nodes half
-    /// again as much CPU (0.78 vs 0.54 CPU-s/GiB), in pinning 257 pages per read, not one.
+    /// small pages would halve that, but cost the nodes far more CPU: every read would
+    /// pin 257 pages, not one.
     pool: BufferPool,
 }
 

@@ -264,13 +264,14 @@ async fn refresh_disk_gauges(store: Arc<Store>) {
 /// Runs a node from command-line arguments: logging, runtime, serve until SIGTERM/SIGINT.
 pub fn main_with(args: Args) -> anyhow::Result<()> {
     // No allocator tuning here (unlike the gateway): with 8 shard writes in flight, heaps
-    // keeping freed memory took a node to ~100 MB; its 64 MB budget wins over the CPU.
+    // that keep freed memory would take a node well past its 64 MB budget, and the budget
+    // wins over the CPU saved.
     cairn_common::daemon::init_tracing();
     cairn_common::daemon::raise_fd_limit();
     // One async thread: a node's own work per byte is a crc32c and one copy, so a single
     // thread keeps up with several gigabit links, and a second one only adds wakeups
-    // between threads (on a 1 GiB PUT, one thread cut the nodes' CPU time by a sixth).
-    // Disk reads, writes and fsyncs run on the blocking pool as before.
+    // between threads (CPU time spent for nothing). Disk reads, writes and fsyncs run on
+    // the blocking pool.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
