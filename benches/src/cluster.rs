@@ -423,7 +423,6 @@ async fn wait_healthy(p: &mut Proc, timeout: Duration) -> Result<()> {
     }
 }
 
-/// A bounded plain HTTP/1.0 GET: (status, body).
 /// Where a node says it is healthy.
 const NODE_HEALTH: &str = "/health";
 /// Where the gateway says it is healthy.

@@ -11,7 +11,9 @@
 
 use cairn_benches::{cluster, procfs, s3ops, source};
 
-use std::path::PathBuf;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -20,6 +22,7 @@ use clap::Parser;
 
 use cluster::{Cluster, ClusterSpec};
 use s3ops::{Bench, ChecksumMode, SentHeaders};
+use source::SourceDigests;
 
 const MIB: u64 = 1 << 20;
 const GIB: f64 = (1u64 << 30) as f64;
@@ -206,9 +209,35 @@ async fn run(args: &Args) -> Result<bool> {
     if args.size_mib == 0 || args.part_size_mib == 0 {
         bail!("--size-mib and --part-size-mib must be at least 1");
     }
-    let size = args.size_mib * MIB;
-    let part_size = args.part_size_mib * MIB;
     let bins = bin_dir(args)?;
+    let work = work_dir(args)?;
+    let source = Source::generate(args, work.path()).await?;
+    // Declared after `work` (as is `session`, which takes it over), so it is dropped
+    // (children stopped) before the dir is removed.
+    let cluster = start_cluster(args, bins, work.path()).await?;
+    let idle_server_pct = idle_server_pct(&cluster).await?;
+    let mut session = Session::open(args, source, cluster).await?;
+    let what = upload_kind(args);
+    let put = session.put(&what).await?;
+    let get = session.get().await?;
+    Report {
+        args,
+        what: &what,
+        sent: &put.sent,
+        put: &put.phase,
+        get: &get.phase,
+        idle_server_pct,
+        rss_put: &put.rss,
+        rss_end: &get.rss,
+        problems: &session.problems,
+    }
+    .print();
+    Ok(session.problems.is_empty())
+}
+
+/// The bench's temp dir (source file, node data, catalog, logs), in `--data-dir` or the
+/// system's temp dir; kept with `--keep`.
+fn work_dir(args: &Args) -> Result<tempfile::TempDir> {
     let base = match &args.data_dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir(),
@@ -222,16 +251,49 @@ async fn run(args: &Args) -> Result<bool> {
         work.disable_cleanup(true);
         eprintln!("keeping {}", work.path().display());
     }
+    Ok(work)
+}
 
-    let src = work.path().join("source.bin");
-    eprintln!("generating {} MiB of pseudo-random data...", args.size_mib);
-    let t = Instant::now();
-    let digests = {
-        let (src, seed) = (src.clone(), rand::random::<u64>());
-        tokio::task::spawn_blocking(move || source::generate(&src, size, part_size, seed)).await??
-    };
-    eprintln!("  done in {:.1} s", t.elapsed().as_secs_f64());
+/// The object uploaded: a file of pseudo-random bytes, and its digests.
+struct Source {
+    path: PathBuf,
+    size: u64,
+    part_size: u64,
+    digests: SourceDigests,
+}
 
+impl Source {
+    /// Writes `--size-mib` of pseudo-random bytes to `work/source.bin`.
+    async fn generate(args: &Args, work: &Path) -> Result<Self> {
+        let (size, part_size) = (args.size_mib * MIB, args.part_size_mib * MIB);
+        let path = work.join("source.bin");
+        eprintln!("generating {} MiB of pseudo-random data...", args.size_mib);
+        let t = Instant::now();
+        let digests = {
+            let (path, seed) = (path.clone(), rand::random::<u64>());
+            tokio::task::spawn_blocking(move || source::generate(&path, size, part_size, seed))
+                .await??
+        };
+        eprintln!("  done in {:.1} s", t.elapsed().as_secs_f64());
+        Ok(Self {
+            path,
+            size,
+            part_size,
+            digests,
+        })
+    }
+
+    /// The ETag S3 gives the object: of a single PUT or of a multipart upload.
+    fn etag(&self, multipart: bool) -> &str {
+        if multipart {
+            &self.digests.multipart_etag
+        } else {
+            &self.digests.md5
+        }
+    }
+}
+
+async fn start_cluster(args: &Args, bins: PathBuf, work: &Path) -> Result<Cluster> {
     eprintln!(
         "starting {} nodes + gateway (EC {}) from {}",
         args.nodes,
@@ -240,122 +302,178 @@ async fn run(args: &Args) -> Result<bool> {
     );
     let spec = ClusterSpec {
         bin_dir: bins,
-        work_dir: work.path().to_path_buf(),
+        work_dir: work.to_path_buf(),
         nodes: args.nodes,
         ec: args.ec.clone(),
         ready_timeout: Duration::from_secs(args.ready_timeout),
         node_extra: Vec::new(),
         gateway_extra: cluster::Extra::default(),
     };
-    // Declared after `work`, so it is dropped (children stopped) before the dir is removed.
-    let mut cluster = Cluster::start(&spec).await?;
+    let cluster = Cluster::start(&spec).await?;
     eprintln!("  gateway {} ready", cluster.endpoint());
+    Ok(cluster)
+}
 
-    // Background cost of an idle cluster, for reference.
-    let idle_a = cpu_snap(&cluster)?;
+/// Background cost of an idle cluster, for reference: the servers' CPU over two seconds,
+/// in percent of one core.
+async fn idle_server_pct(cluster: &Cluster) -> Result<f64> {
+    let a = cpu_snap(cluster)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle_b = cpu_snap(&cluster)?;
-    let idle = Phase::between(0, Duration::from_secs(2), &idle_a, &idle_b);
-    let idle_server_pct = (idle.gateway_cpu + idle.nodes_cpu()) / 2.0 * 100.0;
+    let b = cpu_snap(cluster)?;
+    let idle = Phase::between(0, Duration::from_secs(2), &a, &b);
+    Ok((idle.gateway_cpu + idle.nodes_cpu()) / 2.0 * 100.0)
+}
 
-    let s3 = Bench::new(
-        &cluster.endpoint(),
-        &cluster.access_key,
-        &cluster.secret_key,
-        "cairn-bench",
-        args.checksum,
-    );
-    s3.create_bucket().await?;
-    let key = "bench/object.bin";
-    let mut problems = Vec::new();
-
-    let what = if args.multipart {
+/// How the object is uploaded, for the report.
+fn upload_kind(args: &Args) -> String {
+    if args.multipart {
         format!(
             "multipart PUT ({} MiB parts, {} in flight)",
             args.part_size_mib, args.concurrency
         )
     } else {
         "PUT".to_string()
-    };
-    eprintln!("{what} of {} MiB...", args.size_mib);
-    let a = cpu_snap(&cluster)?;
-    let t = Instant::now();
-    let put_res = if args.multipart {
-        s3.put_multipart(key, &src, size, part_size, args.concurrency)
-            .await
-    } else {
-        s3.put(key, &src).await
-    };
-    let put_wall = t.elapsed();
-    let b = cpu_snap(&cluster)?;
-    let put_etag = match put_res {
-        Ok(e) => e,
-        Err(e) => {
-            cluster.check_alive()?;
-            return Err(e);
-        }
-    };
-    let put = Phase::between(size, put_wall, &a, &b);
-    let sent = s3.sent_headers();
-    cluster.check_alive()?;
-    let rss_put = rss_snap(&cluster)?;
-    let want_etag = if args.multipart {
-        &digests.multipart_etag
-    } else {
-        &digests.md5
-    };
-    if &put_etag != want_etag {
-        problems.push(format!("PUT ETag {put_etag:?}, expected {want_etag:?}"));
+    }
+}
+
+/// The key of the object.
+const KEY: &str = "bench/object.bin";
+
+/// The cluster with its bucket, the object to send, and what did not verify so far.
+struct Session<'a> {
+    args: &'a Args,
+    source: Source,
+    cluster: Cluster,
+    s3: Bench,
+    problems: Vec<String>,
+}
+
+/// What a timed phase measured.
+struct Measured {
+    phase: Phase,
+    /// Every server's peak RSS at the end of the phase.
+    rss: RssSnap,
+}
+
+/// The upload phase: what it measured and what the client sent.
+struct Upload {
+    phase: Phase,
+    rss: RssSnap,
+    sent: SentHeaders,
+}
+
+impl<'a> Session<'a> {
+    /// Creates the bench's bucket on `cluster`.
+    async fn open(args: &'a Args, source: Source, cluster: Cluster) -> Result<Self> {
+        let s3 = Bench::new(
+            &cluster.endpoint(),
+            &cluster.access_key,
+            &cluster.secret_key,
+            "cairn-bench",
+            args.checksum,
+        );
+        s3.create_bucket().await?;
+        Ok(Self {
+            args,
+            source,
+            cluster,
+            s3,
+            problems: Vec::new(),
+        })
     }
 
-    eprintln!("GET...");
-    let a = cpu_snap(&cluster)?;
-    let t = Instant::now();
-    let got = s3.get(key).await;
-    let get_wall = t.elapsed();
-    let b = cpu_snap(&cluster)?;
-    let (got_len, got_sha, get_etag) = match got {
-        Ok(g) => g,
-        Err(e) => {
-            cluster.check_alive()?;
-            return Err(e);
+    /// Uploads the object (`what` says how) and checks the ETag.
+    async fn put(&mut self, what: &str) -> Result<Upload> {
+        let (args, src) = (self.args, &self.source);
+        eprintln!("{what} of {} MiB...", args.size_mib);
+        let s3 = &self.s3;
+        let put = timed(&mut self.cluster, async {
+            if args.multipart {
+                s3.put_multipart(KEY, &src.path, src.size, src.part_size, args.concurrency)
+                    .await
+            } else {
+                s3.put(KEY, &src.path).await
+            }
+        })
+        .await?;
+        let (phase, etag) = (put.phase(src.size), put.value);
+        let sent = s3.sent_headers();
+        let rss = end_phase(&mut self.cluster)?;
+        let want = src.etag(args.multipart);
+        if etag != want {
+            self.problems
+                .push(format!("PUT ETag {etag:?}, expected {want:?}"));
         }
-    };
-    let get = Phase::between(got_len, get_wall, &a, &b);
-    cluster.check_alive()?;
-    let rss_end = rss_snap(&cluster)?;
-    if got_len != size {
-        problems.push(format!("GET returned {got_len} bytes, expected {size}"));
-    }
-    if got_sha != digests.sha256 {
-        problems.push(format!(
-            "GET body SHA-256 {got_sha}, expected {}",
-            digests.sha256
-        ));
-    }
-    if get_etag != *want_etag {
-        problems.push(format!("GET ETag {get_etag:?}, expected {want_etag:?}"));
+        Ok(Upload { phase, rss, sent })
     }
 
-    let r = Report {
-        args,
-        what: &what,
-        sent: &sent,
-        put: &put,
-        get: &get,
-        idle_server_pct,
-        rss_put: &rss_put,
-        rss_end: &rss_end,
-        problems: &problems,
-    };
-    let table = r.table();
-    if args.json {
-        eprint!("{table}");
-        println!("{}", r.json());
-    } else {
-        print!("{table}");
+    /// Downloads the object and checks its length, SHA-256 and ETag.
+    async fn get(&mut self) -> Result<Measured> {
+        eprintln!("GET...");
+        let s3 = &self.s3;
+        let get = timed(&mut self.cluster, s3.get(KEY)).await?;
+        let phase = get.phase(get.value.0);
+        let (got_len, got_sha, etag) = get.value;
+        let rss = end_phase(&mut self.cluster)?;
+        let (size, want_sha) = (self.source.size, &self.source.digests.sha256);
+        let want_etag = self.source.etag(self.args.multipart);
+        if got_len != size {
+            self.problems
+                .push(format!("GET returned {got_len} bytes, expected {size}"));
+        }
+        if got_sha != *want_sha {
+            self.problems
+                .push(format!("GET body SHA-256 {got_sha}, expected {want_sha}"));
+        }
+        if etag != want_etag {
+            self.problems
+                .push(format!("GET ETag {etag:?}, expected {want_etag:?}"));
+        }
+        Ok(Measured { phase, rss })
     }
-    Ok(problems.is_empty())
+}
+
+/// After a phase: every process must still be running; their peak RSS so far.
+fn end_phase(cluster: &mut Cluster) -> Result<RssSnap> {
+    cluster.check_alive()?;
+    rss_snap(cluster)
+}
+
+/// A request's value, with the wall time and the cluster's CPU snapshots around it.
+struct Timed<T> {
+    value: T,
+    wall: Duration,
+    before: CpuSnap,
+    after: CpuSnap,
+}
+
+impl<T> Timed<T> {
+    /// The cost of the request, which moved `bytes`.
+    fn phase(&self, bytes: u64) -> Phase {
+        Phase::between(bytes, self.wall, &self.before, &self.after)
+    }
+}
+
+/// Runs `op` between two CPU snapshots of the cluster. When it fails, a server that died
+/// is the error reported (with its log).
+async fn timed<T>(cluster: &mut Cluster, op: impl Future<Output = Result<T>>) -> Result<Timed<T>> {
+    let a = cpu_snap(cluster)?;
+    let t = Instant::now();
+    let res = op.await;
+    let wall = t.elapsed();
+    let b = cpu_snap(cluster)?;
+    match res {
+        Ok(value) => Ok(Timed {
+            value,
+            wall,
+            before: a,
+            after: b,
+        }),
+        Err(e) => {
+            cluster.check_alive()?;
+            Err(e)
+        }
+    }
 }
 
 /// Everything printed at the end.
@@ -384,10 +502,29 @@ fn verdict(ok: bool) -> &'static str {
 }
 
 impl Report<'_> {
+    /// The table (on stderr with `--json`, which puts a JSON line on stdout).
+    fn print(&self) {
+        let table = self.table();
+        if self.args.json {
+            eprint!("{table}");
+            println!("{}", self.json());
+        } else {
+            print!("{table}");
+        }
+    }
+
     fn table(&self) -> String {
-        use std::fmt::Write as _;
-        let a = self.args;
         let mut s = String::new();
+        self.write_setup(&mut s);
+        self.write_phases(&mut s);
+        self.write_rss(&mut s);
+        self.write_verdict(&mut s);
+        s
+    }
+
+    /// What ran: object, cluster, upload kind, the headers the client sent, idle cost.
+    fn write_setup(&self, s: &mut String) {
+        let a = self.args;
         let _ = writeln!(
             s,
             "\ncairn-bench: {} MiB object, {} nodes, EC {}, {}, checksum {:?}",
@@ -405,6 +542,10 @@ impl Report<'_> {
             "  idle cluster CPU: {:.2}% of one core\n",
             self.idle_server_pct
         );
+    }
+
+    /// Throughput and CPU per GiB of each phase, against the targets.
+    fn write_phases(&self, s: &mut String) {
         let _ = writeln!(
             s,
             "  phase   wall s    MiB/s  | server CPU-s/GiB: gateway  nodes  total  target    | client CPU-s/GiB"
@@ -426,6 +567,10 @@ impl Report<'_> {
                 p.client_cpu / p.gib(),
             );
         }
+    }
+
+    /// Every server's peak RSS after the PUT and at the end, against the targets.
+    fn write_rss(&self, s: &mut String) {
         let _ = writeln!(
             s,
             "\n  peak RSS (VmHWM, MB = 10^6 B)   after PUT    at end   target"
@@ -457,6 +602,10 @@ impl Report<'_> {
                 verdict(*e < TARGET_NODE_RSS),
             );
         }
+    }
+
+    /// Each node's CPU seconds per phase, and whether the data verified.
+    fn write_verdict(&self, s: &mut String) {
         let _ = writeln!(
             s,
             "\n  per-node CPU-s  PUT: {}   GET: {}",
@@ -470,7 +619,6 @@ impl Report<'_> {
                 let _ = writeln!(s, "  verify: FAILED: {p}");
             }
         }
-        s
     }
 
     fn json(&self) -> String {

@@ -11,7 +11,7 @@
 //! `pid` is a decimal process id, or `"self"` for this process, on both systems.
 
 #[cfg(target_os = "linux")]
-pub use linux::{clk_tck, cpu_seconds, peak_rss_bytes};
+pub use linux::{cpu_seconds, peak_rss_bytes};
 #[cfg(target_os = "macos")]
 pub use macos::{cpu_seconds, peak_rss_bytes};
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]
@@ -22,7 +22,7 @@ mod linux {
     use anyhow::{bail, Context, Result};
 
     /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), the unit of `/proc/<pid>/stat` times.
-    pub fn clk_tck() -> f64 {
+    fn clk_tck() -> f64 {
         // SAFETY: sysconf has no preconditions; it only reads a system constant.
         let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         if t > 0 {

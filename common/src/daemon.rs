@@ -84,9 +84,9 @@ pub fn init_tracing() {
 ///
 /// glibc's defaults return freed memory eagerly (trimming thread-arena heaps and unmapping
 /// large blocks), so the multi-MiB stripe, socket and block buffers a streaming PUT frees
-/// and allocates again every few milliseconds came back as fresh pages: page faults and
-/// page zeroing were a sixth of the gateway's CPU. The retained memory stays bounded by
-/// the peak the bounded pipelines need.
+/// and allocates again every few milliseconds would come back as fresh pages, and page
+/// faults and page zeroing would take a good share of the gateway's CPU. The retained
+/// memory stays bounded by the peak the bounded pipelines need.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

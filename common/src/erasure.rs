@@ -21,7 +21,6 @@ pub enum ErasureError {
 pub struct Codec {
     rs: Arc<ReedSolomon>,
     k: u8,
-    m: u8,
 }
 
 impl Codec {
@@ -44,17 +43,7 @@ impl Codec {
                 rs
             }
         };
-        Ok(Self { rs, k, m })
-    }
-
-    /// Data shards per stripe.
-    pub fn k(&self) -> u8 {
-        self.k
-    }
-
-    /// Parity shards per stripe.
-    pub fn m(&self) -> u8 {
-        self.m
+        Ok(Self { rs, k })
     }
 
     /// Computes the `m` parity blocks of a stripe from its `k` equal-length data blocks.
@@ -92,18 +81,6 @@ impl Codec {
         self.rs
             .reconstruct_data(blocks)
             .map_err(ErasureError::Codec)
-    }
-
-    /// Like [`Codec::reconstruct_data`] but rebuilds parity blocks too (for repair).
-    pub fn reconstruct_all(&self, blocks: &mut [Option<Vec<u8>>]) -> Result<(), ErasureError> {
-        let have = blocks.iter().filter(|b| b.is_some()).count();
-        if have < self.k as usize {
-            return Err(ErasureError::TooFewShards {
-                need: self.k as usize,
-                have,
-            });
-        }
-        self.rs.reconstruct(blocks).map_err(ErasureError::Codec)
     }
 }
 

@@ -29,8 +29,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-use crate::error::NodeError;
-use crate::faults::{self, InjectedFailure, WriteFault};
+use crate::error::{InjectedFailure, NodeError};
+use crate::faults::{self, WriteFault};
 use crate::metrics as m;
 use crate::read::read_blocks;
 use crate::scrub::ScrubState;
@@ -499,7 +499,7 @@ async fn delete_shard(
     let addr = parse_addr(&object, &segment, &index)?;
     blocking(&state, move |store| {
         store.delete_shard(&addr)?;
-        crate::publish_space(store);
+        store.publish_space();
         Ok(())
     })
     .await?;
@@ -515,7 +515,7 @@ async fn delete_object(
     let object = parse_object(&object)?;
     let removed = blocking(&state, move |store| {
         let removed = store.delete_object(&object)?;
-        crate::publish_space(store);
+        store.publish_space();
         Ok(removed)
     })
     .await?;

@@ -17,8 +17,8 @@ pub const HUGE_PAGE: usize = 2 * 1024 * 1024;
 /// A window of its own anonymous memory, `len` bytes, filled front to back.
 ///
 /// The window is aligned to [`HUGE_PAGE`] and marked for transparent huge pages: an
-/// `O_DIRECT` transfer pins the pages it uses, and pinning one huge page instead of
-/// 512 small ones (and faulting it in once) took a tenth of a node's CPU time off.
+/// `O_DIRECT` transfer pins the pages it uses, and pinning (and faulting in) one huge
+/// page instead of 512 small ones spares the node that work 511 times over.
 /// Anonymous memory comes zero-filled from the kernel, is never a recycled heap chunk
 /// that would need clearing, and goes back to the OS when the buffer is dropped.
 pub struct AlignedBuf {
@@ -125,8 +125,8 @@ impl Drop for AlignedBuf {
 
 /// Free [`HUGE_PAGE`] buffers shared by all of a node's reads and writes, so a new upload or
 /// read stream reuses memory already faulted in instead of mapping, zero-filling and
-/// unmapping its own (on a multipart upload's many shards that was a tenth of a node's
-/// CPU time). At most `keep` idle buffers are held; more are unmapped when given back.
+/// unmapping its own (a cost paid per shard, and a multipart upload has many). At most
+/// `keep` idle buffers are held; more are unmapped when given back.
 #[derive(Clone)]
 pub struct BufferPool {
     free: std::sync::Arc<std::sync::Mutex<Vec<AlignedBuf>>>,

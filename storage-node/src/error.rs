@@ -3,7 +3,7 @@
 //! Each error answers with a status and an `x-cairn-error` header naming its kind, so
 //! the gateway can act on the kind without parsing text.
 
-use std::io;
+use std::{fmt, io};
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -99,7 +99,26 @@ pub enum NodeError {
     },
     /// A failure injected by `CAIRN_NODE_FAULTS` (tests and the torture bench only).
     #[error("injected fault: {0}")]
-    Injected(crate::faults::InjectedFailure),
+    Injected(InjectedFailure),
+}
+
+/// The kind of a mid-body failure injected by `CAIRN_NODE_FAULTS`, carried by
+/// [`NodeError::Injected`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InjectedFailure {
+    /// Answer 500 `internal`.
+    Internal,
+    /// Drop the connection without an answer.
+    Reset,
+}
+
+impl fmt::Display for InjectedFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            InjectedFailure::Internal => "internal error",
+            InjectedFailure::Reset => "connection reset",
+        })
+    }
 }
 
 impl NodeError {

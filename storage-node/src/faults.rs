@@ -16,9 +16,10 @@
 //!
 //! Unset, every check is a branch on a field that is off.
 
-use std::fmt;
+use cairn_common::daemon::parse_size;
 
-use crate::error::NodeError;
+use crate::error::{InjectedFailure, NodeError};
+use crate::metrics;
 
 /// Faults this node injects (all off by default).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -71,24 +72,6 @@ impl WriteFault {
     }
 }
 
-/// The kind of an injected mid-body failure, carried by [`NodeError::Injected`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InjectedFailure {
-    /// Answer 500 `internal`.
-    Internal,
-    /// Drop the connection without an answer.
-    Reset,
-}
-
-impl fmt::Display for InjectedFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            InjectedFailure::Internal => "internal error",
-            InjectedFailure::Reset => "connection reset",
-        })
-    }
-}
-
 impl Faults {
     /// Parses a `CAIRN_NODE_FAULTS` value; empty means no faults.
     pub fn parse(spec: &str) -> Result<Self, FaultsParseError> {
@@ -115,12 +98,11 @@ impl Faults {
                     faults.write_fail = p;
                 }
                 "report-free" => {
-                    let bytes =
-                        crate::parse_size(value).map_err(|_| FaultsParseError::BadValue {
-                            name: "report-free",
-                            value: value.into(),
-                            why: "not a byte count",
-                        })?;
+                    let bytes = parse_size(value).map_err(|_| FaultsParseError::BadValue {
+                        name: "report-free",
+                        value: value.into(),
+                        why: "not a byte count",
+                    })?;
                     faults.report_free = Some(bytes);
                 }
                 "no-fallocate" if value.is_empty() => faults.no_fallocate = true,
@@ -151,7 +133,7 @@ impl Faults {
             1 => WriteFault::FailAfter(part),
             _ => WriteFault::ResetAfter(part),
         };
-        crate::metrics::injected_fault(fault.label());
+        metrics::injected_fault(fault.label());
         Some(fault)
     }
 }

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::store::DiskSpace;
+use crate::space::DiskSpace;
 
 const WRITES: &str = "cairn_node_shard_writes_total";
 const READS: &str = "cairn_node_shard_reads_total";

@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_common::ids::ObjectId;
-
-use crate::error::NodeError;
 use cairn_common::shard::ShardKey;
 
-use crate::read::verify_shard;
+use crate::block_reader::verify_shard;
+use crate::error::NodeError;
+use crate::metrics;
 use crate::store::{ShardAddr, Store};
 
 /// How scrub runs.
@@ -64,12 +64,12 @@ impl ScrubState {
     /// check), so `/v1/info` reports it for repair until the shard is rewritten, deleted
     /// or found sound by a scrub pass.
     pub fn report_read(&self, addr: ShardAddr, error: &NodeError) {
-        crate::metrics::read_corrupt();
+        metrics::read_corrupt();
         let Ok(mut set) = self.bad.lock() else {
             return;
         };
         if set.insert(addr) {
-            crate::metrics::scrub_bad_shards(set.len());
+            metrics::scrub_bad_shards(set.len());
             drop(set);
             cairn_common::log_limited!(warn, key = ();
                 object = %addr.object, segment = addr.segment, index = addr.index,
@@ -92,7 +92,7 @@ impl ScrubState {
     pub fn forget_object(&self, object: &ObjectId) {
         if let Ok(mut set) = self.bad.lock() {
             set.retain(|a| a.object != *object);
-            crate::metrics::scrub_bad_shards(set.len());
+            metrics::scrub_bad_shards(set.len());
         }
     }
 
@@ -104,7 +104,7 @@ impl ScrubState {
                 set.remove(&addr)
             };
             if changed {
-                crate::metrics::scrub_bad_shards(set.len());
+                metrics::scrub_bad_shards(set.len());
             }
         }
     }
@@ -161,13 +161,13 @@ pub fn pass(
                 .is_ok()
         });
         if set.len() != before {
-            crate::metrics::scrub_bad_shards(set.len());
+            metrics::scrub_bad_shards(set.len());
         }
     }
     for addr in shards {
         let mut pace = |n: u64| {
             report.bytes += n;
-            crate::metrics::scrub_bytes(n);
+            metrics::scrub_bytes(n);
             // Sleep until the bytes read so far fit the rate.
             let due = Duration::from_secs_f64(report.bytes as f64 / rate.max(1) as f64);
             if let Some(wait) = due.checked_sub(start.elapsed()) {
@@ -193,14 +193,14 @@ pub fn pass(
                     object = %addr.object, segment = addr.segment, index = addr.index,
                     error = %e, "scrub: shard is corrupt"
                 );
-                crate::metrics::scrub_corrupt();
+                metrics::scrub_corrupt();
                 state.set(addr, true);
                 report.bad.push(addr);
             }
             Err(e) => return Err(e),
         }
     }
-    crate::metrics::scrub_pass_done(report.checked);
+    metrics::scrub_pass_done(report.checked);
     Ok(report)
 }
 

@@ -12,10 +12,8 @@
 //! file, followed by an fsync of its directory. All functions here are blocking; the
 //! async layers call them through `spawn_blocking`.
 
-use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,6 +23,8 @@ use cairn_common::protocol::{Inventory, InventoryEntry, StoredManifest};
 
 use crate::direct_io::BufferPool;
 use crate::faults::Faults;
+use crate::metrics;
+use crate::space::{statvfs, DiskSpace};
 
 const NODE_ID_FILE: &str = "node_id";
 const TMP_DIR: &str = "tmp";
@@ -37,16 +37,6 @@ const IDLE_BUFFERS: usize = 16;
 
 /// Identity of one shard: which object version, segment and index.
 pub use cairn_common::protocol::ShardRef as ShardAddr;
-
-/// Capacity and free space, in bytes: of the data filesystem ([`Store::disk_space`]) or
-/// what the node offers ([`Store::space`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DiskSpace {
-    /// Total bytes of the filesystem.
-    pub capacity: u64,
-    /// Bytes available to this (unprivileged) process.
-    pub free: u64,
-}
 
 /// How a store is opened beyond its directory.
 #[derive(Clone, Debug, Default)]
@@ -130,11 +120,6 @@ impl Store {
         self.stored.load(Ordering::Relaxed)
     }
 
-    /// The `--capacity` limit, if any.
-    pub fn capacity_limit(&self) -> Option<u64> {
-        self.capacity
-    }
-
     /// Holds `len` bytes under the capacity for a shard write, or `Err(free)` (the bytes
     /// left) when they do not fit. Without a capacity every write fits here (the file
     /// system has the last word).
@@ -200,11 +185,6 @@ impl Store {
     /// This node's persistent id.
     pub fn node_id(&self) -> NodeId {
         self.node_id
-    }
-
-    /// The data directory.
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     /// Shard files stored (kept up to date by writes and deletes).
@@ -544,6 +524,16 @@ impl Store {
     pub fn disk_space(&self) -> io::Result<DiskSpace> {
         statvfs(&self.root)
     }
+
+    /// Publishes the filesystem's and the node's space gauges (blocking: `statvfs`).
+    pub fn publish_space(&self) {
+        if let Ok(disk) = self.disk_space() {
+            metrics::disk(disk);
+        }
+        if let Ok(space) = self.reported_space() {
+            metrics::space(space);
+        }
+    }
 }
 
 /// Length of the file at `path`, `None` if there is none.
@@ -626,25 +616,6 @@ fn load_or_create_node_id(root: &Path) -> io::Result<NodeId> {
         }
         Err(e) => Err(e),
     }
-}
-
-fn statvfs(path: &Path) -> io::Result<DiskSpace> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
-    // SAFETY: `c` is a valid NUL-terminated string and `st` a properly sized out-parameter
-    // that statvfs fully initializes when it returns 0.
-    let st = unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        st
-    };
-    let frsize = st.f_frsize as u64;
-    Ok(DiskSpace {
-        capacity: (st.f_blocks as u64).saturating_mul(frsize),
-        free: (st.f_bavail as u64).saturating_mul(frsize),
-    })
 }
 
 /// Reserves `len` bytes for a file so a full disk is detected before the body streams in

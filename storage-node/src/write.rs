@@ -417,7 +417,7 @@ fn write_blocking(
                 finished?;
                 store.commit(&tmp, &addr)?;
                 guard.0 = None;
-                crate::publish_space(store);
+                store.publish_space();
                 return Ok(file_len);
             }
         }
@@ -430,9 +430,10 @@ fn write_blocking(
 /// A temp shard file written front to back from aligned buffers with `O_DIRECT`, so the
 /// data goes from the buffer to the disk without passing through the page cache. Copying
 /// each byte into fresh page-cache pages (and having them written back and reclaimed
-/// later) was half of a node's CPU time on a PUT; the shard is not read back soon, and
-/// reads bypass the page cache too (see `read.rs`). Where `O_DIRECT` is refused (a file system
-/// without it, unusual alignment rules) the same buffers are written with plain writes.
+/// later) would be about half of a node's CPU time on a PUT; the shard is not read back
+/// soon, and reads bypass the page cache too (see `block_reader.rs`). Where `O_DIRECT` is
+/// refused (a file system without it, unusual alignment rules) the same buffers are
+/// written with plain writes.
 struct ShardFile {
     file: File,
     direct: Option<File>,

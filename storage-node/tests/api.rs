@@ -417,116 +417,168 @@ async fn requests_without_the_cluster_secret_are_refused() {
             .status(),
         StatusCode::CREATED
     );
+    let probe = AuthProbe {
+        node: &node,
+        http: &http,
+        key: ClusterKey::new(SECRET),
+        me: node.id.to_string(),
+    };
     let read = shard.path();
-    let expect_403 = |r: reqwest::Response| {
-        assert_eq!(r.status(), StatusCode::FORBIDDEN);
-        assert_eq!(error_kind(&r).as_deref(), Some("auth"));
-    };
-
-    // No credential at all, on every route.
-    for (m, p) in [
-        (Method::GET, read.clone()),
-        (Method::PUT, read.clone()),
-        (Method::GET, format!("{read}/header")),
-        (Method::DELETE, protocol::object_path(&oid)),
-        (Method::GET, "/v1/objects".to_string()),
-        (Method::GET, "/v1/info?challenge=c".to_string()),
-    ] {
-        expect_403(http.request(m, node.url(&p)).send().await.expect("send"));
-    }
-    // Wrong secret.
-    let wrong = ClusterKey::new("not-the-secret");
-    expect_403(
-        node.signed_with(&http, &wrong, Method::GET, &read)
-            .send()
-            .await
-            .expect("send"),
-    );
-    let send = |m: Method, p: &str, c: &cairn_common::auth::Credential| {
-        let req = c
-            .headers()
-            .iter()
-            .fold(http.request(m, node.url(p)), |r, (n, v)| r.header(*n, *v));
-        req.send()
-    };
-    let key = ClusterKey::new(SECRET);
-    let me = node.id.to_string();
-    // A valid credential used on another path, or another method.
-    let c = key.sign("GET", "/v1/objects", &me, BodyClaim::Empty);
-    expect_403(send(Method::GET, &read, &c).await.expect("send"));
-    expect_403(send(Method::DELETE, "/v1/objects", &c).await.expect("send"));
-    // A request replayed: accepted once, refused after.
-    let c = key.sign("GET", "/v1/objects", &me, BodyClaim::Empty);
-    let first = send(Method::GET, "/v1/objects", &c).await.expect("send");
-    assert_eq!(first.status(), StatusCode::OK);
-    expect_403(send(Method::GET, "/v1/objects", &c).await.expect("send"));
-    // A request meant for another node, or for whoever answers (only probes may be).
-    let other = cairn_common::ids::NodeId::random().to_string();
-    let c = key.sign("GET", "/v1/objects", &other, BodyClaim::Empty);
-    expect_403(send(Method::GET, "/v1/objects", &c).await.expect("send"));
-    let c = key.sign("GET", "/v1/objects", ANY_NODE, BodyClaim::Empty);
-    expect_403(send(Method::GET, "/v1/objects", &c).await.expect("send"));
-    // A body other than the one signed, or a shard claim off the shard route.
-    let manifest = protocol::manifest_path(&oid);
-    for claim in [BodyClaim::of(b"{\"signed\":1}"), BodyClaim::Shard] {
-        let c = key.sign("PUT", &manifest, &me, claim);
-        let r = c
-            .headers()
-            .iter()
-            .fold(http.put(node.url(&manifest)), |r, (n, v)| r.header(*n, *v))
-            .body("{\"forged\":1}")
-            .send()
-            .await
-            .expect("send");
-        expect_403(r);
-    }
-    let r = get(&node, &http, protocol::MANIFESTS_PATH).await;
-    let list: protocol::ManifestList =
-        serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
-    assert!(list.manifests.is_empty(), "a refused manifest was stored");
-    // A date an hour old.
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    let mut c = key.sign("GET", &read, &me, BodyClaim::Empty);
-    c.date = (now - 3600).to_string();
-    expect_403(send(Method::GET, &read, &c).await.expect("send"));
+    probe.unsigned_requests_are_refused(&read, &oid).await;
+    probe.misused_credentials_are_refused(&read).await;
+    probe.forged_bodies_are_refused(&oid).await;
+    probe.old_dates_are_refused(&read).await;
     // Nothing was deleted or overwritten by the refused requests.
     assert_eq!(
         std::fs::read(node.shard_file(&oid, 0, 0)).expect("file"),
         shard.file()
     );
-    // Health is open; metrics need the admin token.
-    let r = http.get(node.url("/health")).send().await.expect("health");
-    assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(r.text().await.expect("text"), "ok");
-    let r = http
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics");
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let r = http
-        .get(node.url("/metrics"))
-        .bearer_auth("wrong")
-        .send()
-        .await
-        .expect("metrics");
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let r = http
-        .get(node.url("/metrics"))
-        .bearer_auth(key.admin_token())
-        .send()
-        .await
-        .expect("metrics");
-    assert_eq!(r.status(), StatusCode::OK);
-    assert!(r
-        .text()
-        .await
-        .expect("text")
-        .contains("cairn_node_shard_writes_total"));
+    probe.health_is_open_and_metrics_need_the_token().await;
     node.stop().await;
+}
+
+/// Requests made with wrong, misused or missing credentials, on one node.
+struct AuthProbe<'a> {
+    node: &'a TestNode,
+    http: &'a reqwest::Client,
+    /// The cluster's real key.
+    key: ClusterKey,
+    /// The node's id.
+    me: String,
+}
+
+fn expect_403(r: reqwest::Response) {
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(error_kind(&r).as_deref(), Some("auth"));
+}
+
+impl AuthProbe<'_> {
+    /// Sends `m p` with the headers of credential `c` (made for whatever request).
+    async fn send(
+        &self,
+        m: Method,
+        p: &str,
+        c: &cairn_common::auth::Credential,
+    ) -> reqwest::Response {
+        c.headers()
+            .iter()
+            .fold(self.http.request(m, self.node.url(p)), |r, (n, v)| {
+                r.header(*n, *v)
+            })
+            .send()
+            .await
+            .expect("send")
+    }
+
+    /// No credential at all, on every route, or one made with another secret.
+    async fn unsigned_requests_are_refused(&self, read: &str, oid: &ObjectId) {
+        for (m, p) in [
+            (Method::GET, read.to_string()),
+            (Method::PUT, read.to_string()),
+            (Method::GET, format!("{read}/header")),
+            (Method::DELETE, protocol::object_path(oid)),
+            (Method::GET, "/v1/objects".to_string()),
+            (Method::GET, "/v1/info?challenge=c".to_string()),
+        ] {
+            expect_403(
+                self.http
+                    .request(m, self.node.url(&p))
+                    .send()
+                    .await
+                    .expect("send"),
+            );
+        }
+        let wrong = ClusterKey::new("not-the-secret");
+        expect_403(
+            self.node
+                .signed_with(self.http, &wrong, Method::GET, read)
+                .send()
+                .await
+                .expect("send"),
+        );
+    }
+
+    /// A valid credential used on another path or method, replayed, or meant for another
+    /// node or for whoever answers (only probes may be).
+    async fn misused_credentials_are_refused(&self, read: &str) {
+        let (key, me) = (&self.key, self.me.as_str());
+        let c = key.sign("GET", "/v1/objects", me, BodyClaim::Empty);
+        expect_403(self.send(Method::GET, read, &c).await);
+        expect_403(self.send(Method::DELETE, "/v1/objects", &c).await);
+        let c = key.sign("GET", "/v1/objects", me, BodyClaim::Empty);
+        let first = self.send(Method::GET, "/v1/objects", &c).await;
+        assert_eq!(first.status(), StatusCode::OK);
+        expect_403(self.send(Method::GET, "/v1/objects", &c).await);
+        let other = cairn_common::ids::NodeId::random().to_string();
+        let c = key.sign("GET", "/v1/objects", &other, BodyClaim::Empty);
+        expect_403(self.send(Method::GET, "/v1/objects", &c).await);
+        let c = key.sign("GET", "/v1/objects", ANY_NODE, BodyClaim::Empty);
+        expect_403(self.send(Method::GET, "/v1/objects", &c).await);
+    }
+
+    /// A body other than the one signed, or a shard claim off the shard route: nothing
+    /// is stored.
+    async fn forged_bodies_are_refused(&self, oid: &ObjectId) {
+        let manifest = protocol::manifest_path(oid);
+        for claim in [BodyClaim::of(b"{\"signed\":1}"), BodyClaim::Shard] {
+            let c = self.key.sign("PUT", &manifest, &self.me, claim);
+            let r = c
+                .headers()
+                .iter()
+                .fold(self.http.put(self.node.url(&manifest)), |r, (n, v)| {
+                    r.header(*n, *v)
+                })
+                .body("{\"forged\":1}")
+                .send()
+                .await
+                .expect("send");
+            expect_403(r);
+        }
+        let r = get(self.node, self.http, protocol::MANIFESTS_PATH).await;
+        let list: protocol::ManifestList =
+            serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
+        assert!(list.manifests.is_empty(), "a refused manifest was stored");
+    }
+
+    /// A credential dated an hour ago.
+    async fn old_dates_are_refused(&self, read: &str) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let mut c = self.key.sign("GET", read, &self.me, BodyClaim::Empty);
+        c.date = (now - 3600).to_string();
+        expect_403(self.send(Method::GET, read, &c).await);
+    }
+
+    /// `/health` needs nothing; `/metrics` needs the admin token.
+    async fn health_is_open_and_metrics_need_the_token(&self) {
+        let (http, node) = (self.http, self.node);
+        let r = http.get(node.url("/health")).send().await.expect("health");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.text().await.expect("text"), "ok");
+        let metrics = |token: Option<String>| {
+            let req = http.get(node.url("/metrics"));
+            match token {
+                Some(t) => req.bearer_auth(t),
+                None => req,
+            }
+            .send()
+        };
+        let r = metrics(None).await.expect("metrics");
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let r = metrics(Some("wrong".into())).await.expect("metrics");
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let r = metrics(Some(self.key.admin_token()))
+            .await
+            .expect("metrics");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r
+            .text()
+            .await
+            .expect("text")
+            .contains("cairn_node_shard_writes_total"));
+    }
 }
 
 #[tokio::test]
