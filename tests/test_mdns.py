@@ -168,7 +168,7 @@ def veth_pair():
         for ns, dev, ip in ((gw_ns, a, "10.213.0.1/24"), (node_ns, b, "10.213.0.2/24")):
             subprocess.run(["ip", "netns", "exec", ns, "ip", "addr", "add", ip, "dev", dev], check=True)
             subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", dev, "multicast", "on", "up"], check=True)
-        yield gw_ns, node_ns, b
+        yield gw_ns, node_ns, b, a
     finally:
         for ns in made:
             _delete_netns(ns)
@@ -201,7 +201,7 @@ def test_discovery_across_namespaces_and_a_node_that_moves(veth_pair, tmp_path):
     """Nodes in one namespace, the gateway in another, nothing typed: discovered over the
     veth wire by mDNS. A node restarted on a new IP is the same node (same id, its shards
     still used): with another node killed afterwards, every object still reads back."""
-    gw_ns, node_ns, node_dev = veth_pair
+    gw_ns, node_ns, node_dev, _gw_dev = veth_pair
     secret = uuid.uuid4().hex
     env = {"CAIRN_CLUSTER_SECRET": secret}
     procs: dict[str, subprocess.Popen] = {}
@@ -270,4 +270,49 @@ def test_discovery_across_namespaces_and_a_node_that_moves(veth_pair, tmp_path):
         for p in procs.values():
             p.kill()
         for p in procs.values():
+            p.wait(timeout=10)
+
+
+def test_mdns_interface_limits_where_the_gateway_looks(veth_pair, tmp_path):
+    """`--mdns-interface`: a gateway told to browse only its veth finds the nodes across
+    it; one told to browse only loopback, started at the same time, finds none."""
+    gw_ns, node_ns, _node_dev, gw_dev = veth_pair
+    secret = uuid.uuid4().hex
+    env = {"CAIRN_CLUSTER_SECRET": secret}
+    procs = []
+    try:
+        for i in range(2):
+            procs.append(_spawn(
+                node_ns,
+                [str(BIN / "cairn-node"), "--listen", f"10.213.0.2:{9301 + i}", "--data", str(tmp_path / f"node{i}"), "--mdns", "all"],
+                env,
+                tmp_path / f"node{i}.log",
+            ))
+        deadline = time.monotonic() + 20
+        ids = {_node_id(tmp_path / f"node{i}", deadline) for i in range(2)}
+        for port, interface in ((9300, gw_dev), (9310, "lo")):
+            procs.append(_spawn(
+                gw_ns,
+                [str(BIN / "cairn-gateway"), "--listen", f"127.0.0.1:{port}", "--meta", str(tmp_path / f"meta{port}"),
+                 "--mdns", "all", "--mdns-interface", interface, "--heartbeat-ms", "200"],
+                {**env, "CAIRN_ACCESS_KEY": "ak", "CAIRN_SECRET_KEY": "sk"},
+                tmp_path / f"gateway{port}.log",
+            ))
+
+        def view(port: int) -> dict[str, str]:
+            body = _get(gw_ns, f"http://127.0.0.1:{port}/_cairn/nodes", secret)
+            return {n["id"]: n["state"] for n in json.loads(body)} if body else {}
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and view(9300) != {i: "up" for i in ids}:
+            time.sleep(0.2)
+        assert view(9300) == {i: "up" for i in ids}, (tmp_path / "gateway9300.log").read_text()[-3000:]
+        # The loopback-only gateway had as long, and a few more announcements' worth.
+        time.sleep(3)
+        assert _get(gw_ns, "http://127.0.0.1:9310/_cairn/health", secret) is not None, "loopback-only gateway not serving"
+        assert view(9310) == {}, "a gateway browsing only loopback found nodes across the veth"
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
             p.wait(timeout=10)
