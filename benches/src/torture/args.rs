@@ -11,7 +11,11 @@ pub const MIB: u64 = 1 << 20;
 
 /// Command line.
 #[derive(Parser, Debug)]
-#[command(name = "cairn-torture", version, about)]
+#[command(
+    name = "cairn-torture",
+    version,
+    about = "Cairn torture test: kill -9 rounds and injected faults under concurrent S3 clients; every acknowledged object must read back"
+)]
 pub struct Args {
     /// Rounds of upload, kill -9, restart, verify.
     #[arg(long, default_value_t = 10)]
