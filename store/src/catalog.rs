@@ -656,6 +656,26 @@ mod tests {
         }
     }
 
+    fn upload(bucket: &str, key: &str) -> UploadRecord {
+        UploadRecord {
+            bucket: bucket.into(),
+            key: key.into(),
+            meta: ObjectMeta::default(),
+            created_ms: 0,
+            checksum: None,
+        }
+    }
+
+    fn part(segment: SegmentRecord) -> PartRecord {
+        PartRecord {
+            etag: "e".into(),
+            size: 10,
+            modified_ms: 0,
+            segment,
+            checksum: None,
+        }
+    }
+
     fn shard(object: ObjectId, segment: u32, index: u8) -> ShardRef {
         ShardRef {
             object,
@@ -711,21 +731,11 @@ mod tests {
 
         // A multipart upload: recorded parts are referenced, other attempts are not.
         let up = ObjectId::random();
-        let urec = UploadRecord {
-            bucket: "bkt".into(),
-            key: "big".into(),
-            meta: ObjectMeta::default(),
-            created_ms: 0,
-            checksum: None,
-        };
-        catalog.create_upload(&up, &urec).await.expect("create");
-        let part = PartRecord {
-            etag: "e".into(),
-            size: 10,
-            modified_ms: 0,
-            segment: segment(11, &[a, b, c]),
-            checksum: None,
-        };
+        catalog
+            .create_upload(&up, &upload("bkt", "big"))
+            .await
+            .expect("create");
+        let part = part(segment(11, &[a, b, c]));
         catalog.put_part(&up, 1, &part).await.expect("part");
         assert!(catalog.references_version(&up).expect("ask"));
         assert!(catalog
@@ -806,21 +816,11 @@ mod tests {
 
         // A part recorded after its upload was aborted is refused, not left behind.
         let up = ObjectId::random();
-        let urec = UploadRecord {
-            bucket: "b".into(),
-            key: "k".into(),
-            meta: ObjectMeta::default(),
-            created_ms: 0,
-            checksum: None,
-        };
-        catalog.create_upload(&up, &urec).await.expect("create");
-        let part = PartRecord {
-            etag: "e".into(),
-            size: 10,
-            modified_ms: 0,
-            segment: segment(2, &[NodeId::random()]),
-            checksum: None,
-        };
+        catalog
+            .create_upload(&up, &upload("b", "k"))
+            .await
+            .expect("create");
+        let part = part(segment(2, &[NodeId::random()]));
         catalog.put_part(&up, 1, &part).await.expect("part");
         let parts = catalog.abort_upload(&up).await.expect("abort");
         assert_eq!(parts.map(|p| p.len()), Some(1));
