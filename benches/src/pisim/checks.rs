@@ -14,8 +14,6 @@ use super::lab::{self, Lab, NodeSlot, COORD_NS};
 
 /// Largest accepted deviation of a measured rate from its limit.
 const TOLERANCE: f64 = 0.20;
-/// Seconds of traffic each measurement aims for.
-const SECONDS: f64 = 2.0;
 
 /// One measured limit.
 pub struct Check {
@@ -29,11 +27,11 @@ pub struct Check {
 }
 
 /// Measures every limit; the caller prints them and stops on a failed one.
-pub fn run_all(lab: &Lab, node_cpu: f64) -> Result<Vec<Check>> {
-    let mut out = disks(lab)?;
-    out.extend(network(lab)?);
+pub fn run_all(lab: &Lab, node_cpu: f64, seconds: f64) -> Result<Vec<Check>> {
+    let mut out = disks(lab, seconds)?;
+    out.extend(network(lab, seconds)?);
     if node_cpu > 0.0 {
-        out.extend(cpu(lab, node_cpu)?);
+        out.extend(cpu(lab, node_cpu, seconds)?);
     }
     Ok(out)
 }
@@ -71,11 +69,11 @@ fn rate_check(what: String, expected: f64, measured: f64) -> Check {
 }
 
 /// Each card, all at once (they are separate devices): an O_DIRECT write of about
-/// `SECONDS` at the card's write rate, then an O_DIRECT read of that file, each by dd in
+/// `seconds` at the card's write rate, then an O_DIRECT read of that file, each by dd in
 /// the node's cgroup.
-fn disks(lab: &Lab) -> Result<Vec<Check>> {
+fn disks(lab: &Lab, seconds: f64) -> Result<Vec<Check>> {
     let (w, r) = lab.disk.rates();
-    let mib = ((w.max(r) as f64 * SECONDS) / (1 << 20) as f64).ceil() as u64;
+    let mib = ((w.max(r) as f64 * seconds) / (1 << 20) as f64).ceil() as u64;
     let bytes = mib << 20;
     let files: Vec<String> = lab
         .nodes
@@ -324,12 +322,12 @@ fn in_ns(ns: &str, argv: &[&str]) -> Command {
 /// The coordinator's uplink (to all nodes at once) and downlink (from all nodes at once),
 /// then every node's link with a ring of node-to-node flows (each node sends once and
 /// receives once).
-fn network(lab: &Lab) -> Result<Vec<Check>> {
+fn network(lab: &Lab, seconds: f64) -> Result<Vec<Check>> {
     let script = lab.work.join("pisim-net.py");
     std::fs::write(&script, NET_SCRIPT).context("writing the TCP test script")?;
     let rate = lab.net.payload_bytes_per_s();
     let n = lab.nodes.len();
-    let each = (rate * SECONDS / n as f64) as u64;
+    let each = (rate * seconds / n as f64) as u64;
     let coord_ip = lab::coord_ip().to_string();
     let up: Vec<Flow> = lab
         .nodes
@@ -379,7 +377,7 @@ fn network(lab: &Lab) -> Result<Vec<Check>> {
                 }
             })
             .collect();
-        let rates = flows(&script, &ring, (rate * SECONDS) as u64)?;
+        let rates = flows(&script, &ring, (rate * seconds) as u64)?;
         for (f, r) in ring.iter().zip(rates) {
             out.push(rate_check(format!("link {} (TCP)", f.what), rate, r));
         }
@@ -392,13 +390,13 @@ fn network(lab: &Lab) -> Result<Vec<Check>> {
 /// tolerance) and be throttled, which shows the quota applies. Then the real quota with
 /// one more busy loop than its whole cores: above it by more than the tolerance fails;
 /// below it only means the machine had no more to give (a warning).
-fn cpu(lab: &Lab, quota: f64) -> Result<Vec<Check>> {
+fn cpu(lab: &Lab, quota: f64, seconds: f64) -> Result<Vec<Check>> {
     const PROBE: f64 = 0.25;
     let mut out = Vec::new();
     for (i, n) in lab.nodes.iter().enumerate() {
         let real = lab::quota_setting(lab.cgroups, &n.cgroup)?;
         lab::set_quota(lab.cgroups, &n.cgroup, PROBE)?;
-        let probe = spin(n, 1);
+        let probe = spin(n, 1, seconds);
         lab::restore_quota(lab.cgroups, &n.cgroup, &real)?;
         let (cores, throttled) = probe?;
         let ratio = cores / PROBE;
@@ -411,7 +409,7 @@ fn cpu(lab: &Lab, quota: f64) -> Result<Vec<Check>> {
             note: format!("{throttled} periods throttled"),
         });
         let procs = quota.ceil() as usize + 1;
-        let (cores, throttled) = spin(n, procs)?;
+        let (cores, throttled) = spin(n, procs, seconds)?;
         let ratio = cores / quota;
         let mut note = format!("{throttled} periods throttled");
         if ratio < 1.0 - TOLERANCE {
@@ -429,9 +427,9 @@ fn cpu(lab: &Lab, quota: f64) -> Result<Vec<Check>> {
     Ok(out)
 }
 
-/// `procs` busy loops in the node's cgroup for `SECONDS`: the cores they got and the
+/// `procs` busy loops in the node's cgroup for `seconds`: the cores they got and the
 /// periods the cgroup was throttled meanwhile.
-fn spin(n: &NodeSlot, procs: usize) -> Result<(f64, u64)> {
+fn spin(n: &NodeSlot, procs: usize, seconds: f64) -> Result<(f64, u64)> {
     let throttled_before = nr_throttled(&n.cgroup)?;
     let mut spinners = Vec::new();
     let result: Result<f64> = (|| {
@@ -452,7 +450,7 @@ fn spin(n: &NodeSlot, procs: usize) -> Result<(f64, u64)> {
         };
         let cpu0 = cpu(&pids)?;
         let t0 = Instant::now();
-        std::thread::sleep(Duration::from_secs_f64(SECONDS));
+        std::thread::sleep(Duration::from_secs_f64(seconds));
         let cpu1 = cpu(&pids)?;
         let wall = t0.elapsed().as_secs_f64();
         Ok((cpu1 - cpu0) / wall)

@@ -99,9 +99,11 @@ impl ClientEnv {
             let tail: Vec<&str> = text.lines().rev().take(15).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             bail!(
-                "{} failed ({}):\n{}",
+                "{} failed ({}):\n{}{}{}",
                 argv.join(" "),
                 out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
                 tail.join("\n")
             );
         }

@@ -151,6 +151,8 @@ const LOCK: &str = "/run/lock/cairn-pisim.lock";
 pub struct Lab {
     /// Where card images, mounts and the workload live.
     pub work: PathBuf,
+    /// Where the card images are (RAM by default, see [`card_dir`]).
+    pub cards: PathBuf,
     pub cgroups: Cgroups,
     pub nodes: Vec<NodeSlot>,
     pub net: NetProfile,
@@ -163,6 +165,7 @@ impl Lab {
     /// Removes leftovers, then builds the lab for `n` nodes with `card_bytes` cards.
     pub fn build(
         work: &Path,
+        cards: &Path,
         n: usize,
         net: NetProfile,
         disk: DiskProfile,
@@ -179,18 +182,21 @@ impl Lab {
                 bail!("{tool} not found in PATH");
             }
         }
-        cleanup(work, cgroups);
-        if work.exists() && fs::read_dir(work).map_or(true, |mut d| d.next().is_some()) {
-            bail!(
-                "{} exists and was not made by cairn-bench pisim; give an empty or new --work-dir",
-                work.display()
-            );
+        cleanup(work, cards, cgroups);
+        for dir in [work, cards] {
+            if dir.exists() && fs::read_dir(dir).map_or(true, |mut d| d.next().is_some()) {
+                bail!(
+                    "{} exists and was not made by cairn-bench pisim; give an empty or new directory",
+                    dir.display()
+                );
+            }
+            mkdir(dir)?;
+            write(dir.join(MARKER), "cairn-bench pisim directory\n")?;
         }
-        fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
-        write(work.join(MARKER), "cairn-bench pisim work directory\n")?;
         // From here on, a failure drops the half-built lab, which removes what was made.
         let mut lab = Lab {
             work: work.to_path_buf(),
+            cards: cards.to_path_buf(),
             cgroups,
             nodes: Vec::new(),
             net,
@@ -292,7 +298,7 @@ impl Lab {
 
     /// Node `i`'s card: a sparse image on a loop device, ext4, mounted, throttled.
     fn build_card(&mut self, i: usize, bytes: u64) -> Result<()> {
-        let img = self.work.join(format!("card{i}.img"));
+        let img = self.cards.join(format!("card{i}.img"));
         let f = fs::File::create(&img).with_context(|| format!("creating {}", img.display()))?;
         f.set_len(bytes)
             .with_context(|| format!("sizing {}", img.display()))?;
@@ -372,7 +378,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        cleanup(&self.work, self.cgroups);
+        cleanup(&self.work, &self.cards, self.cgroups);
     }
 }
 
@@ -397,9 +403,9 @@ fn take_lock() -> Result<fs::File> {
 
 /// Removes everything a run makes, whether it finished or crashed: processes left in the
 /// bench's cgroups or namespaces, the namespaces, mounts under `work`, the throttle rules
-/// and loop devices of card images under `work`, the cgroups and `work` itself. Best
-/// effort: what fails is reported and the rest still goes.
-pub fn cleanup(work: &Path, cgroups: Cgroups) {
+/// and loop devices of card images under `cards`, the cgroups, and `work` and `cards`
+/// themselves. Best effort: what fails is reported and the rest still goes.
+pub fn cleanup(work: &Path, cards: &Path, cgroups: Cgroups) {
     let parent = cgroups.cpu_parent();
     // Processes in the bench's own cgroups were started by a run of this bench.
     if let Ok(entries) = fs::read_dir(&parent) {
@@ -420,7 +426,6 @@ pub fn cleanup(work: &Path, cgroups: Cgroups) {
             warn(ip(&["netns", "del", ns]));
         }
     }
-    let work_s = work.to_string_lossy().to_string();
     if let Ok(mounts) = fs::read_to_string("/proc/mounts") {
         for m in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {
             if Path::new(m).starts_with(work) && run("umount", &[m]).is_err() {
@@ -434,7 +439,7 @@ pub fn cleanup(work: &Path, cgroups: Cgroups) {
             let [name, dev_no, back, ..] = f[..] else {
                 continue;
             };
-            if !back.starts_with(&work_s) {
+            if !Path::new(back).starts_with(cards) {
                 continue;
             }
             if cgroups == Cgroups::V1 {
@@ -462,8 +467,10 @@ pub fn cleanup(work: &Path, cgroups: Cgroups) {
         warn(fs::remove_dir(&parent).with_context(|| format!("removing {}", parent.display())));
     }
     // Only a directory this bench made (it holds the marker) is removed.
-    if work.join(MARKER).is_file() {
-        warn(fs::remove_dir_all(work).with_context(|| format!("removing {}", work.display())));
+    for dir in [work, cards] {
+        if dir.join(MARKER).is_file() {
+            warn(fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display())));
+        }
     }
 }
 

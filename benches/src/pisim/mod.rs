@@ -145,12 +145,20 @@ pub struct PisimArgs {
     /// Where the card images, mounts, checkpoint and logs go (removed at start and exit).
     #[arg(long, default_value = "/var/tmp/cairn-pisim")]
     pub work_dir: PathBuf,
+    /// Where the card images go. Default: /dev/shm/cairn-pisim (RAM: a sparse image holds
+    /// only what is written), so the host's own disk, shared and uneven, never sets the
+    /// cards' speed; the throttle alone does.
+    #[arg(long, default_value = "/dev/shm/cairn-pisim")]
+    pub card_dir: PathBuf,
     /// Directory with cairn-node, cairn-gateway and cairn (default: next to this binary).
     #[arg(long, env = "CAIRN_BIN_DIR")]
     pub bin_dir: Option<PathBuf>,
     /// Seconds each process may take to become healthy.
     #[arg(long, default_value_t = 30)]
     pub ready_timeout: u64,
+    /// Seconds of traffic each limit measurement aims for.
+    #[arg(long, default_value_t = 2.0)]
+    pub check_seconds: f64,
     /// Print a one-line JSON summary on stdout (the tables go to stderr).
     #[arg(long)]
     pub json: bool,

@@ -163,6 +163,7 @@ async fn run(args: &PisimArgs) -> Result<bool> {
     eprintln!("building the lab in {} ...", args.work_dir.display());
     let lab = Lab::build(
         &args.work_dir,
+        &args.card_dir,
         args.nodes,
         args.net,
         args.disk,
@@ -171,7 +172,7 @@ async fn run(args: &PisimArgs) -> Result<bool> {
     )?;
     lab.enter_coordinator()?;
     eprintln!("measuring every limit ...");
-    let checks = checks::run_all(&lab, args.node_cpu)?;
+    let checks = checks::run_all(&lab, args.node_cpu, args.check_seconds.max(0.5))?;
     let check_table = checks::table(&checks);
     eprint!("{check_table}");
     if args.node_cpu > 0.0 {
@@ -197,7 +198,7 @@ async fn run(args: &PisimArgs) -> Result<bool> {
     std::fs::create_dir_all(&ckpt_dir).context("creating the checkpoint directory")?;
     let src = ckpt_dir.join(FILE_NAME);
     eprintln!("writing a {} MB checkpoint ...", args.size);
-    let digest = crate::source::generate(&src, size, 8 << 20, rand::random::<u64>())?.sha256;
+    let digest = write_checkpoint(&src, size)?;
 
     let layout = Layout {
         gateway: Some(lab.gateway_addr()),
@@ -378,6 +379,38 @@ async fn measured<T>(
             node_rss: rss[1..].iter().copied().max().unwrap_or(0),
         },
     ))
+}
+
+/// A safetensors file of `size` bytes (`cairn push` checks the format): the 8-byte header
+/// length, a JSON header naming one U8 tensor, then pseudo-random bytes. Its SHA-256.
+fn write_checkpoint(path: &Path, size: u64) -> Result<String> {
+    use std::io::{Seek, SeekFrom, Write};
+    crate::source::generate(path, size, 8 << 20, rand::random::<u64>())?;
+    // The header holds the data length, which depends on the header's own length.
+    let mut header = String::new();
+    for _ in 0..3 {
+        let data = size.saturating_sub(8 + header.len() as u64);
+        header = format!(
+            r#"{{"__metadata__":{{"format":"pt"}},"weight":{{"dtype":"U8","shape":[{data}],"data_offsets":[0,{data}]}}}}"#
+        );
+        // Padded with spaces to a multiple of 8, as writers align the data.
+        while header.len() % 8 != 0 {
+            header.push(' ');
+        }
+    }
+    if 8 + header.len() as u64 > size {
+        bail!("--size is too small for a safetensors header");
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    f.seek(SeekFrom::Start(0))
+        .and_then(|_| f.write_all(&(header.len() as u64).to_le_bytes()))
+        .and_then(|_| f.write_all(header.as_bytes()))
+        .with_context(|| format!("writing the header of {}", path.display()))?;
+    drop(f);
+    sha256_file(path)
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
