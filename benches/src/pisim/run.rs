@@ -41,9 +41,12 @@ pub fn main(args: PisimArgs) -> ExitCode {
     // Dropping `run` on a signal drops its cluster (children stopped) and then its lab
     // (namespaces, mounts, loop devices, cgroups removed).
     let outcome = rt.block_on(async {
+        // Signal handlers first: `run` blocks in its setup and limit checks (no await), and
+        // a signal that arrives then must still reach this select at its next await.
         tokio::select! {
-            r = run(&args) => r,
+            biased;
             s = signal() => Err(anyhow!("interrupted by {s}; lab removed")),
+            r = run(&args) => r,
         }
     });
     match outcome {
