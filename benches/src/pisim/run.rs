@@ -397,7 +397,7 @@ fn write_checkpoint(path: &Path, size: u64) -> Result<String> {
             r#"{{"__metadata__":{{"format":"pt"}},"weight":{{"dtype":"U8","shape":[{data}],"data_offsets":[0,{data}]}}}}"#
         );
         // Padded with spaces to a multiple of 8, as writers align the data.
-        while header.len() % 8 != 0 {
+        while !header.len().is_multiple_of(8) {
             header.push(' ');
         }
     }
