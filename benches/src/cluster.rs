@@ -37,6 +37,35 @@ pub struct ClusterSpec {
     pub node_extra: Vec<Extra>,
     /// Extra arguments and environment of the gateway.
     pub gateway_extra: Extra,
+    /// Fixed addresses, data directories and launch commands instead of free loopback
+    /// ports and `work_dir/node<i>` (the simulated lab of `cairn-bench pisim`).
+    pub layout: Option<Layout>,
+}
+
+/// Where each process listens, where node data lives, and what command runs each node.
+#[derive(Clone, Debug, Default)]
+pub struct Layout {
+    /// The gateway's listen address.
+    pub gateway: Option<SocketAddr>,
+    /// Node `i` listens on `nodes[i]`.
+    pub nodes: Vec<SocketAddr>,
+    /// Node `i` keeps its data in `node_data[i]`.
+    pub node_data: Vec<PathBuf>,
+    /// Node `i` runs as `node_prefix[i] cairn-node ...` (e.g. `ip netns exec ns`), so a
+    /// restart goes through the same prefix.
+    pub node_prefix: Vec<Vec<String>>,
+}
+
+/// `bin` run through `prefix` (the prefix's first word is the program), or `bin` itself.
+fn prefixed(prefix: Option<&Vec<String>>, bin: &Path) -> Command {
+    match prefix.and_then(|p| p.split_first()) {
+        Some((first, rest)) => {
+            let mut cmd = Command::new(first);
+            cmd.args(rest).arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
+    }
 }
 
 /// Command-line arguments and environment added to one process's defaults.
@@ -199,15 +228,25 @@ impl Cluster {
         let cluster_secret = random_hex(24);
         let access_key = format!("bench-{}", random_hex(6));
         let secret_key = random_hex(20);
-        let addrs = free_ports(spec.nodes + 1)?;
+        let layout = spec.layout.clone().unwrap_or_default();
+        let mut addrs = free_ports(spec.nodes + 1)?;
+        if let Some(gw) = layout.gateway {
+            addrs[0] = gw;
+        }
+        for (slot, fixed) in addrs[1..].iter_mut().zip(&layout.nodes) {
+            *slot = *fixed;
+        }
 
         let mut nodes = Vec::with_capacity(spec.nodes);
         let mut node_data = Vec::with_capacity(spec.nodes);
         for (i, addr) in addrs[1..].iter().enumerate() {
-            let data = spec.work_dir.join(format!("node{i}"));
+            let data = match layout.node_data.get(i) {
+                Some(d) => d.clone(),
+                None => spec.work_dir.join(format!("node{i}")),
+            };
             std::fs::create_dir_all(&data)
                 .with_context(|| format!("creating {}", data.display()))?;
-            let mut cmd = Command::new(&node_bin);
+            let mut cmd = prefixed(layout.node_prefix.get(i), &node_bin);
             cmd.arg("--listen")
                 .arg(addr.to_string())
                 .arg("--data")

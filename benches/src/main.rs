@@ -8,6 +8,9 @@
 //! come from `proc_pid_rusage`, the peak being the physical footprint), next to the
 //! targets of issue #2. `--json` adds a one-line JSON summary on stdout (the table then
 //! goes to stderr). Exit status: 0 ok, 1 data did not verify, 2 error.
+//!
+//! `cairn-bench pisim` is a separate bench: checkpoint save and restore on a simulated
+//! home lab (Linux only; see `cairn_benches::pisim`).
 
 use cairn_benches::{cluster, procfs, s3ops, source};
 
@@ -18,7 +21,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use cluster::{Cluster, ClusterSpec};
 use s3ops::{Bench, ChecksumMode, SentHeaders};
@@ -32,9 +35,30 @@ const TARGET_GET_CPU_PER_GIB: f64 = 3.0;
 const TARGET_GATEWAY_RSS: u64 = 128_000_000;
 const TARGET_NODE_RSS: u64 = 64_000_000;
 
-/// Command line.
+/// Command line: the loopback bench (no subcommand) or `pisim`.
 #[derive(Parser, Debug)]
-#[command(name = "cairn-bench", version, about)]
+#[command(
+    name = "cairn-bench",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    args: Args,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Checkpoint save/restore on a simulated home lab (network namespaces, tc, CPU
+    /// quotas, throttled loop-device cards), against the physical bound. Linux, root.
+    Pisim(cairn_benches::pisim::PisimArgs),
+}
+
+/// Options of the loopback bench.
+#[derive(clap::Args, Debug)]
 struct Args {
     /// Object size in MiB.
     #[arg(long, default_value_t = 1024)]
@@ -74,9 +98,21 @@ struct Args {
     keep: bool,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let args = Args::parse();
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Cmd::Pisim(a)) = cli.cmd {
+        return cairn_benches::pisim::main(a);
+    }
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(loopback_main(cli.args)),
+        Err(e) => {
+            eprintln!("cairn-bench: error: starting the runtime: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn loopback_main(args: Args) -> ExitCode {
     // Dropping `run` (on a signal) drops its Cluster, which stops the children, and its
     // TempDir. `run` is polled on this (the main) thread, which spawns the children, so
     // their PR_SET_PDEATHSIG (Linux) stays tied to a thread that lives as long as the bench.
@@ -308,6 +344,7 @@ async fn start_cluster(args: &Args, bins: PathBuf, work: &Path) -> Result<Cluste
         ready_timeout: Duration::from_secs(args.ready_timeout),
         node_extra: Vec::new(),
         gateway_extra: cluster::Extra::default(),
+        layout: None,
     };
     let cluster = Cluster::start(&spec).await?;
     eprintln!("  gateway {} ready", cluster.endpoint());

@@ -52,6 +52,7 @@ pub async fn start(
         ready_timeout: Duration::from_secs(args.ready_timeout),
         node_extra,
         gateway_extra,
+        layout: None,
     };
     let cluster = Cluster::start(&spec).await?;
     let bench = Bench::new(
