@@ -821,7 +821,7 @@ pub(crate) mod tests {
             bad[n - 6..n - 2].copy_from_slice(&(off as u32).to_le_bytes());
             assert_incomplete(zip_verdict(d.path(), &bad), &format!("offset {off}"));
         }
-        // Bytes before the archive: its offsets no longer point where they say.
+        // Bytes before the archive: its recorded offsets point short of their entries.
         let prefixed = [&[0u8; 100][..], &z].concat();
         assert_incomplete(zip_verdict(d.path(), &prefixed), "bytes before the archive");
         // A ZIP64 end without its locator.

@@ -265,7 +265,7 @@ impl GenerationUpload<'_> {
     /// drops the previous generations.
     async fn commit(&self, files: &[LocalFile], entries: Vec<FileEntry>) -> Result<Outcome> {
         let (ctx, c) = (self.ctx, self.c);
-        // Forget files that no longer exist, then make sure the listing is what we uploaded.
+        // Forget files missing from disk, then make sure the listing is what we uploaded.
         ctx.store.update(&c.name, |s| {
             s.files.retain(|rel, _| files.iter().any(|f| &f.rel == rel))
         })?;

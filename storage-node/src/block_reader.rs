@@ -205,7 +205,8 @@ impl BlockReader {
 
     /// Reads `len` bytes at `offset` with `O_DIRECT`: the aligned span around them into a
     /// pooled buffer. Fewer bytes back means the file ends early. `None`: no direct
-    /// handle (any more), read through the page cache instead.
+    /// handle (none opened, or the file system refused an O_DIRECT read and it was
+    /// dropped): read through the page cache.
     fn read_direct(&mut self, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
         let Some(direct) = &self.direct else {
             return Ok(None);

@@ -504,7 +504,7 @@ impl Catalog {
     }
 
     /// Removes an upload and its parts (durably), returning the parts; None if the
-    /// upload was not (or no longer) in progress.
+    /// upload is not in progress (never created, completed or aborted).
     pub async fn abort_upload(
         &self,
         upload: &ObjectId,
