@@ -118,7 +118,7 @@ async fn loopback_main(args: Args) -> ExitCode {
     // their PR_SET_PDEATHSIG (Linux) stays tied to a thread that lives as long as the bench.
     let outcome = tokio::select! {
         r = run(&args) => r,
-        s = signal() => Err(anyhow!("interrupted by {s}; cluster stopped")),
+        () = cairn_common::daemon::shutdown_signal() => Err(anyhow!("interrupted (SIGINT or SIGTERM); cluster stopped")),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
@@ -127,20 +127,6 @@ async fn loopback_main(args: Args) -> ExitCode {
             eprintln!("cairn-bench: error: {e:#}");
             ExitCode::from(2)
         }
-    }
-}
-
-async fn signal() -> &'static str {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
     }
 }
 

@@ -45,7 +45,7 @@ pub fn main(args: PisimArgs) -> ExitCode {
         // a signal that arrives then must still reach this select at its next await.
         tokio::select! {
             biased;
-            s = signal() => Err(anyhow!("interrupted by {s}; lab removed")),
+            () = cairn_common::daemon::shutdown_signal() => Err(anyhow!("interrupted (SIGINT or SIGTERM); lab removed")),
             r = run(&args) => r,
         }
     });
@@ -56,20 +56,6 @@ pub fn main(args: PisimArgs) -> ExitCode {
             eprintln!("cairn-bench pisim: error: {e:#}");
             ExitCode::from(2)
         }
-    }
-}
-
-async fn signal() -> &'static str {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
     }
 }
 
