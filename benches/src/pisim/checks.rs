@@ -85,41 +85,36 @@ fn disks(lab: &Lab, seconds: f64) -> Result<Vec<Check>> {
                 .into_owned()
         })
         .collect();
-    let writes = dd_all(
+    // `dd` in each node's cgroup and namespace, with the arguments for its file.
+    let dd_each = |args: &dyn Fn(&str) -> Vec<String>| -> Vec<Vec<String>> {
         lab.nodes
             .iter()
             .zip(&files)
             .map(|(n, f)| {
                 let mut p = n.prefix(false);
-                p.extend([
-                    "dd".into(),
-                    "if=/dev/zero".into(),
-                    format!("of={f}"),
-                    "bs=1M".into(),
-                    format!("count={mib}"),
-                    "oflag=direct".into(),
-                ]);
+                p.push("dd".into());
+                p.extend(args(f));
                 p
             })
-            .collect(),
-    )?;
-    let reads = dd_all(
-        lab.nodes
-            .iter()
-            .zip(&files)
-            .map(|(n, f)| {
-                let mut p = n.prefix(false);
-                p.extend([
-                    "dd".into(),
-                    format!("if={f}"),
-                    "of=/dev/null".into(),
-                    "bs=1M".into(),
-                    "iflag=direct".into(),
-                ]);
-                p
-            })
-            .collect(),
-    )?;
+            .collect()
+    };
+    let writes = dd_all(dd_each(&|f| {
+        vec![
+            "if=/dev/zero".into(),
+            format!("of={f}"),
+            "bs=1M".into(),
+            format!("count={mib}"),
+            "oflag=direct".into(),
+        ]
+    }))?;
+    let reads = dd_all(dd_each(&|f| {
+        vec![
+            format!("if={f}"),
+            "of=/dev/null".into(),
+            "bs=1M".into(),
+            "iflag=direct".into(),
+        ]
+    }))?;
     for f in &files {
         std::fs::remove_file(f).with_context(|| format!("removing {f}"))?;
     }
